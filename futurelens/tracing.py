@@ -1,0 +1,307 @@
+"""`cache` and `patch`: the only trace bodies in futurelens (the only module that opens a trace).
+
+Every method, the trainer and the lens describe *what* to read or write and call
+these; only this module opens an nnsight trace. The bodies use nothing but torch
+and values captured before the trace, so the same code runs locally, with
+``remote="local"`` and on NDIF.
+
+Layers follow `futurelens.arch.Arch`: 0 is the embedding output, ``L`` the output
+of block ``L-1`` (the residual stream after ``L`` blocks, before the final norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+from .errors import FutureLensError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LensModel
+
+TokenIds = Union["torch.Tensor", Sequence[int], Sequence[Sequence[int]], str, Sequence[str]]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_rows(lm: "LensModel", prefixes: TokenIds) -> list[list[int]]:
+    """Normalise text / ids / a tensor into a list of token-id rows, refusing empty ones."""
+    import torch
+
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    if isinstance(prefixes, torch.Tensor):
+        if prefixes.dim() == 1:
+            prefixes = prefixes[None]
+        rows = prefixes.tolist()
+    else:
+        prefixes = list(prefixes)
+        if prefixes and isinstance(prefixes[0], int):
+            prefixes = [prefixes]
+        rows = [
+            lm.tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(map(int, p))
+            for p in prefixes
+        ]
+    if not rows:
+        raise FutureLensError("No prefixes given: pass at least one text or list of token ids.")
+    empty = [i for i, r in enumerate(rows) if len(r) == 0]
+    if empty:
+        raise FutureLensError(
+            f"Prefix {empty[0]} is empty (no tokens): every prefix needs at least one token to have a hidden state."
+        )
+    return rows
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Right-pad token rows. Returns ``ids [B, T]``, ``lengths [B]``.
+
+    Right padding leaves every real position's computation identical to an
+    unpadded run in any causal model (attention or recurrence), and needs no
+    position-id bookkeeping, so batched states equal one-at-a-time states.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids, torch.tensor([len(r) for r in rows])
+
+
+def _layers(lm: "LensModel", layers: int | Sequence[int] | None) -> list[int]:
+    if layers is None:
+        return list(range(lm.n_layers + 1))
+    if isinstance(layers, int):
+        layers = [layers]
+    resolved = [lm.check_layer(layer) for layer in layers]
+    if not resolved:
+        raise FutureLensError("layers is empty: pass None for all layers, an int, or a list of ints.")
+    return resolved
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache(
+    lm: "LensModel",
+    prefixes: TokenIds,
+    layers: int | Sequence[int] | None = None,
+) -> "torch.Tensor":
+    """Hidden states at the last token of each prefix, for the requested layers, in one forward pass.
+
+    Args:
+        lm: the model.
+        prefixes: texts, token-id lists (ragged is fine), or an ``[B, T]`` id tensor.
+        layers: one layer, several, or ``None`` for all ``0..n_layers``.
+
+    Returns:
+        ``[len(layers), B, d_model]`` in the order ``layers`` were given.
+    """
+    import torch
+
+    rows = _as_rows(lm, prefixes)
+    wanted = _layers(lm, layers)
+    order = sorted(set(wanted))
+    ids, lengths = pad_right(rows, lm.tokenizer.pad_token_id or 0)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    batch = torch.arange(len(rows), device=lm.device)
+    last = (lengths - 1).to(lm.device)
+
+    embed = lm.envoy(lm.arch.embed)
+    blocks = lm.envoy(lm.arch.blocks)
+    is_tuple = lm.arch.block_output == "tuple"
+    with lm.nn.trace(input_ids=ids, attention_mask=mask, remote=lm.remote) as tracer:
+        states = []
+        # nnsight serves module outputs in execution order, so read layers ascending.
+        for layer in order:
+            out = embed.output if layer == 0 else blocks[layer - 1].output
+            hidden = out[0] if (is_tuple and layer > 0) else out
+            states.append(hidden[batch, last])
+        stacked = torch.stack(states).save()
+        # Nothing downstream of the deepest requested layer is needed.
+        tracer.stop()
+    index = torch.tensor([order.index(layer) for layer in wanted], device=stacked.device)
+    return stacked.index_select(0, index)
+
+
+# --------------------------------------------------------------------------- patch
+
+
+@dataclass
+class PatchOutput:
+    """What a patched run returns. ``R`` = number of read positions, ``k`` = top-k or rollout length."""
+
+    logits: "torch.Tensor | None"
+    """``[B, R, vocab]`` logits at the read positions (``None`` when ``top_k`` was asked for)."""
+    top_ids: "torch.Tensor | None" = None
+    """``[B, R, top_k]`` most probable next tokens at each read position."""
+    top_probs: "torch.Tensor | None" = None
+    """``[B, R, top_k]`` their probabilities."""
+    rollout_ids: "torch.Tensor | None" = None
+    """``[B, k]`` greedy tokens generated after the context, the patch held in place."""
+    rollout_probs: "torch.Tensor | None" = None
+    """``[B, k]`` the probability of each greedy token when it was chosen."""
+
+
+def _as_batch_ids(lm: "LensModel", target: TokenIds | None, batch: int) -> "torch.Tensor":
+    import torch
+
+    if target is None:
+        return torch.empty(batch, 0, dtype=torch.long)
+    if isinstance(target, torch.Tensor) and target.dim() == 2:
+        ids = target.long().cpu()
+    else:
+        rows = _as_rows(lm, target)
+        if len({len(r) for r in rows}) != 1:
+            raise FutureLensError(
+                "patch() needs target contexts of equal length (one rectangular batch); "
+                "group contexts by length or patch them one length at a time."
+            )
+        ids = torch.tensor(rows, dtype=torch.long)
+    if ids.shape[0] == 1 and batch > 1:
+        ids = ids.expand(batch, -1)
+    if ids.shape[0] != batch:
+        raise FutureLensError(f"target has {ids.shape[0]} rows but state has {batch}: give one row, or one per state.")
+    return ids
+
+
+def _position(value: int, length: int, what: str) -> int:
+    resolved = value + length if value < 0 else value
+    if not 0 <= resolved < length:
+        raise FutureLensError(
+            f"{what}={value} is out of range for a context of {length} tokens: use 0..{length - 1} or -1..-{length}."
+        )
+    return resolved
+
+
+def patch(
+    lm: "LensModel",
+    state: "torch.Tensor",
+    layer: int,
+    *,
+    target: TokenIds | None = None,
+    soft_prompt: "torch.Tensor | None" = None,
+    position: int | None = None,
+    read: int | Sequence[int] = -1,
+    top_k: int | None = None,
+    rollout: int = 0,
+) -> PatchOutput:
+    """Run a target context with ``state`` written over the output of ``layer`` at ``position``.
+
+    The context is ``[soft_prompt (P vectors)] + target (T tokens)``. A soft prompt is
+    written over the embedding output inside the trace (placeholder ids go in), so
+    it works remotely and gradients flow to it; the model's weights stay frozen.
+
+    Args:
+        lm: the model.
+        state: ``[B, d_model]`` (or ``[d_model]``) vectors to patch in, one per row.
+        layer: the layer whose output is overwritten (0 = embedding output).
+        target: token ids / text after the soft prompt: ``[T]``, ``[1, T]`` (shared) or ``[B, T]``.
+        soft_prompt: ``[P, d_model]`` or ``[B, P, d_model]`` embeddings for the first P positions.
+        position: where to patch; default the soft prompt's last vector, else the last token.
+        read: position(s) whose next-token logits to return (default the last).
+        top_k: return the ``top_k`` ids and probabilities instead of full logits.
+        rollout: also generate this many greedy tokens after the context, the patch held in place.
+
+    Returns:
+        `PatchOutput`.
+    """
+    import torch
+
+    if not isinstance(state, torch.Tensor):
+        raise FutureLensError("state must be a torch.Tensor of shape [B, d_model] or [d_model].")
+    if state.dim() == 1:
+        state = state[None]
+    if state.dim() != 2 or state.shape[-1] != lm.d_model:
+        raise FutureLensError(f"state must be [B, {lm.d_model}] for {lm.name}, got {tuple(state.shape)}.")
+    batch = state.shape[0]
+    layer = lm.check_layer(layer)
+    ids = _as_batch_ids(lm, target, batch)
+
+    n_soft = 0
+    if soft_prompt is not None:
+        if soft_prompt.dim() == 2:
+            soft_prompt = soft_prompt[None]
+        if soft_prompt.dim() != 3 or soft_prompt.shape[-1] != lm.d_model or soft_prompt.shape[0] not in (1, batch):
+            raise FutureLensError(
+                f"soft_prompt must be [P, {lm.d_model}] or [{batch}, P, {lm.d_model}], got {tuple(soft_prompt.shape)}."
+            )
+        n_soft = soft_prompt.shape[1]
+        soft_prompt = soft_prompt.to(lm.device, lm.dtype).expand(batch, -1, -1)
+        placeholder = torch.full((batch, n_soft), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+        ids = torch.cat([placeholder, ids], dim=1)
+    length = ids.shape[1]
+    if length == 0:
+        raise FutureLensError("The target context is empty: give target tokens, a soft prompt, or both.")
+    position = _position(n_soft - 1 if position is None and n_soft else (-1 if position is None else position), length, "position")
+    reads = [_position(r, length, "read") for r in ([read] if isinstance(read, int) else read)]
+    if top_k is not None and not 1 <= top_k <= lm.vocab_size:
+        raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
+    if rollout < 0:
+        raise FutureLensError(f"rollout must be >= 0, got {rollout}.")
+
+    state = state.to(lm.device, lm.dtype)
+    ids = ids.to(lm.device)
+    logits = _patched_logits(lm, ids, state, layer, position, soft_prompt, reads)
+    out = PatchOutput(logits=logits)
+    if top_k is not None:
+        probs = torch.softmax(logits.float(), dim=-1)
+        out.top_probs, out.top_ids = probs.topk(top_k, dim=-1)
+        out.logits = None
+
+    if rollout:
+        generated, chosen = [], []
+        step_logits = logits[:, -1] if reads[-1] == length - 1 else None
+        for step in range(rollout):
+            if step_logits is None:
+                step_logits = _patched_logits(lm, ids, state, layer, position, soft_prompt, [ids.shape[1] - 1])[:, -1]
+            probs = torch.softmax(step_logits.detach().float(), dim=-1)
+            p, token = probs.max(dim=-1)
+            generated.append(token)
+            chosen.append(p)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            step_logits = None
+        out.rollout_ids = torch.stack(generated, dim=1)
+        out.rollout_probs = torch.stack(chosen, dim=1)
+    return out
+
+
+def _patched_logits(
+    lm: "LensModel",
+    ids: "torch.Tensor",
+    state: "torch.Tensor",
+    layer: int,
+    position: int,
+    soft_prompt: "torch.Tensor | None",
+    reads: list[int],
+) -> "torch.Tensor":
+    """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads``."""
+    import torch
+
+    embed = lm.envoy(lm.arch.embed)
+    block = lm.envoy(lm.arch.blocks)[layer - 1] if layer > 0 else None
+    is_tuple = lm.arch.block_output == "tuple"
+    n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
+    read_index = torch.tensor(reads, device=ids.device)
+    model = lm.nn
+
+    with model.trace(input_ids=ids, remote=lm.remote):
+        if n_soft or layer == 0:
+            emb = embed.output
+            if n_soft:
+                emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
+            if layer == 0:
+                emb = emb.clone()
+                emb[:, position] = state
+            embed.output = emb
+        if layer > 0:
+            out = block.output
+            hidden = (out[0] if is_tuple else out).clone()
+            hidden[:, position] = state
+            block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
+        logits = model.output.logits[:, read_index].save()
+    return logits
