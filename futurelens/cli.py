@@ -1,0 +1,28 @@
+"""The `futurelens` command: thin wrappers that parse a config and call the library."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.command()
+def demo(
+    text: str = typer.Option(None, help="Text whose tokens are read, layer by layer."),
+    model: str = typer.Option("smollm2-135m", help="Hub id, local folder, or the embedded default 'smollm2-135m'."),
+) -> None:
+    """The main job on the embedded default model (offline, CPU): what each layer's state anticipates."""
+    from .demo import DemoConfig, run
+
+    config = DemoConfig(model=model) if text is None else DemoConfig(model=model, text=text)
+    run(config)
+
+
+@app.callback()
+def _root() -> None:
+    """Future Lens: decode the tokens a single hidden state anticipates."""
+
+
+def main() -> None:
+    app()

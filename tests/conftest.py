@@ -1,0 +1,84 @@
+"""Shared fixtures: the embedded tokenizer and tiny random models of each architecture, all offline."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import transformers
+
+import futurelens as fl
+from futurelens.models import ensure_default_model
+
+warnings.filterwarnings("ignore", message=".*mamba_ssm.*|.*causal_conv1d.*")
+
+# Where each architecture keeps its blocks, written out by hand so tests can check
+# futurelens' auto-detection and its hook-free traces against an independent source.
+BLOCKS = {
+    "gptj": "transformer.h",
+    "llama": "model.layers",
+    "mamba": "backbone.layers",
+    "gpt2": "transformer.h",
+    "neox": "gpt_neox.layers",
+    "qwen2": "model.layers",
+}
+CORE = ("gptj", "llama", "mamba")
+D = 32
+N_LAYERS = 3
+
+
+def tiny_config(kind: str, vocab: int):
+    common = dict(vocab_size=vocab)
+    return {
+        "gptj": lambda: transformers.GPTJConfig(n_embd=D, n_layer=N_LAYERS, n_head=4, rotary_dim=4, n_positions=256, **common),
+        "llama": lambda: transformers.LlamaConfig(
+            hidden_size=D, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4, num_key_value_heads=2, **common
+        ),
+        "mamba": lambda: transformers.MambaConfig(hidden_size=D, state_size=4, num_hidden_layers=N_LAYERS, expand=2, conv_kernel=4, **common),
+        "gpt2": lambda: transformers.GPT2Config(n_embd=D, n_layer=N_LAYERS, n_head=4, n_positions=256, **common),
+        "neox": lambda: transformers.GPTNeoXConfig(
+            hidden_size=D, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4, **common
+        ),
+        "qwen2": lambda: transformers.Qwen2Config(
+            hidden_size=D, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4, num_key_value_heads=2, **common
+        ),
+    }[kind]()
+
+
+@pytest.fixture(scope="session")
+def default_dir():
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_dir):
+    return transformers.AutoTokenizer.from_pretrained(default_dir)
+
+
+def build_tiny(kind: str, tokenizer, seed: int = 0):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(kind, len(tokenizer)))
+    # Random init gives near-uniform logits; a larger scale makes argmax/rollout tests meaningful.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny(tokenizer):
+    """Factory: ``tiny(kind)`` -> (LensModel, the raw HF model)."""
+
+    def make(kind: str, remote=False):
+        model = build_tiny(kind, tokenizer)
+        lm = fl.load_model(model, tokenizer=tokenizer)
+        if remote:
+            lm.remote = remote
+        return lm, model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    return fl.load_model()

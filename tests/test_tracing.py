@@ -1,0 +1,167 @@
+"""cache() and patch() against plain PyTorch hooks, for GPT-J, Llama and Mamba (and more for cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BLOCKS, CORE
+from hook_reference import hook_last_states, hook_patch_logits
+
+import futurelens as fl
+
+ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("kind", list(BLOCKS))
+def test_cache_matches_hooks_and_padding_is_invisible(tiny, kind):
+    lm, model = tiny(kind)
+    states = fl.cache(lm, ROWS)  # one padded batch, all layers
+    assert states.shape == (lm.n_layers + 1, len(ROWS), lm.d_model)
+    for i, row in enumerate(ROWS):
+        expected = hook_last_states(model, BLOCKS[kind], torch.tensor([row]))[:, -1]
+        torch.testing.assert_close(states[:, i], expected, rtol=1e-5, atol=1e-5)
+        alone = fl.cache(lm, [row])[:, 0]
+        torch.testing.assert_close(states[:, i], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_cache_layer_selection_and_order(tiny, kind):
+    lm, _ = tiny(kind)
+    full = fl.cache(lm, ROWS)
+    picked = fl.cache(lm, ROWS, layers=[3, 0, -2])
+    torch.testing.assert_close(picked, full[[3, 0, 2]])
+    torch.testing.assert_close(fl.cache(lm, ROWS, layers=1)[0], full[1])
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_cache_remote_local_matches_local(tiny, kind):
+    lm, _ = tiny(kind)
+    local = fl.cache(lm, ROWS, layers=[1, 3])
+    lm.remote = "local"
+    torch.testing.assert_close(fl.cache(lm, ROWS, layers=[1, 3]), local)
+
+
+def _soft(lm, n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, lm.d_model, generator=g)
+
+
+@pytest.mark.parametrize("kind", CORE)
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_patch_with_soft_prompt_equals_hook_patch(tiny, kind, layer):
+    lm, model = tiny(kind)
+    states = fl.cache(lm, ROWS, layers=layer)[0]
+    soft = _soft(lm)
+    target = torch.tensor([[21, 22, 23]])
+    out = fl.patch(lm, states, layer, soft_prompt=soft, target=target, read=list(range(7)))
+    ids = torch.cat([torch.zeros(3, 4, dtype=torch.long), target.expand(3, -1)], 1)
+    with torch.no_grad():
+        expected = hook_patch_logits(model, BLOCKS[kind], ids, states, layer, position=3, soft_prompt=soft)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_patch_on_token_context_equals_hook_patch_and_leaves_earlier_positions(tiny, kind):
+    lm, model = tiny(kind)
+    state = fl.cache(lm, ROWS, layers=2)[0]
+    target = torch.tensor([[30, 31, 32, 33, 34, 35]])
+    position = 3
+    out = fl.patch(lm, state, 2, target=target, position=position, read=list(range(6)))
+    ids = target.expand(3, -1)
+    with torch.no_grad():
+        expected = hook_patch_logits(model, BLOCKS[kind], ids, state, 2, position)
+        clean = model(input_ids=ids).logits
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+    # Causality: positions before the patch see exactly the clean run; the patched one does not.
+    torch.testing.assert_close(out.logits[:, :position], clean[:, :position], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out.logits[:, position], clean[:, position], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", CORE)
+@pytest.mark.parametrize("layer", [1, 3])
+def test_next_module_receives_exactly_the_patched_vector(tiny, kind, layer):
+    lm, model = tiny(kind)
+    state = torch.randn(2, lm.d_model)
+    blocks = model.get_submodule(BLOCKS[kind])
+    # The consumer of block layer-1's output: the next block, or the final norm after the last block.
+    consumer = blocks[layer] if layer < len(blocks) else model.get_submodule(lm.arch.final_norm)
+    received = []
+
+    def grab(_m, args, kwargs):
+        received.append((args[0] if args else next(iter(kwargs.values()))).detach().clone())
+
+    handle = consumer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        fl.patch(lm, state, layer, target=[[40, 41, 42, 43]], position=2)
+    finally:
+        handle.remove()
+    assert torch.equal(received[0][:, 2], state)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_gradients_reach_soft_prompt_and_no_weight(tiny, kind):
+    lm, model = tiny(kind)
+    soft = (_soft(lm) * 0.02).requires_grad_()
+    state = fl.cache(lm, ROWS, layers=2)[0]
+    out = fl.patch(lm, state, 2, soft_prompt=soft, target=[[50, 51]], read=[3, 5])
+    out.logits.log_softmax(-1)[..., 7].sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_rollout_is_greedy_continuation_of_hook_patch(tiny, kind):
+    lm, model = tiny(kind)
+    state = fl.cache(lm, ROWS, layers=1)[0]
+    soft = _soft(lm)
+    out = fl.patch(lm, state, 1, soft_prompt=soft, rollout=3, top_k=5)
+    ids = torch.zeros(3, 4, dtype=torch.long)
+    expected_ids, expected_p = [], []
+    with torch.no_grad():
+        for _ in range(3):
+            probs = hook_patch_logits(model, BLOCKS[kind], ids, state, 1, 3, soft)[:, -1].softmax(-1)
+            p, tok = probs.max(-1)
+            expected_ids.append(tok)
+            expected_p.append(p)
+            ids = torch.cat([ids, tok[:, None]], 1)
+    assert torch.equal(out.rollout_ids, torch.stack(expected_ids, 1))
+    torch.testing.assert_close(out.rollout_probs, torch.stack(expected_p, 1), rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.top_ids[:, 0, 0], out.rollout_ids[:, 0])
+    assert out.logits is None and out.top_probs.shape == (3, 1, 5)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_patch_remote_local_matches_local(tiny, kind):
+    lm, _ = tiny(kind)
+    state = fl.cache(lm, ROWS, layers=2)[0]
+    soft = _soft(lm)
+    local = fl.patch(lm, state, 2, soft_prompt=soft, target=[[60, 61]], read=[-1, -2])
+    lm.remote = "local"
+    remote = fl.patch(lm, state, 2, soft_prompt=soft, target=[[60, 61]], read=[-1, -2])
+    torch.testing.assert_close(remote.logits, local.logits)
+
+
+def test_bad_inputs_say_what_to_do(tiny):
+    lm, _ = tiny("llama")
+    state = torch.randn(1, lm.d_model)
+    with pytest.raises(fl.FutureLensError, match=r"layer=9 is out of range .* use 0\.\.3"):
+        fl.cache(lm, ROWS, layers=9)
+    with pytest.raises(fl.FutureLensError, match=r"layer=-5 is out of range"):
+        fl.patch(lm, state, -5, target=[[1, 2]])
+    with pytest.raises(fl.FutureLensError, match=r"position=4 is out of range for a context of 2 tokens"):
+        fl.patch(lm, state, 1, target=[[1, 2]], position=4)
+    with pytest.raises(fl.FutureLensError, match=r"read=-3 is out of range"):
+        fl.patch(lm, state, 1, target=[[1, 2]], read=-3)
+    with pytest.raises(fl.FutureLensError, match=r"Prefix 1 is empty"):
+        fl.cache(lm, [[1, 2], []])
+    with pytest.raises(fl.FutureLensError, match=r"No prefixes"):
+        fl.cache(lm, [])
+    with pytest.raises(fl.FutureLensError, match=r"target context is empty"):
+        fl.patch(lm, state, 1)
+    with pytest.raises(fl.FutureLensError, match=r"state must be \[B, 32\]"):
+        fl.patch(lm, torch.randn(1, 7), 1, target=[[1]])
+    with pytest.raises(fl.FutureLensError, match=r"soft_prompt must be"):
+        fl.patch(lm, state, 1, soft_prompt=torch.randn(4, 7))
+    with pytest.raises(fl.FutureLensError, match=r"equal length"):
+        fl.patch(lm, torch.randn(2, lm.d_model), 1, target=[[1, 2], [3]])
