@@ -287,9 +287,9 @@ def _patched_logits(
     is_tuple = lm.arch.block_output == "tuple"
     n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
     read_index = torch.tensor(reads, device=ids.device)
-    model = lm.nn
+    norm, unembed, norm_is_block = _head(lm)
 
-    with model.trace(input_ids=ids, remote=lm.remote):
+    with lm.nn.trace(input_ids=ids, remote=lm.remote) as tracer:
         if n_soft or layer == 0:
             emb = embed.output
             if n_soft:
@@ -303,5 +303,17 @@ def _patched_logits(
             hidden = (out[0] if is_tuple else out).clone()
             hidden[:, position] = state
             block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
-        logits = model.output.logits[:, read_index].save()
+        final = norm.output
+        final = final[0] if norm_is_block and is_tuple else final
+        # Unembed only the read positions, then stop: the model's own head would
+        # materialise [B, T, vocab] logits, most of them never read.
+        logits = unembed(final[:, read_index]).save()
+        tracer.stop()
     return logits
+
+
+def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
+    """(module whose output feeds the unembedding, the unembedding, whether that module is the last block)."""
+    if lm.arch.final_norm is not None:
+        return lm.envoy(lm.arch.final_norm), lm.envoy(lm.arch.unembed), False
+    return lm.envoy(lm.arch.blocks)[lm.n_layers - 1], lm.envoy(lm.arch.unembed), True

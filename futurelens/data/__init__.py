@@ -1,0 +1,1 @@
+"""Corpora, the Future Lens prefix dataset, and the sharded hidden-state cache."""
