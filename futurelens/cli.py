@@ -19,6 +19,32 @@ def demo(
     run(config)
 
 
+def _data(cfg) -> None:
+    import json
+
+    import futurelens as fl
+    from futurelens.data.prefixes import META_FILE, build_prefixes
+
+    out = build_prefixes(fl.load_model(cfg.model), cfg)
+    meta = json.loads((out / META_FILE).read_text())
+    typer.echo(
+        f"Wrote {meta['n_kept']} prefixes ({meta['n_train']} train / {meta['n_test']} test) to {out}; "
+        f"the correctness filter dropped {meta['n_dropped']} of {meta['n_candidates']} candidates."
+    )
+
+
+def _register() -> None:
+    from .config import command
+    from .data.prefixes import DataConfig
+
+    app.command("data", help="Build the Future Lens prefix dataset: prefixes, real next tokens, the model's continuation.")(
+        command(DataConfig, _data)
+    )
+
+
+_register()
+
+
 @app.callback()
 def _root() -> None:
     """Future Lens: decode the tokens a single hidden state anticipates."""

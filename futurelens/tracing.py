@@ -317,3 +317,40 @@ def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
     if lm.arch.final_norm is not None:
         return lm.envoy(lm.arch.final_norm), lm.envoy(lm.arch.unembed), False
     return lm.envoy(lm.arch.blocks)[lm.n_layers - 1], lm.envoy(lm.arch.unembed), True
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+def greedy(lm: "LensModel", prefixes: TokenIds, n: int) -> "torch.Tensor":
+    """The model's own greedy continuation of each prefix, ``[B, n]`` token ids.
+
+    Ragged prefixes stay right-padded; each step appends every row's token at its
+    own end, so a row's continuation is exactly what it would be alone.
+    """
+    import torch
+
+    if n < 1:
+        raise FutureLensError(f"n must be >= 1 tokens to generate, got {n}.")
+    rows = _as_rows(lm, prefixes)
+    ids, lengths = pad_right(rows, lm.tokenizer.pad_token_id or 0)
+    ids = torch.cat([ids, torch.full((len(rows), n), lm.tokenizer.pad_token_id or 0, dtype=torch.long)], 1)
+    batch = torch.arange(len(rows))
+    is_tuple = lm.arch.block_output == "tuple"
+    norm, unembed, norm_is_block = _head(lm)
+    out = []
+    for step in range(n):
+        cur = lengths + step
+        width = int(cur.max())
+        step_ids = ids[:, :width].to(lm.device)
+        mask = (torch.arange(width)[None] < cur[:, None]).long().to(lm.device)
+        last = (cur - 1).to(lm.device)
+        with lm.nn.trace(input_ids=step_ids, attention_mask=mask, remote=lm.remote) as tracer:
+            final = norm.output
+            final = final[0] if norm_is_block and is_tuple else final
+            token = unembed(final[batch.to(lm.device), last]).argmax(-1).save()
+            tracer.stop()
+        token = token.cpu()
+        ids[batch, cur] = token
+        out.append(token)
+    return torch.stack(out, 1)

@@ -165,3 +165,15 @@ def test_bad_inputs_say_what_to_do(tiny):
         fl.patch(lm, state, 1, soft_prompt=torch.randn(4, 7))
     with pytest.raises(fl.FutureLensError, match=r"equal length"):
         fl.patch(lm, torch.randn(2, lm.d_model), 1, target=[[1, 2], [3]])
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_greedy_matches_one_row_at_a_time_generation(tiny, kind):
+    lm, model = tiny(kind)
+    got = fl.greedy(lm, ROWS, 3)
+    for i, row in enumerate(ROWS):
+        ids = torch.tensor([row])
+        with torch.no_grad():
+            for _ in range(3):
+                ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+        assert got[i].tolist() == ids[0, len(row):].tolist()
