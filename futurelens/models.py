@@ -229,10 +229,12 @@ def load_model(
         source = str(ensure_default_model()) if name == DEFAULT_MODEL else name
         if not name.strip():
             raise FutureLensError("Model name is empty: pass a hub id, a folder, or 'smollm2-135m'.")
+        tok_kwargs = {k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")}
         try:
-            tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)) else (
-                _load_tokenizer(str(tokenizer or source), **{k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")})
-            )
+            if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+                tok = _load_tokenizer(str(tokenizer or source), **tok_kwargs)
+            else:
+                tok = tokenizer
         except OSError as err:
             raise _hub_error(name, err) from err
         kwargs = dict(hf_kwargs)

@@ -71,6 +71,13 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torc
     return ids, torch.tensor([len(r) for r in rows])
 
 
+def length_mask(lengths: "torch.Tensor", width: int) -> "torch.Tensor":
+    """``[B, width]`` attention mask, 1 on each row's first ``lengths[b]`` positions."""
+    import torch
+
+    return (torch.arange(width)[None] < lengths[:, None]).long()
+
+
 def _layers(lm: "LensModel", layers: int | Sequence[int] | None) -> list[int]:
     if layers is None:
         return list(range(lm.n_layers + 1))
@@ -106,8 +113,7 @@ def cache(
     wanted = _layers(lm, layers)
     order = sorted(set(wanted))
     ids, lengths = pad_right(rows, lm.tokenizer.pad_token_id or 0)
-    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    ids, mask = ids.to(lm.device), length_mask(lengths, ids.shape[1]).to(lm.device)
     batch = torch.arange(len(rows), device=lm.device)
     last = (lengths - 1).to(lm.device)
 
@@ -343,7 +349,7 @@ def greedy(lm: "LensModel", prefixes: TokenIds, n: int) -> "torch.Tensor":
         cur = lengths + step
         width = int(cur.max())
         step_ids = ids[:, :width].to(lm.device)
-        mask = (torch.arange(width)[None] < cur[:, None]).long().to(lm.device)
+        mask = length_mask(cur, width).to(lm.device)
         last = (cur - 1).to(lm.device)
         with lm.nn.trace(input_ids=step_ids, attention_mask=mask, remote=lm.remote) as tracer:
             final = norm.output
