@@ -7,18 +7,6 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-@app.command()
-def demo(
-    text: str = typer.Option(None, help="Text whose tokens are read, layer by layer."),
-    model: str = typer.Option("smollm2-135m", help="Hub id, local folder, or the embedded default 'smollm2-135m'."),
-) -> None:
-    """The main job on the embedded default model (offline, CPU): what each layer's state anticipates."""
-    from .demo import DemoConfig, run
-
-    config = DemoConfig(model=model) if text is None else DemoConfig(model=model, text=text)
-    run(config)
-
-
 def _data(cfg) -> None:
     import json
 
@@ -36,7 +24,11 @@ def _data(cfg) -> None:
 def _register() -> None:
     from .config import command
     from .data.prefixes import DataConfig
+    from .demo import DemoConfig, run
 
+    app.command("demo", help="The main job on the embedded default model (offline, CPU): what each layer's state anticipates.")(
+        command(DemoConfig, run)
+    )
     app.command("data", help="Build the Future Lens prefix dataset: prefixes, real next tokens, the model's continuation.")(
         command(DataConfig, _data)
     )
