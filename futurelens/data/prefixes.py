@@ -85,7 +85,13 @@ def _candidates(docs: list[tuple[str, list[int]]], cfg: DataConfig) -> Iterator[
             f"{need} next tokens needs: lower --min-len or use a larger corpus."
         )
     seen: set[tuple[str, int, int]] = set()
+    misses = 0  # consecutive repeats; a small corpus can run out of distinct prefixes
     while True:
+        if misses > 100 * len(usable):
+            raise FutureLensError(
+                f"The corpus has run out of new prefixes after {len(seen)}: lower --n-prefixes, widen "
+                "--min-len/--max-len, or use a larger corpus."
+            )
         for i in rng.permutation(len(usable)):
             doc_id, tokens = usable[i]
             hi = min(cfg.max_len, len(tokens) - need)
@@ -95,7 +101,9 @@ def _candidates(docs: list[tuple[str, list[int]]], cfg: DataConfig) -> Iterator[
                 length = int(rng.integers(cfg.min_len, hi + 1))
             offset = int(rng.integers(0, len(tokens) - length - need + 1))
             if (doc_id, offset, length) in seen:
+                misses += 1
                 continue
+            misses = 0
             seen.add((doc_id, offset, length))
             yield doc_id, offset, tokens[offset : offset + length], tokens[offset + length : offset + length + need]
 

@@ -104,5 +104,9 @@ def test_bad_settings_say_what_to_do(tiny, tmp_path, corpus):
         build_prefixes(lm, _cfg(tmp_path, corpus, source=str(tmp_path / "nope.txt")), progress=False)
     with pytest.raises(fl.FutureLensError, match="passed the correctness filter"):
         build_prefixes(lm, _cfg(tmp_path, corpus, n_prefixes=1, filter_correct=True), progress=False)
+    tiny_corpus = tmp_path / "one.txt"
+    tiny_corpus.write_text("a b c d e f g h i j")
+    with pytest.raises(fl.FutureLensError, match="run out of new prefixes"):
+        build_prefixes(lm, _cfg(tmp_path, str(tiny_corpus), n_prefixes=500), progress=False)
     with pytest.raises(fl.FutureLensError, match="not a futurelens dataset"):
         load_prefixes(tmp_path)
