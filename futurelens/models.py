@@ -73,6 +73,11 @@ class LensModel:
             return torch.device("cpu")
 
     @property
+    def pad_id(self) -> int:
+        """Token id used for padding and placeholders (never read: masked or overwritten)."""
+        return self.tokenizer.pad_token_id or 0
+
+    @property
     def dtype(self) -> Any:
         return self.module(self.arch.embed).weight.dtype
 

@@ -112,7 +112,7 @@ def cache(
     rows = _as_rows(lm, prefixes)
     wanted = _layers(lm, layers)
     order = sorted(set(wanted))
-    ids, lengths = pad_right(rows, lm.tokenizer.pad_token_id or 0)
+    ids, lengths = pad_right(rows, lm.pad_id)
     ids, mask = ids.to(lm.device), length_mask(lengths, ids.shape[1]).to(lm.device)
     batch = torch.arange(len(rows), device=lm.device)
     last = (lengths - 1).to(lm.device)
@@ -238,7 +238,7 @@ def patch(
             )
         n_soft = soft_prompt.shape[1]
         soft_prompt = soft_prompt.to(lm.device, lm.dtype).expand(batch, -1, -1)
-        placeholder = torch.full((batch, n_soft), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+        placeholder = torch.full((batch, n_soft), lm.pad_id, dtype=torch.long)
         ids = torch.cat([placeholder, ids], dim=1)
     length = ids.shape[1]
     if length == 0:
@@ -339,8 +339,8 @@ def greedy(lm: "LensModel", prefixes: TokenIds, n: int) -> "torch.Tensor":
     if n < 1:
         raise FutureLensError(f"n must be >= 1 tokens to generate, got {n}.")
     rows = _as_rows(lm, prefixes)
-    ids, lengths = pad_right(rows, lm.tokenizer.pad_token_id or 0)
-    ids = torch.cat([ids, torch.full((len(rows), n), lm.tokenizer.pad_token_id or 0, dtype=torch.long)], 1)
+    ids, lengths = pad_right(rows, lm.pad_id)
+    ids = torch.cat([ids, torch.full((len(rows), n), lm.pad_id, dtype=torch.long)], 1)
     batch = torch.arange(len(rows))
     is_tuple = lm.arch.block_output == "tuple"
     norm, unembed, norm_is_block = _head(lm)
