@@ -328,35 +328,37 @@ def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
 # --------------------------------------------------------------------------- greedy
 
 
-def greedy(lm: "LensModel", prefixes: TokenIds, n: int) -> "torch.Tensor":
-    """The model's own greedy continuation of each prefix, ``[B, n]`` token ids.
+def greedy(lm: "LensModel", prefixes: TokenIds, n: int, batch_size: int = 64) -> "torch.Tensor":
+    """The model's own greedy continuation of each prefix, ``[B, n]`` token ids, in input order.
 
-    Ragged prefixes stay right-padded; each step appends every row's token at its
-    own end, so a row's continuation is exactly what it would be alone.
+    Prefixes are grouped by exact length and decoded with the model's KV cache
+    (``generate``), so no row is ever padded: each continuation is exactly what
+    the prefix alone would give, for attention and recurrent models alike, and a
+    step costs one token rather than a full re-run of the prefix.
     """
     import torch
 
     if n < 1:
         raise FutureLensError(f"n must be >= 1 tokens to generate, got {n}.")
     rows = _as_rows(lm, prefixes)
-    ids, lengths = pad_right(rows, lm.pad_id)
-    ids = torch.cat([ids, torch.full((len(rows), n), lm.pad_id, dtype=torch.long)], 1)
-    batch = torch.arange(len(rows))
-    is_tuple = lm.arch.block_output == "tuple"
-    norm, unembed, norm_is_block = _head(lm)
-    out = []
-    for step in range(n):
-        cur = lengths + step
-        width = int(cur.max())
-        step_ids = ids[:, :width].to(lm.device)
-        mask = length_mask(cur, width).to(lm.device)
-        last = (cur - 1).to(lm.device)
-        with lm.nn.trace(input_ids=step_ids, attention_mask=mask, remote=lm.remote) as tracer:
-            final = norm.output
-            final = final[0] if norm_is_block and is_tuple else final
-            token = unembed(final[batch.to(lm.device), last]).argmax(-1).save()
-            tracer.stop()
-        token = token.cpu()
-        ids[batch, cur] = token
-        out.append(token)
-    return torch.stack(out, 1)
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(len(row), []).append(i)
+    out = torch.empty(len(rows), n, dtype=torch.long)
+    for length, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            ids = torch.tensor([rows[i] for i in chunk], dtype=torch.long, device=lm.device)
+            with lm.nn.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                # Greedy means argmax at every step: no stopping (or suppression) at end-of-text.
+                eos_token_id=None,
+                do_sample=False,
+                pad_token_id=lm.pad_id,
+                remote=lm.remote,
+            ) as tracer:
+                result = tracer.result.save()
+            out[chunk] = result[:, length : length + n].cpu()
+    return out

@@ -170,10 +170,16 @@ def test_bad_inputs_say_what_to_do(tiny):
 @pytest.mark.parametrize("kind", CORE)
 def test_greedy_matches_one_row_at_a_time_generation(tiny, kind):
     lm, model = tiny(kind)
-    got = fl.greedy(lm, ROWS, 3)
-    for i, row in enumerate(ROWS):
+    rows = ROWS + [[17, 18], [19, 20]]  # three rows of length 2: grouped and split into chunks of 2
+    got = fl.greedy(lm, rows, 3, batch_size=2)
+    expected = []
+    for row in rows:
         ids = torch.tensor([row])
         with torch.no_grad():
             for _ in range(3):
                 ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
-        assert got[i].tolist() == ids[0, len(row):].tolist()
+        expected.append(ids[0, len(row):].tolist())
+    assert got.tolist() == expected
+    # Greedy never stops early or avoids a token because the model calls it end-of-text.
+    model.generation_config.eos_token_id = expected[0][0]
+    assert fl.greedy(lm, rows, 3).tolist() == expected

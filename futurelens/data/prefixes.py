@@ -129,7 +129,8 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     columns: dict[str, list] = {k: [] for k in ("doc_id", "offset", "prefix_ids", "next_ids", "target_ids", "split")}
     n_candidates = n_dropped = 0
     max_candidates = 50 * cfg.n_prefixes  # a model that never predicts right would otherwise loop forever
-    pool_size = 8 * cfg.batch_size
+    # Candidates are decoded in groups of equal length, so a pool must be large enough to fill them.
+    pool_size = 32 * cfg.batch_size
     bar = tqdm(total=cfg.n_prefixes, desc="Labelling prefixes", unit="prefix", disable=not progress)
     while len(columns["doc_id"]) < cfg.n_prefixes:
         if n_candidates >= max_candidates:
@@ -139,7 +140,6 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
             )
         pool = [next(stream) for _ in range(pool_size)]
         n_candidates += len(pool)
-        # Labelling in length-sorted batches wastes little compute on padding; order is restored below.
         keep = _label(lm, pool, cfg)
         n_dropped += len(pool) - len(keep)
         for (doc_id, offset, prefix, nxt), target in keep:
@@ -181,26 +181,14 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
 def _label(lm: "LensModel", pool: list, cfg: DataConfig) -> list:
     """Greedy targets for a pool of candidates, in pool order, dropping wrong ones when filtering.
 
-    The next-token prediction is computed for every candidate first; the rest of the
-    continuation only for those the filter keeps.
+    The whole continuation is decoded for every candidate: with the KV cache the
+    extra ``n_max`` tokens cost far less than the prefix itself, and one call per
+    length group beats a second pass over the kept ones.
     """
     from ..tracing import greedy
 
-    order = sorted(range(len(pool)), key=lambda i: len(pool[i][2]))
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    first = {}
-    for batch in batches:
-        for i, token in zip(batch, greedy(lm, [pool[i][2] for i in batch], 1)[:, 0].tolist()):
-            first[i] = token
-    kept = [i for i in order if not cfg.filter_correct or first[i] == pool[i][3][0]]
-    targets = {i: [first[i]] for i in kept}
-    if cfg.n_max > 0:
-        for start in range(0, len(kept), cfg.batch_size):
-            batch = kept[start : start + cfg.batch_size]
-            rest = greedy(lm, [pool[i][2] + [first[i]] for i in batch], cfg.n_max)
-            for i, tokens in zip(batch, rest.tolist()):
-                targets[i] += tokens
-    return [(pool[i], targets[i]) for i in sorted(kept)]
+    targets = greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size).tolist()
+    return [(c, t) for c, t in zip(pool, targets) if not cfg.filter_correct or t[0] == c[3][0]]
 
 
 def load_prefixes(path: str | os.PathLike, tokenizer: Any = None) -> tuple[Any, dict]:
