@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build is what the offline demo and CI use; on a GPU machine pip picks the CUDA build of the same version.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test
+.PHONY: setup demo test browser
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -20,5 +20,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/futurelens demo
 
-test: setup
-	$(PY) -m pytest -n 2
+# The lens browser tests drive Debian's chromium through playwright (no `playwright install`).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  SUDO=""; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
+test: setup browser
+	FUTURELENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2
