@@ -1,0 +1,200 @@
+"""The tidy results table and the paper's figure: precision@k (or surprisal) per layer, one panel per N.
+
+One row per number: ``method, layer, n, metric, k, value``. ``layer = -1`` marks a
+method with no layer (the n-gram baseline), drawn as a dashed horizontal line;
+``k`` is the precision@k cutoff and missing (<NA>) for the other metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .errors import FutureLensError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COLUMNS = ("method", "layer", "n", "metric", "k", "value")
+METRICS = ("precision", "surprisal", "target_nll")
+NO_LAYER = -1
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Validate result rows and return them as a DataFrame with the `COLUMNS` first (extra columns kept after)."""
+    df = pd.DataFrame(list(rows))
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing or df.empty:
+        raise FutureLensError(
+            f"Result rows need the columns {list(COLUMNS)} (missing {missing or 'none'}, {len(df)} rows): "
+            "pass dicts like {'method': 'learned', 'layer': 14, 'n': 1, 'metric': 'precision', 'k': 1, 'value': 0.48}."
+        )
+    bad = sorted(set(df["metric"]) - set(METRICS))
+    if bad:
+        raise FutureLensError(f"Unknown metric(s) {bad}: use one of {list(METRICS)}.")
+    df["method"] = df["method"].astype(str)
+    for col in ("layer", "n", "value"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    if df[["layer", "n", "value"]].isna().any().any():
+        raise FutureLensError("Every row needs a numeric layer, n and value (layer = -1 for a method with no layer).")
+    if (df["layer"] < NO_LAYER).any() or (df["n"] < 0).any():
+        raise FutureLensError("layer must be >= -1 (-1 = no layer) and n >= 0.")
+    df["layer"], df["n"] = df["layer"].astype(int), df["n"].astype(int)
+
+    k = pd.to_numeric(df["k"], errors="coerce")
+    is_p = df["metric"] == "precision"
+    if (k[is_p].isna() | (k[is_p] < 1)).any():
+        raise FutureLensError("precision rows need k >= 1 (the precision@k cutoff).")
+    if ((df.loc[is_p, "value"] < 0) | (df.loc[is_p, "value"] > 1)).any():
+        raise FutureLensError("precision values must lie in [0, 1].")
+    # k means nothing for the other metrics; NaN/0 both arrive here and become <NA>.
+    df["k"] = k.where(is_p).astype("Int64")
+    dup = df.duplicated(["method", "layer", "n", "metric", "k"], keep=False)
+    if dup.any():
+        first = df[dup].iloc[0]
+        raise FutureLensError(
+            f"Two rows for method={first['method']!r} layer={first['layer']} n={first['n']} metric={first['metric']!r}: "
+            "keep one run per table (add the run to the method name to compare runs)."
+        )
+    return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
+
+
+def rows_from_scores(method: str, layer: int, n: int, scores: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Tidy rows from a `futurelens.metrics.Tally.result()` dict (``precision@k``, ``surprisal``, ``target_nll``)."""
+    rows = []
+    for key, value in scores.items():
+        metric, _, k = key.partition("@")
+        if metric in METRICS:
+            rows.append({"method": method, "layer": layer, "n": n, "metric": metric, "k": int(k) if k else None,
+                         "value": float(value)})
+    return rows
+
+
+def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write the table as ``.csv`` or ``.parquet`` (by suffix), atomically. Returns the path."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise FutureLensError(f"Save the table as .csv or .parquet, not {path.name!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by `save_table`, validated by `tidy`."""
+    path = Path(path)
+    if not path.exists():
+        raise FutureLensError(f"No results table at {path}.")
+    df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    return tidy(df.to_dict("records"))
+
+
+# --------------------------------------------------------------------------- the figure
+
+
+def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tuple[float, float | None],
+            title: str) -> Figure:
+    """One panel per N: a line per layered method, a dashed horizontal line per layer-less one."""
+    # A bare Figure (no pyplot) renders with Agg, leaves the user's backend alone and needs no close().
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    df = tidy(df.to_dict("records"))
+    sel = df[df["metric"] == metric]
+    if k is not None:
+        sel = sel[sel["k"].eq(k).fillna(False).astype(bool)]
+    if sel.empty:
+        have = sorted(df.loc[df["metric"] == "precision", "k"].dropna().unique().tolist())
+        raise FutureLensError(
+            f"No {metric} rows{f' for k={k}' if k is not None else ''} in the table"
+            f"{f' (precision is there for k={have})' if have else ''}: score the methods first."
+        )
+    ns = sorted(sel["n"].unique())
+    methods = list(dict.fromkeys(sel["method"]))  # first-seen order, stable across panels
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    flat = {m: bool((sel.loc[sel["method"] == m, "layer"] == NO_LAYER).all()) for m in methods}
+    layers = sel.loc[sel["layer"] != NO_LAYER, "layer"]
+
+    fig = Figure(figsize=(3.2 * len(ns) + 0.6, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(ns), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        here = sel[sel["n"] == n]
+        for method in methods:
+            rows = here[here["method"] == method].sort_values("layer")
+            if rows.empty:
+                continue
+            if flat[method]:
+                ax.axhline(rows["value"].iloc[0], color=colors[method], linestyle="--", linewidth=1.5, label=method)
+            else:
+                rows = rows[rows["layer"] != NO_LAYER]
+                ax.plot(rows["layer"], rows["value"], color=colors[method], marker="o", markersize=3.5, label=method)
+        ax.set_title(f"N={n}")
+        ax.set_xlabel("layer")
+        if not layers.empty:
+            ax.set_xlim(layers.min() - 0.5, layers.max() + 0.5)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    bottom, top = ylim
+    axes[0][0].set_ylim(bottom, top if top is not None else 1.08 * max(float(sel["value"].max()), 1e-9))
+    # One legend for the figure, from proxies, so a method missing from a panel still appears.
+    handles = [
+        Line2D([], [], color=colors[m], linestyle="--" if flat[m] else "-", marker=None if flat[m] else "o", label=m)
+        for m in methods
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(methods), 5), frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def precision_figure(df: pd.DataFrame, k: int = 1, title: str = "") -> Figure:
+    """The paper's figure as a matplotlib Figure: precision@k against layer, one panel per N."""
+    return _panels(df, "precision", k, f"precision@{k}", (0.0, 1.0), title)
+
+
+def surprisal_figure(df: pd.DataFrame, title: str = "") -> Figure:
+    """Surprisal (−log p_model of each method's top-1 guess, nats) against layer, one panel per N."""
+    return _panels(df, "surprisal", None, "surprisal (nats)", (0.0, None), title)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, format=(path.suffix[1:] or "png"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_precision(df: pd.DataFrame, path: str | os.PathLike, k: int = 1, title: str = "") -> Path:
+    """Save `precision_figure` to ``path`` (PNG by default). Returns the path."""
+    return _save(precision_figure(df, k, title), path)
+
+
+def plot_surprisal(df: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+    """Save `surprisal_figure` to ``path`` (PNG by default). Returns the path."""
+    return _save(surprisal_figure(df, title), path)
+
