@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_model": "futurelens.models",
     "DEFAULT_MODEL": "futurelens.models",
     "cache": "futurelens.tracing",
+    "cache_ahead": "futurelens.tracing",
     "patch": "futurelens.tracing",
     "greedy": "futurelens.tracing",
     "PatchOutput": "futurelens.tracing",

@@ -107,31 +107,71 @@ def cache(
     Returns:
         ``[len(layers), B, d_model]`` in the order ``layers`` were given.
     """
+    return cache_ahead(lm, prefixes, None, layers)[0]
+
+
+def cache_ahead(
+    lm: "LensModel",
+    prefixes: TokenIds,
+    continuations: "torch.Tensor | Sequence[Sequence[int]] | None",
+    layers: int | Sequence[int] | None = None,
+) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """`cache`, plus the last layer's states over a teacher-forced continuation, in the same forward pass.
+
+    Each prefix is followed by its ``n`` continuation tokens. Causality keeps the
+    prefix states identical to `cache`; the last layer (pre final norm) is also read
+    at the prefix's last token and at each continuation token: ``final[:, j]`` is the
+    state from which the model predicts the token ``j`` positions after the next one
+    (what the linear approximation regresses to, and whose distribution the soft
+    prompt is trained to match).
+
+    Returns:
+        ``states [len(layers), B, d_model]`` and ``final [B, n + 1, d_model]``
+        (``None`` without continuations).
+    """
     import torch
 
     rows = _as_rows(lm, prefixes)
     wanted = _layers(lm, layers)
-    order = sorted(set(wanted))
-    ids, lengths = pad_right(rows, lm.pad_id)
+    ahead = 0
+    if continuations is not None:
+        cont = continuations.tolist() if isinstance(continuations, torch.Tensor) else [list(c) for c in continuations]
+        if len(cont) != len(rows) or len({len(c) for c in cont}) != 1:
+            raise FutureLensError(
+                f"continuations must give the same number of tokens for each of the {len(rows)} prefixes "
+                f"(an [B, n] array), got {len(cont)} rows of lengths {sorted({len(c) for c in cont})}."
+            )
+        ahead = len(cont[0])
+        full = [r + c for r, c in zip(rows, cont)]
+    else:
+        full = rows
+    read = sorted(set(wanted) | ({lm.n_layers} if continuations is not None else set()))
+    ids, lengths = pad_right(full, lm.pad_id)
     ids, mask = ids.to(lm.device), length_mask(lengths, ids.shape[1]).to(lm.device)
     batch = torch.arange(len(rows), device=lm.device)
-    last = (lengths - 1).to(lm.device)
+    last = (lengths - 1 - ahead).to(lm.device)
+    span = last[:, None] + torch.arange(ahead + 1, device=lm.device)
 
     embed = lm.envoy(lm.arch.embed)
     blocks = lm.envoy(lm.arch.blocks)
     is_tuple = lm.arch.block_output == "tuple"
+    final = None  # only saved values come back out of a trace body
     with lm.nn.trace(input_ids=ids, attention_mask=mask, remote=lm.remote) as tracer:
         states = []
-        # nnsight serves module outputs in execution order, so read layers ascending.
-        for layer in order:
+        # nnsight serves module outputs in execution order, so read layers ascending, each once.
+        for layer in read:
             out = embed.output if layer == 0 else blocks[layer - 1].output
             hidden = out[0] if (is_tuple and layer > 0) else out
-            states.append(hidden[batch, last])
+            if layer in wanted:
+                states.append(hidden[batch, last])
+            if continuations is not None and layer == lm.n_layers:
+                final = hidden[batch[:, None], span].save()
         stacked = torch.stack(states).save()
         # Nothing downstream of the deepest requested layer is needed.
         tracer.stop()
+    order = sorted(set(wanted))
     index = torch.tensor([order.index(layer) for layer in wanted], device=stacked.device)
-    return stacked.index_select(0, index)
+    return stacked.index_select(0, index), final
 
 
 # --------------------------------------------------------------------------- patch

@@ -34,11 +34,27 @@ def test_cache_layer_selection_and_order(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", CORE)
+def test_cache_ahead_reads_last_layer_over_teacher_tokens(tiny, kind):
+    lm, model = tiny(kind)
+    cont = [[40, 41], [42, 43], [44, 45]]
+    states, final = fl.cache_ahead(lm, ROWS, cont, layers=[1, 2])
+    torch.testing.assert_close(states, fl.cache(lm, ROWS, layers=[1, 2]), rtol=1e-5, atol=1e-5)
+    assert final.shape == (len(ROWS), 3, lm.d_model)
+    for i, (row, c) in enumerate(zip(ROWS, cont)):
+        expected = hook_last_states(model, BLOCKS[kind], torch.tensor([row + c]))[lm.n_layers, len(row) - 1 :]
+        torch.testing.assert_close(final[i], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(fl.FutureLensError, match="same number of tokens"):
+        fl.cache_ahead(lm, ROWS, [[1], [2, 3], [4]])
+
+
+@pytest.mark.parametrize("kind", CORE)
 def test_cache_remote_local_matches_local(tiny, kind):
     lm, _ = tiny(kind)
     local = fl.cache(lm, ROWS, layers=[1, 3])
+    local_final = fl.cache_ahead(lm, ROWS, [[7, 8]] * 3, layers=[2])[1]
     lm.remote = "local"
     torch.testing.assert_close(fl.cache(lm, ROWS, layers=[1, 3]), local)
+    torch.testing.assert_close(fl.cache_ahead(lm, ROWS, [[7, 8]] * 3, layers=[2])[1], local_final)
 
 
 def _soft(lm, n=4, seed=1):

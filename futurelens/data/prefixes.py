@@ -138,7 +138,10 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
                 f"Only {len(columns['doc_id'])} of {n_candidates} candidate prefixes passed the correctness filter; "
                 "use --no-filter-correct or a corpus the model knows better."
             )
-        pool = [next(stream) for _ in range(pool_size)]
+        # Size the pool from the keep rate seen so far, so a small dataset labels few spare candidates.
+        rate = (n_candidates - n_dropped) / n_candidates if n_candidates else 0.5
+        wanted = int(1.2 * (cfg.n_prefixes - len(columns["doc_id"])) / max(rate, 0.05)) + 1
+        pool = [next(stream) for _ in range(min(pool_size, max(cfg.batch_size, wanted)))]
         n_candidates += len(pool)
         keep = _label(lm, pool, cfg)
         n_dropped += len(pool) - len(keep)
