@@ -21,9 +21,22 @@ def _data(cfg) -> None:
     )
 
 
+def _cache(cfg) -> None:
+    import futurelens as fl
+    from futurelens.data.prefixes import load_prefixes
+    from futurelens.data.states import StateCache, build_cache
+
+    model = cfg.model or load_prefixes(cfg.data)[1]["model"]
+    out = build_cache(fl.load_model(model), cfg)
+    cache = StateCache(out)
+    sizes = ", ".join(f"{cache.size(s)} {s}" for s in cfg.splits)
+    typer.echo(f"Cached layers {cache.layers[0]}..{cache.layers[-1]} ({len(cache.layers)}) for {sizes} prefixes in {out}.")
+
+
 def _register() -> None:
     from .config import command
     from .data.prefixes import DataConfig
+    from .data.states import CacheConfig
     from .demo import DemoConfig, run
 
     app.command("demo", help="The main job on the embedded default model (offline, CPU): what each layer's state anticipates.")(
@@ -31,6 +44,9 @@ def _register() -> None:
     )
     app.command("data", help="Build the Future Lens prefix dataset: prefixes, real next tokens, the model's continuation.")(
         command(DataConfig, _data)
+    )
+    app.command("cache", help="Cache each prefix's hidden states at every layer, in resumable shards.")(
+        command(CacheConfig, _cache)
     )
 
 

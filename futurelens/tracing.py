@@ -12,7 +12,7 @@ of block ``L-1`` (the residual stream after ``L`` blocks, before the final norm)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 from .errors import FutureLensError
 
@@ -368,13 +368,20 @@ def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
 # --------------------------------------------------------------------------- greedy
 
 
-def greedy(lm: "LensModel", prefixes: TokenIds, n: int, batch_size: int = 64) -> "torch.Tensor":
+def greedy(
+    lm: "LensModel",
+    prefixes: TokenIds,
+    n: int,
+    batch_size: int = 64,
+    progress: "Callable[[int], Any] | None" = None,
+) -> "torch.Tensor":
     """The model's own greedy continuation of each prefix, ``[B, n]`` token ids, in input order.
 
     Prefixes are grouped by exact length and decoded with the model's KV cache
     (``generate``), so no row is ever padded: each continuation is exactly what
     the prefix alone would give, for attention and recurrent models alike, and a
-    step costs one token rather than a full re-run of the prefix.
+    step costs one token rather than a full re-run of the prefix. ``progress`` is
+    called with the number of rows finished after each chunk.
     """
     import torch
 
@@ -401,4 +408,6 @@ def greedy(lm: "LensModel", prefixes: TokenIds, n: int, batch_size: int = 64) ->
             ) as tracer:
                 result = tracer.result.save()
             out[chunk] = result[:, length : length + n].cpu()
+            if progress is not None:
+                progress(len(chunk))
     return out

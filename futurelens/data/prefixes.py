@@ -110,7 +110,6 @@ def _candidates(docs: list[tuple[str, list[int]]], cfg: DataConfig) -> Iterator[
 
 def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> Path:
     """Cut, label and filter prefixes; write the dataset to ``cfg.out`` atomically. Returns the folder."""
-    from datasets import Dataset
     from tqdm.auto import tqdm
 
     if cfg.length_dist not in ("uniform", "loguniform"):
@@ -130,8 +129,8 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     n_candidates = n_dropped = 0
     max_candidates = 50 * cfg.n_prefixes  # a model that never predicts right would otherwise loop forever
     # Candidates are decoded in groups of equal length, so a pool must be large enough to fill them.
-    pool_size = 32 * cfg.batch_size
-    bar = tqdm(total=cfg.n_prefixes, desc="Labelling prefixes", unit="prefix", disable=not progress)
+    pool_size = 128 * cfg.batch_size
+    bar = tqdm(total=0, desc="Labelling candidates", unit="prefix", disable=not progress)
     while len(columns["doc_id"]) < cfg.n_prefixes:
         if n_candidates >= max_candidates:
             raise FutureLensError(
@@ -143,7 +142,8 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
         wanted = int(1.2 * (cfg.n_prefixes - len(columns["doc_id"])) / max(rate, 0.05)) + 1
         pool = [next(stream) for _ in range(min(pool_size, max(cfg.batch_size, wanted)))]
         n_candidates += len(pool)
-        keep = _label(lm, pool, cfg)
+        bar.total += len(pool)
+        keep = _label(lm, pool, cfg, bar.update)
         n_dropped += len(pool) - len(keep)
         for (doc_id, offset, prefix, nxt), target in keep:
             if len(columns["doc_id"]) == cfg.n_prefixes:
@@ -154,7 +154,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
             columns["next_ids"].append(nxt)
             columns["target_ids"].append(target)
             columns["split"].append("test" if is_test(doc_id, cfg.seed, cfg.test_fraction) else "train")
-            bar.update(1)
+        bar.set_postfix(kept=f"{len(columns['doc_id'])}/{cfg.n_prefixes}")
     bar.close()
 
     meta = {
@@ -167,7 +167,14 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
         "n_train": columns["split"].count("train"),
         "n_test": columns["split"].count("test"),
     }
-    out = Path(cfg.out)
+    return save_prefixes(columns, meta, cfg.out)
+
+
+def save_prefixes(columns: dict[str, list], meta: dict, out: str | os.PathLike) -> Path:
+    """Write a prefix table and its metadata to ``out`` atomically (a half-written dataset never exists)."""
+    from datasets import Dataset
+
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -181,7 +188,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     return out
 
 
-def _label(lm: "LensModel", pool: list, cfg: DataConfig) -> list:
+def _label(lm: "LensModel", pool: list, cfg: DataConfig, progress=None) -> list:
     """Greedy targets for a pool of candidates, in pool order, dropping wrong ones when filtering.
 
     The whole continuation is decoded for every candidate: with the KV cache the
@@ -190,7 +197,7 @@ def _label(lm: "LensModel", pool: list, cfg: DataConfig) -> list:
     """
     from ..tracing import greedy
 
-    targets = greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size).tolist()
+    targets = greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size, progress=progress).tolist()
     return [(c, t) for c, t in zip(pool, targets) if not cfg.filter_correct or t[0] == c[3][0]]
 
 

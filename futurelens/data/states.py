@@ -1,0 +1,301 @@
+"""The hidden-state cache: each prefix's last-token state at every requested layer, sharded on disk.
+
+Layout of a cache folder::
+
+    cache.json                      settings, model, tokenizer hash, dataset fingerprint, shard list
+    train/shard-00000.safetensors   layer.<L> [rows, d]   one tensor per cached layer
+                                    final     [rows, n_max + 1, d]  last layer over the continuation
+                                    target    [rows, n_max + 1]     the model's continuation (targets)
+                                    last_token [rows]               the prefix's last token
+                                    row       [rows]                row index in the dataset table
+    test/...
+
+Shards are computed from their own rows only (length-sorted batches inside a
+shard), written to a temporary file and renamed, so a killed build resumes at the
+first missing shard and ends bit-identical to an uninterrupted one. Memory holds
+one shard at a time, whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import FutureLensError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import LensModel
+
+INDEX = "cache.json"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class CacheConfig:
+    """Settings of `futurelens cache`: which states to cache from a dataset, and how to store them."""
+
+    data: str = "runs/data"
+    """Dataset folder written by `futurelens data`."""
+    out: str = "runs/cache"
+    """Folder the cache is written to (re-running resumes it)."""
+    model: str = ""
+    """Hub id or folder; empty = the model recorded in the dataset."""
+    layers: list[int] = field(default_factory=list)
+    """Layers to cache (0 = embeddings, n = last block); empty = all."""
+    dtype: str = "float32"
+    """Storage dtype: float32, float16 or bfloat16."""
+    shard_size: int = 512
+    """Prefixes per shard file: the unit of resumption and of peak memory."""
+    batch_size: int = 32
+    """Prefixes per forward pass."""
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    """Dataset splits to cache."""
+
+
+def _atomic_save(tensors: dict[str, "torch.Tensor"], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _settings(lm: "LensModel", cfg: CacheConfig, meta: dict, layers: list[int]) -> dict:
+    """What a cache's contents depend on: resuming under other settings would mix two caches."""
+    from .prefixes import tokenizer_hash
+
+    return {
+        "model": lm.name,
+        "tokenizer_hash": tokenizer_hash(lm.tokenizer),
+        "dataset": {k: meta[k] for k in ("model", "tokenizer_hash", "config", "n_kept")},
+        "layers": layers,
+        "dtype": cfg.dtype,
+        "shard_size": cfg.shard_size,
+        "batch_size": cfg.batch_size,
+        "d_model": lm.d_model,
+        "n_max": meta["config"]["n_max"],
+    }
+
+
+def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Path:
+    """Cache the states of ``cfg.data``'s prefixes into ``cfg.out``, resuming a partial cache. Returns the folder."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .prefixes import load_prefixes
+
+    if cfg.dtype not in DTYPES:
+        raise FutureLensError(f"dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise FutureLensError("shard_size and batch_size must be >= 1.")
+    table, meta = load_prefixes(cfg.data, tokenizer=lm.tokenizer)
+    layers = sorted({lm.check_layer(layer) for layer in cfg.layers}) if cfg.layers else list(range(lm.n_layers + 1))
+    unknown = set(cfg.splits) - {"train", "test"}
+    if unknown:
+        raise FutureLensError(f"Unknown split(s) {sorted(unknown)}: choose from train, test.")
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(lm, cfg, meta, layers)
+    index_path = out / INDEX
+    if index_path.exists():
+        previous = json.loads(index_path.read_text())
+        if previous["settings"] != settings:
+            changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
+            raise FutureLensError(
+                f"{out} holds a cache built with other settings ({', '.join(changed)} differ): "
+                "pass another --out, or delete the folder to rebuild it."
+            )
+    split_col = table["split"]
+    plan = {s: [i for i, x in enumerate(split_col) if x == s] for s in cfg.splits}
+    shards: dict[str, list[dict]] = {}
+    for split, rows in plan.items():
+        shards[split] = [
+            {"file": f"{split}/shard-{k:05d}.safetensors", "rows": len(rows[a : a + cfg.shard_size])}
+            for k, a in enumerate(range(0, len(rows), cfg.shard_size))
+        ]
+        (out / split).mkdir(exist_ok=True)
+        for stale in (out / split).glob(".shard-*.tmp"):  # left by a killed build mid-write
+            stale.unlink()
+    index = {"format": 1, "settings": settings, "complete": False, "splits": shards}
+    _atomic_json(index, index_path)
+
+    dtype = getattr(torch, cfg.dtype)
+    total = sum(len(r) for r in plan.values())
+    done = sum(s["rows"] for split in shards for s in shards[split] if (out / s["file"]).exists())
+    bar = tqdm(total=total, initial=done, desc="Caching states", unit="prefix", disable=not progress, smoothing=0.1)
+    for split, rows in plan.items():
+        for k, shard in enumerate(shards[split]):
+            path = out / shard["file"]
+            if path.exists():
+                continue
+            chunk = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+            _atomic_save(_shard(lm, table.select(chunk), chunk, layers, cfg.batch_size, dtype, bar), path)
+    bar.close()
+    index["complete"] = True
+    _atomic_json(index, index_path)
+    return out
+
+
+def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_size: int, dtype, bar) -> dict:
+    """All tensors of one shard; batches are length-sorted within the shard only, so a shard never
+    depends on what was computed before it (the basis of bit-identical resumption)."""
+    import torch
+
+    from ..tracing import cache_ahead
+
+    prefixes, targets = rows["prefix_ids"], rows["target_ids"]
+    n = len(ids)
+    n_max = len(targets[0]) - 1
+    states = torch.empty(len(layers), n, lm.d_model, dtype=dtype)
+    final = torch.empty(n, n_max + 1, lm.d_model, dtype=dtype)
+    order = sorted(range(n), key=lambda i: len(prefixes[i]))
+    with torch.no_grad():
+        for a in range(0, n, batch_size):
+            batch = order[a : a + batch_size]
+            s, f = cache_ahead(lm, [prefixes[i] for i in batch], [targets[i][:n_max] for i in batch], layers)
+            states[:, batch] = s.to("cpu", dtype)
+            final[batch] = f.to("cpu", dtype)
+            bar.update(len(batch))
+    tensors = {f"layer.{layer}": states[i] for i, layer in enumerate(layers)}
+    tensors["final"] = final
+    tensors["target"] = torch.tensor(targets, dtype=torch.long)
+    tensors["last_token"] = torch.tensor([p[-1] for p in prefixes], dtype=torch.long)
+    tensors["row"] = torch.tensor(ids, dtype=torch.long)
+    return tensors
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class StateBatch:
+    """One batch from the cache. ``b`` rows, ``n_max + 1`` targets."""
+
+    states: "torch.Tensor"
+    """``[b, d]`` the prefix's last-token state at the requested layer."""
+    target: "torch.Tensor"
+    """``[b, n_max + 1]`` the model's own continuation: ``target[:, N]`` is the N-ahead target."""
+    last_token: "torch.Tensor"
+    """``[b]`` the prefix's last token (what the n-gram baseline sees)."""
+    row: "torch.Tensor"
+    """``[b]`` row indices into the dataset table."""
+    final: "torch.Tensor | None" = None
+    """``[b, n_max + 1, d]`` last-layer states over the continuation (when asked for)."""
+
+
+class StateCache:
+    """Read a cache written by `build_cache`: stream ``(layer, batch)`` slices, one shard in memory at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        index_path = self.path / INDEX
+        if not index_path.exists():
+            raise FutureLensError(f"{self.path} is not a state cache (no {INDEX}); build one with `futurelens cache`.")
+        self.index = json.loads(index_path.read_text())
+        if not self.index["complete"]:
+            raise FutureLensError(
+                f"The cache in {self.path} is incomplete (the build was interrupted): re-run `futurelens cache` "
+                "with the same settings to finish it."
+            )
+        self.settings = self.index["settings"]
+
+    @property
+    def layers(self) -> list[int]:
+        return self.settings["layers"]
+
+    @property
+    def n_max(self) -> int:
+        return self.settings["n_max"]
+
+    @property
+    def d_model(self) -> int:
+        return self.settings["d_model"]
+
+    def __len__(self) -> int:
+        return sum(self.size(s) for s in self.index["splits"])
+
+    def size(self, split: str) -> int:
+        return sum(s["rows"] for s in self._shards(split))
+
+    def _shards(self, split: str) -> list[dict]:
+        if split not in self.index["splits"]:
+            raise FutureLensError(f"The cache has no {split!r} split; it has {sorted(self.index['splits'])}.")
+        return self.index["splits"][split]
+
+    def _check_layer(self, layer: int) -> str:
+        if layer not in self.layers:
+            raise FutureLensError(f"Layer {layer} is not cached; the cache holds layers {self.layers}.")
+        return f"layer.{layer}"
+
+    def batches(
+        self,
+        layer: int | None,
+        split: str = "train",
+        batch_size: int = 64,
+        shuffle: bool = False,
+        seed: int = 0,
+        final: bool = False,
+    ) -> Iterator[StateBatch]:
+        """Stream batches of one layer (``None``: no states, e.g. for the n-gram baseline).
+
+        With ``shuffle``, shard order and rows within each shard are permuted (seeded):
+        enough mixing for SGD while only one shard is read at a time.
+        """
+        import torch
+        from safetensors import safe_open
+
+        key = self._check_layer(layer) if layer is not None else None
+        shards = self._shards(split)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
+        carry: list[dict] = []
+        for k in order:
+            with safe_open(self.path / shards[k]["file"], framework="pt") as f:
+                part = {
+                    "states": f.get_tensor(key) if key else torch.empty(shards[k]["rows"], 0),
+                    "target": f.get_tensor("target"),
+                    "last_token": f.get_tensor("last_token"),
+                    "row": f.get_tensor("row"),
+                }
+                if final:
+                    part["final"] = f.get_tensor("final")
+            if shuffle:
+                perm = torch.randperm(len(part["row"]), generator=g)
+                part = {name: t[perm] for name, t in part.items()}
+            carry.append(part)
+            merged = {name: torch.cat([c[name] for c in carry]) for name in carry[0]}
+            n_full = len(merged["row"]) // batch_size * batch_size
+            for a in range(0, n_full, batch_size):
+                yield StateBatch(**{name: t[a : a + batch_size] for name, t in merged.items()})
+            carry = [{name: t[n_full:] for name, t in merged.items()}]
+        if carry and len(carry[0]["row"]):
+            yield StateBatch(**carry[0])
+
+    def load(self, layer: int | None, split: str = "train", final: bool = False) -> StateBatch:
+        """A whole split as one batch (for methods fitted in closed form, and small caches)."""
+        import torch
+
+        parts = list(self.batches(layer, split, batch_size=1 << 30, final=final))
+        if len(parts) == 1:
+            return parts[0]
+        names = [k for k, v in vars(parts[0]).items() if v is not None]
+        return StateBatch(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
