@@ -23,6 +23,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "futurelens.models",
     "cache": "futurelens.tracing",
     "cache_ahead": "futurelens.tracing",
+    "decode": "futurelens.tracing",
     "patch": "futurelens.tracing",
     "greedy": "futurelens.tracing",
     "PatchOutput": "futurelens.tracing",

@@ -365,6 +365,35 @@ def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
     return lm.envoy(lm.arch.blocks)[lm.n_layers - 1], lm.envoy(lm.arch.unembed), True
 
 
+# --------------------------------------------------------------------------- decode
+
+
+def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
+    """The model's own head on last-layer-style states: final norm, then unembedding.
+
+    ``hidden [..., d_model]`` -> ``logits [..., vocab]``. This is the logit lens on
+    any layer's state, the model's next-token distribution on a cached final state,
+    and the decoder of the linear approximation. Locally the modules are called
+    directly (gradients flow); remotely the head runs inside a trace on the server.
+    """
+    import torch
+
+    if hidden.shape[-1] != lm.d_model:
+        raise FutureLensError(f"decode needs [..., {lm.d_model}] states, got {tuple(hidden.shape)}.")
+    norm = lm.module(lm.arch.final_norm) if lm.arch.final_norm is not None else torch.nn.Identity()
+    unembed = lm.module(lm.arch.unembed)
+    if not lm.remote:
+        return unembed(norm(hidden.to(lm.device, lm.dtype)))
+    norm_env = lm.envoy(lm.arch.final_norm) if lm.arch.final_norm is not None else None
+    unembed_env = lm.envoy(lm.arch.unembed)
+    hidden = hidden.to(lm.device, lm.dtype)
+    with lm.nn.trace(input_ids=torch.full((1, 1), lm.pad_id, dtype=torch.long), remote=lm.remote) as tracer:
+        x = norm_env(hidden) if norm_env is not None else hidden
+        logits = unembed_env(x).save()
+        tracer.stop()
+    return logits
+
+
 # --------------------------------------------------------------------------- greedy
 
 

@@ -199,3 +199,16 @@ def test_greedy_matches_one_row_at_a_time_generation(tiny, kind):
     # Greedy never stops early or avoids a token because the model calls it end-of-text.
     model.generation_config.eos_token_id = expected[0][0]
     assert fl.greedy(lm, rows, 3).tolist() == expected
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_decode_of_last_layer_state_is_the_models_own_logits(tiny, kind):
+    lm, model = tiny(kind)
+    states = fl.cache(lm, ROWS, layers=[lm.n_layers])[0]
+    with torch.no_grad():
+        expected = torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in ROWS])
+        torch.testing.assert_close(fl.decode(lm, states), expected, rtol=1e-4, atol=1e-4)
+    lm.remote = "local"
+    torch.testing.assert_close(fl.decode(lm, states), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(fl.FutureLensError, match="decode needs"):
+        fl.decode(lm, torch.zeros(2, 5))
