@@ -1,0 +1,459 @@
+"""Running on NDIF (``remote=True``): configuration, clear errors, and keeping secrets out of output.
+
+Configuration is nnsight's own (``nnsight.CONFIG.API``); futurelens only reads it:
+
+- API key: ``CONFIG.API.APIKEY``. nnsight fills it at import from the shipped
+  config < ``~/.config/nnsight/config.yaml`` (or ``$NNSIGHT_CONFIG``, where
+  ``CONFIG.set_default_api_key`` saves it) < ``$NDIF_API_KEY`` (or a Colab secret
+  of that name). The remote backend sends it as the ``ndif-api-key`` header.
+- Host: ``CONFIG.API.HOST`` (default ``https://api.ndif.us``), overridden by
+  ``$NDIF_HOST`` at import.
+
+`ndif_errors` turns what nnsight, httpx, websocket-client, requests or socketio
+raise during a remote run into a `FutureLensError` that says what to do;
+`redact`, `RedactSecrets` and `safe_config` keep the key out of messages, logs
+and recorded configs. Nothing here imports torch or nnsight at import time.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import FutureLensError
+
+KEY_URL = "https://login.ndif.us"
+STATUS_URL = "https://nnsight.net/status/"
+
+_SET_KEY = (
+    'set it with nnsight.CONFIG.set_default_api_key("...") (saved for later sessions) '
+    "or export NDIF_API_KEY=... before starting Python"
+)
+_KEY_HELP = f"Get a key at {KEY_URL}, then {_SET_KEY}."
+_SERVED_HELP = (
+    f"See which models NDIF serves at {STATUS_URL} or with futurelens.remote.served_models(); "
+    "meanwhile run locally with remote=False."
+)
+_LIMIT_HELP = (
+    "NDIF caps each request's run time and payload/result size: split the work into smaller "
+    "requests (a smaller batch of prefixes, fewer layers, a shorter rollout)."
+)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _config() -> Any:
+    # Imported here: nnsight pulls in torch, and `import futurelens` must stay light.
+    from nnsight import CONFIG
+
+    return CONFIG
+
+
+def api_key() -> str | None:
+    """The NDIF API key nnsight will send, or ``None`` when none is set.
+
+    This is ``nnsight.CONFIG.API.APIKEY``. nnsight reads ``$NDIF_API_KEY`` only
+    when it is imported, so a key exported afterwards (common in notebooks) is
+    not in its config; it is returned here and `check_remote_ready` hands it to
+    nnsight.
+    """
+    key = _config().API.APIKEY or os.environ.get("NDIF_API_KEY")
+    key = (key or "").strip()
+    return key or None
+
+
+def host() -> str:
+    """The NDIF base URL nnsight sends requests to (``nnsight.CONFIG.API.HOST``)."""
+    return _config().API.HOST
+
+
+def check_remote_ready(model_id: str, *, check_served: bool = False) -> None:
+    """Raise a `FutureLensError` saying what to fix if a remote run of ``model_id`` cannot start.
+
+    Checks that an API key is set and the host is a URL; with ``check_served``
+    also asks NDIF whether ``model_id`` is deployed (one request). That check is
+    opt-in because keys with hot-swapping access may run models NDIF does not
+    list as deployed.
+    """
+    config = _config()
+    key = api_key()
+    if key is None:
+        raise FutureLensError(f"No NDIF API key is set, so {model_id!r} cannot run on NDIF. {_KEY_HELP}")
+    if not config.API.APIKEY:
+        # Exported after nnsight was imported: nnsight would send no key at all.
+        config.API.APIKEY = key
+    url = host()
+    if not url.startswith(("http://", "https://")):
+        raise FutureLensError(
+            f"The NDIF host {redact(url)!r} is not a URL: set nnsight.CONFIG.API.HOST (or export NDIF_HOST "
+            "before starting Python) to e.g. https://api.ndif.us."
+        )
+    if check_served:
+        served = served_models()
+        if not any(_same_model(model_id, repo) for repo, state in served.items() if state == "RUNNING"):
+            listed = ", ".join(sorted(r for r, s in served.items() if s == "RUNNING")) or "none"
+            raise FutureLensError(f"NDIF is not running {model_id!r} right now (running: {listed}). {_SERVED_HELP}")
+
+
+def _same_model(model_id: str, repo_id: str) -> bool:
+    # nnsight canonicalises ids on the hub ("gpt2" -> "openai-community/gpt2"); without
+    # asking the hub, accept an exact or owner-less match.
+    a, b = model_id.strip().lower(), repo_id.lower()
+    return a == b or b.endswith("/" + a)
+
+
+def served_models() -> dict[str, str]:
+    """Models NDIF has deployed, as ``{hub id: state}`` (state ``"RUNNING"``, ``"DEPLOYING"`` ...).
+
+    Raises a `FutureLensError` when NDIF cannot be reached.
+    """
+    from nnsight import ndif
+
+    try:
+        # The same request nnsight.status() makes; status() swallows the error and
+        # prints "Down", so we call what it calls to report (and chain) the real cause.
+        raw = ndif._get("/status")
+    except Exception as exc:
+        raise FutureLensError(redact(_network_message("", exc))) from exc
+    # Fold replicas into one entry per hub id, keeping the healthiest state, and skip
+    # COLD (downloaded but not deployed) models, as nnsight.status() does.
+    rank = {"RUNNING": 0, "DEPLOYING": 1, "NOT_STARTED": 2}
+    served: dict[str, str] = {}
+    for name, entry in (raw.get("deployments") or {}).items():
+        if entry.get("deployment_level") not in ("HOT", "WARM"):
+            continue
+        repo, state = entry.get("repo_id", name), entry.get("application_state", "UNHEALTHY")
+        if repo not in served or rank.get(state, 9) < rank.get(served[repo], 9):
+            served[repo] = state
+    return served
+
+
+# --------------------------------------------------------------------------- secrets
+
+_NAME = (
+    r"(?<![\w-])(?:[\w-]*api[_-]?key|apikey|key|[\w-]*secret|[\w-]*pass(?:word|wd)|[\w-]*signature|[\w-]*credential"
+    r"|(?:[\w-]*(?:access|auth|api|hf|wandb|ndif|bearer|refresh|session|security)[_-]?)?token)"
+)
+_PATTERNS = [
+    # key=..., "api_key": "...", 'ndif-api-key': '...', WANDB_API_KEY=... (names such as
+    # pad_token, model_key or tokenizer are left alone, and so are placeholders: "=...", "=<key>").
+    re.compile(_NAME + r"""(['"]?\s*[:=]\s*['"]?)(?!\.\.\.|<|\*\*\*)([^\s'",;&})\]]+)""", re.IGNORECASE),
+    # Authorization: Bearer <token> / Basic <b64> / <token>
+    re.compile(r"""(authorization['"]?\s*[:=]\s*['"]?(?:(?:bearer|basic|token)\s+)?)([^\s'",;})\]]+)""", re.IGNORECASE),
+    re.compile(r"(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE),
+    # Credentials inside a URL: https://user:secret@host
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)(?=@)", re.IGNORECASE),
+]
+
+
+def _known_secrets() -> list[str]:
+    found = [os.environ.get("NDIF_API_KEY"), os.environ.get("WANDB_API_KEY")]
+    # Read nnsight's key only if nnsight is already loaded: a log filter must not
+    # import torch, and a key nnsight never loaded cannot leak through it.
+    config = sys.modules.get("nnsight.schema.config")
+    if config is not None:
+        found.append(getattr(config.CONFIG.API, "APIKEY", None))
+    # Longest first, so a key containing another is replaced whole; very short
+    # values are skipped so a placeholder like "x" does not mangle every message.
+    return sorted({s.strip() for s in found if s and len(s.strip()) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with the NDIF and wandb keys, and anything in a key/token/Authorization slot, as ``***``."""
+    text = str(text)
+    for secret in _known_secrets():
+        text = text.replace(secret, "***")
+    text = _PATTERNS[0].sub(lambda m: m.group(0)[: m.start(2) - m.start(0)] + "***", text)
+    for pattern in _PATTERNS[1:]:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """A logging filter that redacts a record's message, arguments and traceback; it never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a malformed format string: redact the parts
+            message = f"{record.msg} {record.args}"
+        # Formatting once here means no argument can bring the key back later.
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+# Loggers whose output may carry a key: the root, nnsight, and websocket-client
+# (whose trace mode logs handshake headers, ndif-api-key included).
+_LOGGERS = ("", "nnsight", "websocket")
+
+
+def install_redaction() -> RedactSecrets:
+    """Attach one `RedactSecrets` to the root, ``nnsight`` and ``websocket`` loggers and their handlers.
+
+    Idempotent. A logger's filters only see records logged on that logger, while
+    records from child loggers (``futurelens.*``, ``httpx`` ...) reach the root's
+    handlers directly, so the handlers present now get the filter as well: call
+    this after logging is configured.
+    """
+    shared = RedactSecrets()
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for target in [logger, *logger.handlers]:
+            if not any(isinstance(f, RedactSecrets) for f in target.filters):
+                target.addFilter(shared)
+    return shared
+
+
+def _secret_name(name: str) -> bool:
+    n = re.sub(r"[-.\s]", "_", str(name).lower())
+    if any(word in n for word in ("secret", "password", "passwd", "credential", "authorization")):
+        return True
+    if n in ("key", "token") or n.endswith(("api_key", "apikey", "private_key", "access_key")):
+        return True
+    return bool(re.fullmatch(r"(?:\w+_)?(?:access|auth|api|hf|wandb|ndif|bearer|refresh|session|id)_?token", n))
+
+
+def safe_config(d: dict) -> dict:
+    """A copy of ``d`` safe to log or publish: secret-named entries become ``"***"``, all strings are redacted.
+
+    Recurses into dicts, lists and tuples. ``None`` values of secret-named entries stay
+    ``None`` (recording that no key was set reveals nothing).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (value[k] if value[k] is None else "***") if _secret_name(k) else clean(value[k]) for k in value}
+        if isinstance(value, (list, tuple)):
+            return type(value)(clean(v) for v in value)
+        if isinstance(value, str):
+            return redact(value)
+        return value
+
+    return clean(dict(d))
+
+
+# --------------------------------------------------------------------------- errors
+
+# Modules whose exceptions mean "the remote call failed" (as opposed to the
+# caller's own code failing, which must pass through untouched).
+# (huggingface_hub >= 2 talks to the hub through httpx2, a fork with its own exception classes.)
+_HTTPX = ("httpx", "httpcore", "httpx2", "httpcore2")
+_REMOTE_MODULES = (*_HTTPX, "requests", "urllib3", "websocket", "socketio", "engineio", "huggingface_hub")
+_NET_ERRNOS = {
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.EHOSTDOWN,
+}  # fmt: skip
+
+# Server texts (NDIF's FastAPI details and job-error descriptions, see the README section).
+# Status codes find most auth failures; words like "forbidden" also appear in NDIF's
+# sandbox errors about the traced code, so only API-key wording is matched here.
+_AUTH_TEXT = re.compile(r"invalid api key|api key validation|missing api key|no api key", re.IGNORECASE)
+_VERSION_TEXT = re.compile(
+    r"(nnsight|python) version|incompatible with the server|update (your )?nnsight|outdated version"
+    r"|can't get attribute|unpickl",
+    re.IGNORECASE,
+)
+_SERVED_TEXT = re.compile(
+    r"not dedicated|hotswapping|cannot be accomm?odated|deployment evicted|model not found|unknown model"
+    r"|model .{0,80}not (currently )?(deployed|running|served|available|found)",
+    re.IGNORECASE,
+)
+_UNAVAILABLE_TEXT = re.compile(r"service (temporarily )?unavailable|bad gateway|not ready yet", re.IGNORECASE)
+_LIMIT_TEXT = re.compile(
+    r"longer than timeout|time ?limit|timed? ?out|too large|exceed(s|ed)? (the )?(max|limit)|out of memory|\boom\b",
+    re.IGNORECASE,
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (nnsight wraps httpx errors in RemoteError)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return seen
+
+
+def _modules(exc: BaseException) -> set[str]:
+    return {cls.__module__ for cls in type(exc).__mro__}
+
+
+def _from(exc: BaseException, *prefixes: str) -> bool:
+    return any(m == p or m.startswith(p + ".") for m in _modules(exc) for p in prefixes)
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _is_remote(exc: BaseException) -> bool:
+    if isinstance(exc, FutureLensError):
+        return False
+    if _from(exc, "nnsight.intervention.backends.remote", *_REMOTE_MODULES):
+        return True
+    return _is_network(exc)
+
+
+def _is_network(exc: BaseException) -> bool:
+    """Could not connect / connection dropped / name not resolved."""
+    names = _names(exc)
+    if _from(exc, *_HTTPX):
+        return bool(names & {"ConnectError", "ConnectTimeout", "NetworkError", "RemoteProtocolError", "ProxyError"})
+    if _from(exc, "requests", "urllib3"):
+        return bool(names & {"ConnectionError", "NewConnectionError", "ProxyError", "NameResolutionError"})
+    if _from(exc, "websocket"):
+        return bool(
+            names & {"WebSocketAddressException", "WebSocketConnectionClosedException", "WebSocketProxyException"}
+        ) or "host not found" in str(exc).lower()
+    if _from(exc, "socketio", "engineio"):
+        return "ConnectionError" in names
+    if _from(exc, "huggingface_hub"):
+        return "OfflineModeIsEnabled" in names
+    return isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror, socket.herror)) or (
+        isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
+    )
+
+
+def _is_time_limit(exc: BaseException) -> bool:
+    # Read/write/pool timeouts: connected, but the request or its result took too long.
+    # (Connect timeouts are network errors and are caught before this check.)
+    return _from(exc, *_HTTPX, "requests", "urllib3") and bool(
+        _names(exc) & {"ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout", "TimeoutException", "ReadTimeoutError"}
+    )
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries (httpx/requests response, websocket handshake)."""
+    code = getattr(exc, "status_code", None)
+    if code is None:
+        response = getattr(exc, "response", None)
+        code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _presigned(exc: BaseException) -> bool:
+    """Whether the failed request was a result download from a presigned storage URL.
+
+    A 403 there means the link expired, not that NDIF rejected the API key.
+    """
+    try:
+        url = getattr(getattr(exc, "request", None), "url", None)
+    except RuntimeError:
+        return False
+    return "signature=" in str(url or "").lower()
+
+
+def _url_host(exc: BaseException) -> str | None:
+    """``scheme://host`` of the request that failed, if the exception carries it."""
+    from urllib.parse import urlsplit
+
+    try:  # httpx raises RuntimeError when an error carries no request
+        url = getattr(getattr(exc, "request", None), "url", None)
+    except RuntimeError:
+        return None
+    # Scheme and host only: a presigned result URL carries a signature in its query.
+    parts = urlsplit(str(url)) if url else None
+    return f"{parts.scheme}://{parts.hostname}" if parts and parts.hostname else None
+
+
+def _detail(exc: BaseException, limit: int = 1500) -> str:
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    if len(text) > limit:  # server descriptions can carry whole tracebacks
+        text = text[:limit] + " ..."
+    return text
+
+
+def _network_message(model_id: str, exc: BaseException) -> str:
+    chain = _chain(exc)
+    where = next((u for u in map(_url_host, chain) if u), None) or host()
+    what = f" for {model_id!r}" if model_id else ""
+    return (
+        f"Could not reach NDIF{what}, or it is unavailable ({where}): {_detail(exc, 300)}. "
+        "Check your internet connection "
+        "(and any proxy or firewall), that the host is right (nnsight.CONFIG.API.HOST, or NDIF_HOST exported "
+        f"before starting Python), and NDIF's status at {STATUS_URL}; meanwhile run locally with remote=False."
+    )
+
+
+def translate(exc: BaseException, model_id: str) -> FutureLensError | None:
+    """The `FutureLensError` for a failed remote run of ``model_id``, or ``None`` if ``exc`` is not a remote failure."""
+    if not _is_remote(exc):
+        return None
+    chain = _chain(exc)
+    statuses = {s for s in map(_status, chain) if s is not None}
+    denied = any(_status(e) in (401, 403) and not _presigned(e) for e in chain)
+    text = " | ".join(str(e) for e in chain)
+    detail = _detail(exc)
+    key = api_key()
+
+    # Order matters: the hub answers 401 for unknown repos, and an auth or version
+    # refusal can mention timeouts or sizes, so the specific causes go first.
+    if any(_from(e, "huggingface_hub") and not _is_network(e) for e in chain):
+        message = (
+            f"nnsight names the model to NDIF by its Hugging Face hub id, and {model_id!r} could not be resolved "
+            f"on the hub ({detail}). Use the hub id of a model NDIF serves (not a local folder or a model built "
+            f"here). {_SERVED_HELP}"
+        )
+    elif denied or _AUTH_TEXT.search(text):
+        if key is None:
+            message = f"NDIF refused the request for {model_id!r} because no API key is set. {_KEY_HELP}"
+        else:
+            message = (
+                f"NDIF rejected the API key for {model_id!r} ({detail}): it is invalid, expired or revoked, "
+                f"or not allowed to use this model. Check or create a key at {KEY_URL}, then {_SET_KEY}."
+            )
+    elif 426 in statuses or _VERSION_TEXT.search(text):
+        message = (
+            f"NDIF and this client disagree on versions for {model_id!r} ({detail}). Upgrade nnsight within what "
+            "futurelens supports (pip install -U 'nnsight>=0.8.1,<0.9'; upgrade futurelens if NDIF needs a newer "
+            "nnsight) and use a Python version NDIF accepts; print(nnsight.compare()) shows the local and remote "
+            "package versions side by side."
+        )
+    elif _SERVED_TEXT.search(text):
+        message = f"NDIF is not serving {model_id!r} ({detail}). {_SERVED_HELP}"
+    elif any(map(_is_network, chain)) or statuses & {502, 503} or _UNAVAILABLE_TEXT.search(text):
+        message = _network_message(model_id, exc)
+    elif any(map(_is_time_limit, chain)) or statuses & {408, 413, 504} or _LIMIT_TEXT.search(text):
+        message = f"The NDIF request for {model_id!r} hit a server limit ({detail}). {_LIMIT_HELP}"
+    elif any(map(_presigned, chain)):
+        message = (
+            f"The NDIF job for {model_id!r} ran, but downloading its result failed ({detail}); the download "
+            "link may have expired: run the request again."
+        )
+    else:
+        message = (
+            f"The NDIF job for {model_id!r} failed: {detail}. If the error comes from the traced code itself, "
+            "run the same call with remote='local' to reproduce it here."
+        )
+    return FutureLensError(redact(message))
+
+
+@contextmanager
+def ndif_errors(model_id: str) -> Iterator[None]:
+    """Turn failures of a remote trace or session on ``model_id`` into a `FutureLensError` that says what to do.
+
+    The original exception is chained (``raise ... from exc``). Anything that is
+    not a remote failure (a `FutureLensError`, a torch error from the traced code)
+    passes through unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        error = translate(exc, model_id)
+        if error is None:
+            raise
+        raise error from exc
