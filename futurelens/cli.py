@@ -33,10 +33,28 @@ def _cache(cfg) -> None:
     typer.echo(f"Cached layers {cache.layers[0]}..{cache.layers[-1]} ({len(cache.layers)}) for {sizes} prefixes in {out}.")
 
 
+def _train(cfg) -> None:
+    from futurelens.train import train
+
+    prompts = train(cfg)
+    typer.echo(f"Trained soft prompts for layers {sorted(prompts)} in {cfg.out}.")
+
+
+def _eval(cfg) -> None:
+    from futurelens.evaluate import evaluate
+
+    df = evaluate(cfg)
+    p1 = df[(df.metric == "precision") & (df.k == 1)].pivot_table(index=["n", "layer"], columns="method", values="value")
+    typer.echo(p1.round(3).to_string())
+    typer.echo(f"Wrote results.csv, precision.png and surprisal.png to {cfg.out}.")
+
+
 def _register() -> None:
     from .config import command
     from .data.prefixes import DataConfig
     from .data.states import CacheConfig
+    from .evaluate import EvalConfig
+    from .train import TrainConfig
     from .demo import DemoConfig, run
 
     app.command("demo", help="The main job on the embedded default model (offline, CPU): what each layer's state anticipates.")(
@@ -47,6 +65,12 @@ def _register() -> None:
     )
     app.command("cache", help="Cache each prefix's hidden states at every layer, in resumable shards.")(
         command(CacheConfig, _cache)
+    )
+    app.command("train", help="Train a soft prompt per layer (the learned-prompt intervention) on cached states.")(
+        command(TrainConfig, _train)
+    )
+    app.command("eval", help="Score all five methods per layer and N: results.csv and the paper's figure.")(
+        command(EvalConfig, _eval)
     )
 
 

@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import futurelens as fl
+from futurelens.data.prefixes import save_prefixes, tokenizer_hash
 from futurelens.models import ensure_default_model
 
 warnings.filterwarnings("ignore", message=".*mamba_ssm.*|.*causal_conv1d.*")
@@ -82,3 +83,33 @@ def tiny(tokenizer):
 @pytest.fixture(scope="session")
 def default_lm():
     return fl.load_model()
+
+
+def synthetic_prefixes(out, tokenizer, model_name, n=20, n_max=2, seed=0):
+    """A prefix table with random ids: the cache's correctness does not depend on where targets came from."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 9, (n,), generator=g).tolist()
+    columns = {
+        "doc_id": [f"doc{i % 5}" for i in range(n)],
+        "offset": [0] * n,
+        "prefix_ids": [torch.randint(5, 1000, (k,), generator=g).tolist() for k in lengths],
+        "next_ids": [torch.randint(5, 1000, (n_max + 1,), generator=g).tolist() for _ in range(n)],
+        "target_ids": [torch.randint(5, 1000, (n_max + 1,), generator=g).tolist() for _ in range(n)],
+        "split": ["test" if i % 4 == 0 else "train" for i in range(n)],
+    }
+    meta = {"model": model_name, "tokenizer_hash": tokenizer_hash(tokenizer), "config": {"n_max": n_max}, "n_kept": n}
+    return save_prefixes(columns, meta, out), columns
+
+
+@pytest.fixture
+def tiny_cache(tiny, tokenizer, tmp_path):
+    """Factory: ``tiny_cache(kind, n=...)`` -> (lm, hf model, StateCache) over synthetic prefixes."""
+    from futurelens.data.states import CacheConfig, StateCache, build_cache
+
+    def make(kind: str = "llama", n: int = 40, n_max: int = 2, **cfg):
+        lm, model = tiny(kind)
+        data, _ = synthetic_prefixes(tmp_path / f"data-{kind}", tokenizer, lm.name, n=n, n_max=n_max)
+        out = build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / f"cache-{kind}"), **cfg), progress=False)
+        return lm, model, StateCache(out)
+
+    return make

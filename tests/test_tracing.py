@@ -8,6 +8,7 @@ from conftest import BLOCKS, CORE
 from hook_reference import hook_last_states, hook_patch_logits
 
 import futurelens as fl
+from futurelens.tracing import token_states
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
 
@@ -212,3 +213,75 @@ def test_decode_of_last_layer_state_is_the_models_own_logits(tiny, kind):
     torch.testing.assert_close(fl.decode(lm, states), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(fl.FutureLensError, match="decode needs"):
         fl.decode(lm, torch.zeros(2, 5))
+
+
+# --------------------------------------------------------------------------- multi-layer patch, token_states
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_multi_layer_patch_equals_hook_patch_row_by_row(tiny, kind):
+    lm, model = tiny(kind)
+    layers = [3, 0, 2, 0, 1, 3]  # unsorted, repeated, embedding included: one forward
+    full = fl.cache(lm, ROWS + ROWS)  # [L + 1, 6, d]
+    states = torch.stack([full[layer, b] for b, layer in enumerate(layers)])
+    soft = _soft(lm)
+    target = torch.tensor([[21, 22]])
+    out = fl.patch(lm, states, layers, soft_prompt=soft, target=target, read=list(range(6)))
+    ids = torch.cat([torch.zeros(1, 4, dtype=torch.long), target], 1)
+    with torch.no_grad():
+        for b, layer in enumerate(layers):
+            expected = hook_patch_logits(model, BLOCKS[kind], ids, states[b : b + 1], layer, position=3, soft_prompt=soft)
+            torch.testing.assert_close(out.logits[b : b + 1], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_mixed_layer_batch_equals_separate_single_layer_calls(tiny, kind):
+    lm, _ = tiny(kind)
+    layers = torch.tensor([2, 1, 2, 3, 1, -1])  # a LongTensor; -1 is layer 3
+    states = torch.randn(6, lm.d_model)
+    g = torch.Generator().manual_seed(3)
+    soft = torch.randn(6, 4, lm.d_model, generator=g)  # a soft prompt per row
+    mixed = fl.patch(lm, states, layers, soft_prompt=soft, rollout=3, top_k=4)
+    for b, layer in enumerate(layers.tolist()):
+        alone = fl.patch(lm, states[b], layer, soft_prompt=soft[b], rollout=3, top_k=4)
+        assert torch.equal(mixed.rollout_ids[b], alone.rollout_ids[0])
+        assert torch.equal(mixed.top_ids[b], alone.top_ids[0])
+        torch.testing.assert_close(mixed.rollout_probs[b], alone.rollout_probs[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mixed.top_probs[b], alone.top_probs[0], rtol=1e-4, atol=1e-5)
+    # On a plain token context too, patching at an inner position.
+    target = [[30, 31, 32, 33]]
+    mixed = fl.patch(lm, states[:4], [0, 3, 1, 0], target=target, position=1, read=[1, 3])
+    for b, layer in enumerate([0, 3, 1, 0]):
+        alone = fl.patch(lm, states[b], layer, target=target, position=1, read=[1, 3])
+        torch.testing.assert_close(mixed.logits[b], alone.logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_multi_layer_patch_remote_local_and_bad_layers(tiny):
+    lm, _ = tiny("llama")
+    states = torch.randn(3, lm.d_model)
+    soft = _soft(lm)
+    local = fl.patch(lm, states, [2, 0, 3], soft_prompt=soft, rollout=2)
+    lm.remote = "local"
+    remote = fl.patch(lm, states, [2, 0, 3], soft_prompt=soft, rollout=2)
+    assert torch.equal(remote.rollout_ids, local.rollout_ids)
+    lm.remote = False
+    with pytest.raises(fl.FutureLensError, match=r"gives 2 layers but state has 3 rows"):
+        fl.patch(lm, states, [1, 2], soft_prompt=soft)
+    with pytest.raises(fl.FutureLensError, match=r"layer=7 is out of range"):
+        fl.patch(lm, states, [1, 7, 2], soft_prompt=soft)
+    with pytest.raises(fl.FutureLensError, match=r"integer tensor"):
+        fl.patch(lm, states, torch.tensor([1.0, 2.0, 3.0]), soft_prompt=soft)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_token_states_match_hooks_at_every_position(tiny, kind):
+    lm, model = tiny(kind)
+    row = ROWS[0]
+    expected = hook_last_states(model, BLOCKS[kind], torch.tensor([row]))  # [L + 1, T, d]
+    torch.testing.assert_close(token_states(lm, row), expected, rtol=1e-5, atol=1e-5)
+    picked = token_states(lm, torch.tensor([row]), layers=[3, 0, -2])
+    torch.testing.assert_close(picked, expected[[3, 0, 2]], rtol=1e-5, atol=1e-5)
+    # The last position is what cache() reads.
+    torch.testing.assert_close(picked[:, -1], fl.cache(lm, [row], layers=[3, 0, -2])[:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(fl.FutureLensError, match="one row"):
+        token_states(lm, ROWS)

@@ -135,7 +135,7 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
         (out / split).mkdir(exist_ok=True)
         for stale in (out / split).glob(".shard-*.tmp"):  # left by a killed build mid-write
             stale.unlink()
-    index = {"format": 1, "settings": settings, "complete": False, "splits": shards}
+    index = {"format": 1, "settings": settings, "data": str(Path(cfg.data).resolve()), "complete": False, "splits": shards}
     _atomic_json(index, index_path)
 
     dtype = getattr(torch, cfg.dtype)

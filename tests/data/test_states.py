@@ -13,24 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import futurelens as fl
-from futurelens.data.prefixes import save_prefixes, tokenizer_hash
+from conftest import synthetic_prefixes
 from futurelens.data.states import INDEX, CacheConfig, StateCache, build_cache
-
-
-def synthetic_prefixes(out, tokenizer, model_name, n=20, n_max=2, seed=0):
-    """A prefix table with random ids: the cache's correctness does not depend on where targets came from."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(2, 9, (n,), generator=g).tolist()
-    columns = {
-        "doc_id": [f"doc{i % 5}" for i in range(n)],
-        "offset": [0] * n,
-        "prefix_ids": [torch.randint(5, 1000, (k,), generator=g).tolist() for k in lengths],
-        "next_ids": [torch.randint(5, 1000, (n_max + 1,), generator=g).tolist() for _ in range(n)],
-        "target_ids": [torch.randint(5, 1000, (n_max + 1,), generator=g).tolist() for _ in range(n)],
-        "split": ["test" if i % 4 == 0 else "train" for i in range(n)],
-    }
-    meta = {"model": model_name, "tokenizer_hash": tokenizer_hash(tokenizer), "config": {"n_max": n_max}, "n_kept": n}
-    return save_prefixes(columns, meta, out), columns
 
 
 @pytest.fixture

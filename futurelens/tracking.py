@@ -1,0 +1,57 @@
+"""Optional Weights & Biases logging, with secrets kept out of every config and message.
+
+`Tracker` is a no-op when disabled, so training and evaluation call it unconditionally.
+It works offline (``WANDB_MODE=offline``): runs are written under ``./wandb`` and can be
+synced later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Tracker:
+    """``with Tracker(enabled, project, config) as t: t.log({...}); t.table(...); t.image(...)``."""
+
+    def __init__(self, enabled: bool, project: str = "futurelens", config: dict | None = None, job: str = "") -> None:
+        self.enabled = enabled
+        self.project = project
+        self.config = config or {}
+        self.job = job
+        self.run = None
+
+    def __enter__(self) -> Tracker:
+        if self.enabled:
+            import wandb
+
+            from .remote import install_redaction, safe_config
+
+            install_redaction()
+            self.run = wandb.init(project=self.project, job_type=self.job or None, config=safe_config(self.config),
+                                  reinit="finish_previous")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1 if exc[0] else 0)
+            self.run = None
+
+    def log(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(values)
+
+    def table(self, key: str, df: Any) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(dataframe=df)})
+
+    def image(self, key: str, path: str) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
+    def html(self, key: str, html: Any) -> None:
+        if self.run is not None:
+            self.run.log({key: html})

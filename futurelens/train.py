@@ -1,0 +1,262 @@
+"""Soft-prompt training: the learned-prompt causal intervention, one prompt per layer.
+
+A soft prompt of P vectors (init N(0, init_std), no BOS) is trained so that, with a
+layer-L state patched over the output of block L at its last vector and the model's
+own first ``N`` continuation tokens teacher-forced after it, the model's next-token
+distribution matches the original model's at the token N ahead (KL), or hits that
+token (CE). The model's weights stay frozen; only the prompt gets gradients.
+
+Checkpoints are atomic and resumable: ``layer-<L>.ckpt.pt`` holds the prompt, the
+optimizer and the position in the data while training; ``layer-<L>.safetensors``
+(tensor ``soft_prompt [P, d]``, metadata ``model``, ``layer``, ``config``, ``losses``)
+is the finished prompt that the evaluation and the lens load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import FutureLensError
+
+if TYPE_CHECKING:
+    import torch
+    from .data.states import StateCache
+    from .models import LensModel
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `futurelens train`: one soft prompt per layer, trained on cached states."""
+
+    cache: str = "runs/cache"
+    """State cache folder written by `futurelens cache`."""
+    out: str = "runs/prompts"
+    """Folder for the prompts (layer-<L>.safetensors) and resumable checkpoints."""
+    model: str = ""
+    """Hub id or folder; empty = the model recorded in the cache."""
+    layers: list[int] = field(default_factory=list)
+    """Layers to train a prompt for; empty = every cached layer."""
+    target_n: int = 1
+    """Which token ahead the prompt is trained to decode (the paper trains for N=1)."""
+    prompt_len: int = 10
+    """Soft prompt length P (vectors of size d_model)."""
+    init_std: float = 0.02
+    """Standard deviation of the prompt's normal initialisation."""
+    loss: str = "kl"
+    """'kl' to the original model's distribution at the token N ahead, or 'ce' on that token."""
+    optimizer: str = "adamw"
+    """'adamw', 'adam' or 'sgd'."""
+    lr: float = 5e-4
+    """Learning rate."""
+    weight_decay: float = 1e-5
+    """Weight decay (AdamW / SGD)."""
+    epochs: int = 1
+    """Passes over the train split."""
+    batch_size: int = 8
+    """Prefixes per forward pass."""
+    grad_accum: int = 1
+    """Batches per optimizer step (effective batch = batch_size * grad_accum)."""
+    seed: int = 0
+    """Seed for the initialisation and the shuffling."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every this many batches."""
+    wandb: bool = False
+    """Log training curves to Weights & Biases (works offline with WANDB_MODE=offline)."""
+    wandb_project: str = "futurelens"
+    """W&B project."""
+
+
+def _atomic(write, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def prompt_path(out: str | os.PathLike, layer: int) -> Path:
+    return Path(out) / f"layer-{layer}.safetensors"
+
+
+def save_prompt(path: str | os.PathLike, prompt: torch.Tensor, *, model: str, layer: int, config: dict, losses: list[float]) -> Path:
+    """Write a finished soft prompt ``[P, d]`` with what it belongs to (atomic)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": model, "layer": str(layer), "config": json.dumps(config), "losses": json.dumps(losses)}
+    _atomic(lambda tmp: save_file({"soft_prompt": prompt.detach().float().contiguous()}, tmp, metadata=meta), path)
+    return path
+
+
+def load_prompt(path: str | os.PathLike, lm: LensModel | None = None) -> tuple[torch.Tensor, dict]:
+    """``(soft_prompt [P, d], metadata)``; with ``lm``, refuse a prompt trained for another model."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FutureLensError(f"No soft prompt at {path}: train one with `futurelens train`.")
+    with safe_open(str(path), framework="pt") as f:
+        prompt, meta = f.get_tensor("soft_prompt"), dict(f.metadata())
+    meta["layer"] = int(meta["layer"])
+    meta["config"] = json.loads(meta["config"])
+    meta["losses"] = json.loads(meta.get("losses", "[]"))
+    if lm is not None and (meta["model"] != lm.name or prompt.shape[-1] != lm.d_model):
+        raise FutureLensError(
+            f"{path} was trained for {meta['model']!r} (d_model {prompt.shape[-1]}), not {lm.name!r} "
+            f"(d_model {lm.d_model}): train a prompt for this model."
+        )
+    return prompt, meta
+
+
+def load_prompts(folder: str | os.PathLike, lm: LensModel | None = None) -> dict[int, torch.Tensor]:
+    """Every finished prompt in ``folder``: ``{layer: [P, d]}``."""
+    prompts = {}
+    for path in sorted(Path(folder).glob("layer-*.safetensors")):
+        prompt, meta = load_prompt(path, lm)
+        prompts[meta["layer"]] = prompt
+    if not prompts:
+        raise FutureLensError(f"No soft prompts (layer-<L>.safetensors) in {folder}: train some with `futurelens train`.")
+    return prompts
+
+
+def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    import torch
+
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise FutureLensError(f"optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+
+
+def prompt_loss(lm: LensModel, prompt: torch.Tensor, batch: Any, layer: int, n: int, loss: str) -> torch.Tensor:
+    """The training objective on one batch: the patched run's prediction of the token ``n`` ahead.
+
+    KL(original model || patched run) when ``loss='kl'`` (the original distribution is
+    the model's head on the cached last-layer state ``batch.final[:, n]``), else
+    cross-entropy on ``batch.target[:, n]``.
+    """
+    import torch
+
+    from .methods.prompts import prompt_logits
+    from .tracing import decode
+
+    logits = prompt_logits(lm, batch.states, layer, batch.target[:, :n], soft_prompt=prompt)[:, n].float()
+    logprobs = logits.log_softmax(-1)
+    if loss == "ce":
+        return torch.nn.functional.nll_loss(logprobs, batch.target[:, n].to(logprobs.device))
+    with torch.no_grad():
+        reference = decode(lm, batch.final[:, n]).float().log_softmax(-1)
+    return torch.nn.functional.kl_div(logprobs, reference, log_target=True, reduction="batchmean")
+
+
+def train_prompt(
+    lm: LensModel,
+    cache: StateCache,
+    layer: int,
+    cfg: TrainConfig,
+    progress: bool = True,
+    log: Any = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """Train (or resume, or load if finished) the soft prompt for ``layer``. Returns ``(prompt [P, d], losses)``.
+
+    ``losses`` has one entry per optimizer step. ``log(dict)`` is called with each step's loss.
+    """
+    import torch
+
+    from tqdm.auto import tqdm
+
+    if cfg.loss not in ("kl", "ce"):
+        raise FutureLensError(f"loss must be 'kl' or 'ce', not {cfg.loss!r}.")
+    if not 0 <= cfg.target_n <= cache.n_max:
+        raise FutureLensError(f"target_n must be in 0..{cache.n_max} (the cache's n_max), got {cfg.target_n}.")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.prompt_len < 1:
+        raise FutureLensError("batch_size, grad_accum and prompt_len must be >= 1.")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    final_path, ckpt_path = prompt_path(out, layer), out / f"layer-{layer}.ckpt.pt"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "layers", "checkpoint_every", "wandb", "wandb_project")}
+    if final_path.exists():
+        prompt, meta = load_prompt(final_path, lm)
+        if meta["config"] == settings:
+            return prompt, meta["losses"]
+        raise FutureLensError(f"{final_path} was trained with other settings: use another --out, or delete it to retrain.")
+
+    g = torch.Generator().manual_seed(cfg.seed + layer)
+    prompt = (torch.randn(cfg.prompt_len, lm.d_model, generator=g) * cfg.init_std).requires_grad_(True)
+    opt = _optimizer([prompt], cfg)
+    state = {"epoch": 0, "batch": 0, "losses": [], "pending": []}
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        if saved["settings"] != settings:
+            raise FutureLensError(f"{ckpt_path} is a checkpoint for other settings: use another --out, or delete it.")
+        with torch.no_grad():
+            prompt.copy_(saved["prompt"])
+        prompt.grad = saved["grad"]
+        opt.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+
+    def checkpoint() -> None:
+        # The gradient is kept too: a checkpoint can fall between the batches of one accumulated step.
+        blob = {"settings": settings, "prompt": prompt.detach().clone(), "grad": prompt.grad, "optimizer": opt.state_dict(),
+                "state": state}
+        _atomic(lambda tmp: torch.save(blob, tmp), ckpt_path)
+
+    n_batches = -(-cache.size("train") // cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"], disable=not progress,
+               desc=f"Training prompt L{layer}", unit="batch")
+    for epoch in range(state["epoch"], cfg.epochs):
+        batches = cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
+        for i, batch in enumerate(batches):
+            if i < state["batch"]:
+                continue  # already seen before the resume; the shuffle is seeded, so the order is the same
+            loss = prompt_loss(lm, prompt, batch, layer, cfg.target_n, cfg.loss)
+            (loss / cfg.grad_accum).backward()
+            state["pending"].append(loss.item())
+            state["batch"] = i + 1
+            if len(state["pending"]) == cfg.grad_accum or state["batch"] == n_batches:
+                opt.step()
+                opt.zero_grad()
+                step_loss = sum(state["pending"]) / len(state["pending"])
+                state["losses"].append(step_loss)
+                state["pending"] = []
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+                if log is not None:
+                    log({f"train/loss_L{layer}": step_loss})
+            bar.update(1)
+            if state["batch"] % cfg.checkpoint_every == 0:
+                checkpoint()
+        state.update(epoch=epoch + 1, batch=0)
+    bar.close()
+    save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"])
+    ckpt_path.unlink(missing_ok=True)
+    return prompt.detach(), state["losses"]
+
+
+def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
+    """Train a prompt for each requested layer; ``{layer: prompt}``. Loads the model named in the cache if not given."""
+    from .data.states import StateCache
+    from .tracking import Tracker
+
+    cache = StateCache(cfg.cache)
+    if lm is None:
+        from .models import load_model
+
+        lm = load_model(cfg.model or cache.settings["model"])
+    layers = cfg.layers or cache.layers
+    prompts = {}
+    with Tracker(cfg.wandb, cfg.wandb_project, config=asdict(cfg), job="train") as tracker:
+        for layer in layers:
+            prompts[layer], _ = train_prompt(lm, cache, layer, cfg, progress=progress, log=tracker.log)
+    return prompts

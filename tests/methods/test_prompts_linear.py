@@ -1,0 +1,80 @@
+"""The patch-based methods against plain hooks, and the linear maps against exact answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BLOCKS
+from hook_reference import hook_patch_logits
+
+from futurelens.methods.linear import LinearApprox, VocabProbe, ridge
+from futurelens.methods.prompts import FixedPrompt, LearnedPrompt, prompt_logits
+from futurelens.metrics import precision_at_k
+
+
+@pytest.mark.parametrize("kind", ["gptj", "mamba"])
+def test_prompt_logits_read_every_n_with_teacher_forcing_like_hooks(tiny_cache, kind):
+    lm, model, cache = tiny_cache(kind, n=12)
+    batch = next(cache.batches(2, "test", batch_size=3))
+    prompt_ids = [11, 12, 13, 14]
+    got = prompt_logits(lm, batch.states, 2, batch.target[:, :-1], prompt_ids=prompt_ids)  # [3, n_max + 1, V]
+    for b in range(3):
+        ids = torch.tensor([prompt_ids + batch.target[b, :-1].tolist()])
+        with torch.no_grad():
+            ref = hook_patch_logits(model, BLOCKS[kind], ids, batch.states[b : b + 1], 2, len(prompt_ids) - 1)
+        torch.testing.assert_close(got[b], ref[0, len(prompt_ids) - 1 :], rtol=1e-4, atol=1e-4)
+    soft = torch.randn(5, lm.d_model)
+    got = prompt_logits(lm, batch.states, 1, batch.target[:, :-1], soft_prompt=soft)
+    for b in range(3):
+        ids = torch.tensor([[0] * 5 + batch.target[b, :-1].tolist()])
+        with torch.no_grad():
+            ref = hook_patch_logits(model, BLOCKS[kind], ids, batch.states[b : b + 1], 1, 4, soft_prompt=soft)
+        torch.testing.assert_close(got[b], ref[0, 4:], rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_and_learned_predictions_are_the_top_k_of_those_logits(tiny_cache):
+    lm, _, cache = tiny_cache("llama", n=12)
+    batch = next(cache.batches(3, "test", batch_size=4))
+    fixed = FixedPrompt(lm, "Tell me about")
+    logits = prompt_logits(lm, batch.states, 3, batch.target[:, :-1], prompt_ids=fixed.prompt_ids)
+    preds = fixed.predict(batch, 3, k=5)
+    assert len(preds) == cache.n_max + 1
+    for n, p in enumerate(preds):
+        assert torch.equal(p.top_ids, logits[:, n].topk(5).indices)
+        torch.testing.assert_close(p.logprobs.exp().sum(-1), torch.ones(len(batch.row)))
+    learned = LearnedPrompt(lm, {3: torch.randn(4, lm.d_model)})
+    assert learned.predict(batch, 3, 2)[0].top_ids.shape == (len(batch.row), 2)
+    with pytest.raises(Exception, match="No soft prompt for layer 1"):
+        learned.predict(batch, 1, 2)
+
+
+def test_ridge_recovers_an_exact_affine_map():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g) * torch.tensor([1.0, 10, 0.1, 1, 100, 1])
+    w, c = torch.randn(6, 3, generator=g), torch.randn(3, generator=g)
+    fit = ridge(x, x @ w + c, alpha=0.0)
+    torch.testing.assert_close(fit[:-1], w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fit[-1], c, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_approx_at_the_last_layer_for_n0_is_the_identity(tiny_cache):
+    lm, _, cache = tiny_cache("llama", n=80)
+    method = LinearApprox(lm, alpha=0.0).fit(cache, lm.n_layers)
+    eye = method.maps[lm.n_layers][0]
+    torch.testing.assert_close(eye[:-1], torch.eye(lm.d_model), rtol=1e-3, atol=1e-3)
+    test = cache.load(lm.n_layers, "test", final=True)
+    pred = method.predict(test, lm.n_layers, k=1)[0]
+    # N=0 from the last layer's own state is the model's own next token, which is the target
+    model_next = torch.stack([lm.module("lm_head")(lm.module("model.norm")(s)).argmax() for s in test.final[:, 0]])
+    assert torch.equal(pred.top_ids[:, 0], model_next)
+
+
+def test_vocab_probe_learns_its_training_targets_and_refines_linear_with_sgd(tiny_cache):
+    lm, _, cache = tiny_cache("llama", n=40)
+    train = cache.load(2, "train")
+    probe = VocabProbe(lm.vocab_size, epochs=30, lr=1e-2, batch_size=16).fit(cache, 2)
+    fitted = precision_at_k(probe.predict(train, 2, k=1)[0].top_ids, train.target[:, 0])[0]
+    assert fitted > 0.8  # 30 memorisable random targets: a working probe fits them
+    before = LinearApprox(lm).fit(cache, 2).maps[2]
+    after = LinearApprox(lm, sgd_epochs=1, lr=1e-3).fit(cache, 2).maps[2]
+    assert not torch.equal(before, after)
