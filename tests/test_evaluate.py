@@ -1,0 +1,48 @@
+"""Evaluation end to end on a tiny cache: the table's shape and its numbers against a hand count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import futurelens as fl
+from futurelens.evaluate import EvalConfig, evaluate
+from futurelens.methods.prompts import FixedPrompt
+from futurelens.train import TrainConfig, train_prompt
+
+
+def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
+    lm, _, cache = tiny_cache("llama", n=40)
+    train_prompt(lm, cache, 2, TrainConfig(out=str(tmp_path / "prompts"), prompt_len=3, epochs=1), progress=False)
+    cfg = EvalConfig(cache=str(cache.path), prompts=str(tmp_path / "prompts"), out=str(tmp_path / "eval"),
+                     layers=[2, 3], k=5, vocab_epochs=1, batch_size=4, fixed_prompt="Tell me about")
+    df = evaluate(cfg, lm=lm, progress=False)
+    precision = df[df.metric == "precision"]
+    expected = {("bigram", -1)} | {(m, layer) for m in ("linear (vocab)", "linear (hidden)", "fixed prompt") for layer in (2, 3)}
+    assert set(zip(precision.method, precision.layer)) == expected | {("learned prompt", 2)}
+    assert len(precision) == len(expected | {("learned prompt", 2)}) * (cache.n_max + 1) * 5
+    for _, group in precision.groupby(["method", "layer", "n"]):
+        values = group.sort_values("k").value.tolist()
+        assert values == sorted(values) and 0 <= values[0] and values[-1] <= 1  # precision@k grows with k
+    assert (df[df.metric == "surprisal"].value >= 0).all()
+    assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"results.csv", "precision.png", "surprisal.png"}
+
+    # precision@1 of the fixed prompt at layer 3, N=1, counted by hand from its predictions
+    test = cache.load(3, "test")
+    top1 = FixedPrompt(lm, "Tell me about").predict(test, 3, k=1)[1].top_ids[:, 0]
+    hand = sum(int(a == b) for a, b in zip(top1.tolist(), test.target[:, 1].tolist())) / len(test.row)
+    row = precision[(precision.method == "fixed prompt") & (precision.layer == 3) & (precision.n == 1) & (precision.k == 1)]
+    assert row.value.item() == pytest.approx(hand)
+    # surprisal of that prediction under the model's own distribution, by hand from the cached final states
+    final = cache.load(3, "test", final=True).final[:, 1]
+    with torch.no_grad():
+        model_lp = fl.decode(lm, final).log_softmax(-1)
+    hand_surprisal = -model_lp[torch.arange(len(top1)), top1].mean().item()
+    sur = df[(df.method == "fixed prompt") & (df.layer == 3) & (df.n == 1) & (df.metric == "surprisal")]
+    assert sur.value.item() == pytest.approx(hand_surprisal, rel=1e-4)
+
+
+def test_unknown_method_is_a_clear_error(tiny_cache, tmp_path):
+    lm, _, cache = tiny_cache("llama", n=12)
+    with pytest.raises(fl.FutureLensError, match="Unknown method"):
+        evaluate(EvalConfig(cache=str(cache.path), methods=["oracle"]), lm=lm, progress=False)
