@@ -457,3 +457,32 @@ def ndif_errors(model_id: str) -> Iterator[None]:
         if error is None:
             raise
         raise error from exc
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_job(lm: Any, fn: Any, *args: Any) -> Any:
+    """Run ``fn(lm, *args)`` as one job: a plain call locally, ONE nnsight session remotely.
+
+    Remotely, every trace ``fn`` opens, and the Python between them (loops, optimizer
+    steps, reductions), runs on the server inside the session; only ``fn``'s return
+    value comes back, so ``fn`` should reduce there (top-k ids, losses, a trained
+    tensor) rather than return activations. futurelens' own source travels with the
+    request (``nnsight.register``), so ``fn`` may call any futurelens function.
+    """
+    if not lm.remote:
+        return fn(lm, *args)
+    import nnsight
+
+    nnsight.register("futurelens")
+    remote = lm.remote
+    try:
+        with ndif_errors(lm.name):
+            with lm.nn.session(remote=remote):
+                # Inside the session, traces are plain: the session itself is the remote request.
+                lm.remote = False
+                result = nnsight.save(fn(lm, *args))
+    finally:
+        lm.remote = remote
+    return result

@@ -214,34 +214,72 @@ def train_prompt(
         _atomic(lambda tmp: torch.save(blob, tmp), ckpt_path)
 
     n_batches = -(-cache.size("train") // cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"], disable=not progress,
-               desc=f"Training prompt L{layer}", unit="batch")
-    for epoch in range(state["epoch"], cfg.epochs):
-        batches = cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
-        for i, batch in enumerate(batches):
-            if i < state["batch"]:
-                continue  # already seen before the resume; the shuffle is seeded, so the order is the same
-            loss = prompt_loss(lm, prompt, batch, layer, cfg.target_n, cfg.loss)
-            (loss / cfg.grad_accum).backward()
-            state["pending"].append(loss.item())
-            state["batch"] = i + 1
-            if len(state["pending"]) == cfg.grad_accum or state["batch"] == n_batches:
-                opt.step()
-                opt.zero_grad()
-                step_loss = sum(state["pending"]) / len(state["pending"])
-                state["losses"].append(step_loss)
-                state["pending"] = []
-                bar.set_postfix(loss=f"{step_loss:.3f}")
-                if log is not None:
-                    log({f"train/loss_L{layer}": step_loss})
-            bar.update(1)
-            if state["batch"] % cfg.checkpoint_every == 0:
-                checkpoint()
-        state.update(epoch=epoch + 1, batch=0)
-    bar.close()
+
+    def epoch_batches(epoch: int):
+        return cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
+
+    if lm.remote:
+        # One remote job for the whole layer: the loop runs on the server, the prompt and the losses come back.
+        from .remote import run_job
+
+        epochs = [list(epoch_batches(epoch)) for epoch in range(cfg.epochs)]
+        trained, losses = run_job(lm, _train_job, prompt.detach(), epochs, cfg, layer)
+        with torch.no_grad():
+            prompt.copy_(trained)
+        state["losses"] = [float(x) for x in losses]
+    else:
+        bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
+                   disable=not progress, desc=f"Training prompt L{layer}", unit="batch")
+        for epoch in range(state["epoch"], cfg.epochs):
+            for i, batch in enumerate(epoch_batches(epoch)):
+                if i < state["batch"]:
+                    continue  # already seen before the resume; the shuffle is seeded, so the order is the same
+                step_loss = _accumulate(lm, prompt, opt, batch, layer, cfg, state, i, n_batches)
+                if step_loss is not None:
+                    bar.set_postfix(loss=f"{step_loss:.3f}")
+                    if log is not None:
+                        log({f"train/loss_L{layer}": step_loss})
+                bar.update(1)
+                if state["batch"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+            state.update(epoch=epoch + 1, batch=0)
+        bar.close()
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"])
     ckpt_path.unlink(missing_ok=True)
     return prompt.detach(), state["losses"]
+
+
+def _accumulate(lm: LensModel, prompt: torch.Tensor, opt: Any, batch: Any, layer: int, cfg: TrainConfig,
+                state: dict, i: int, n_batches: int) -> float | None:
+    """Backward on batch ``i``; an optimizer step every ``grad_accum`` batches (and at the epoch's end).
+
+    Returns the step's mean loss when a step was taken, else None.
+    """
+    loss = prompt_loss(lm, prompt, batch, layer, cfg.target_n, cfg.loss)
+    (loss / cfg.grad_accum).backward()
+    state["pending"].append(loss.item())
+    state["batch"] = i + 1
+    if len(state["pending"]) < cfg.grad_accum and state["batch"] < n_batches:
+        return None
+    opt.step()
+    opt.zero_grad()
+    step_loss = sum(state["pending"]) / len(state["pending"])
+    state["losses"].append(step_loss)
+    state["pending"] = []
+    return step_loss
+
+
+def _train_job(lm: LensModel, init: torch.Tensor, epochs: list[list[Any]], cfg: TrainConfig, layer: int):
+    """The whole training loop as one function, so a remote session can run it server-side."""
+    import torch
+
+    prompt = init.clone().requires_grad_(True)
+    opt = _optimizer([prompt], cfg)
+    state = {"losses": [], "pending": []}
+    for batches in epochs:
+        for i, batch in enumerate(batches):
+            _accumulate(lm, prompt, opt, batch, layer, cfg, state, i, len(batches))
+    return prompt.detach(), torch.tensor(state["losses"])
 
 
 def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict[int, torch.Tensor]:

@@ -105,3 +105,25 @@ def test_bad_settings_are_clear_errors(tiny_cache, tmp_path):
         train_prompt(lm, cache, 1, _cfg(tmp_path, loss="mse"), progress=False)
     with pytest.raises(fl.FutureLensError, match="optimizer must be"):
         train_prompt(lm, cache, 1, _cfg(tmp_path, optimizer="lion"), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["gptj", "llama", "mamba"])
+def test_remote_training_runs_as_one_job_and_matches_local(tiny_cache, tmp_path, monkeypatch, kind):
+    lm, _, cache = tiny_cache(kind, n=24)
+    cfg = _cfg(tmp_path, out=str(tmp_path / "local"), epochs=2, grad_accum=2)
+    local, local_losses = train_prompt(lm, cache, 2, cfg, progress=False)
+    sessions = []
+    real_session = type(lm.nn).session
+
+    def counting_session(self, *a, **kw):
+        sessions.append(kw.get("remote"))
+        return real_session(self, *a, **kw)
+
+    monkeypatch.setattr(type(lm.nn), "session", counting_session)
+    lm.remote = "local"
+    remote, remote_losses = train_prompt(lm, cache, 2, _cfg(tmp_path, out=str(tmp_path / "remote"), epochs=2, grad_accum=2),
+                                         progress=False)
+    assert sessions == ["local"]  # the whole layer's training was one request
+    torch.testing.assert_close(remote, local, rtol=1e-5, atol=1e-6)
+    assert remote_losses == pytest.approx(local_losses, rel=1e-5)
+    assert lm.remote == "local"
