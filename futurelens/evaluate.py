@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from .errors import FutureLensError
 
 if TYPE_CHECKING:
-    import torch
     import pandas as pd
 
     from .models import LensModel
@@ -67,7 +66,6 @@ def _ngram(cache: Any, lm: LensModel):
 
 def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Score every requested method × layer × N; write ``results.csv`` and the figures to ``cfg.out``."""
-    import torch
 
     from tqdm.auto import tqdm
 
@@ -76,8 +74,8 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     from .methods.base import Prediction
     from .methods.linear import LinearApprox, VocabProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
-    from .metrics import Tally
-    from .tracing import decode
+    from .metrics import Tally, target_nll
+    from .remote import run_job
     from .tracking import Tracker
     from .train import load_prompts
 
@@ -95,37 +93,34 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         learned = LearnedPrompt(lm, {k: v for k, v in load_prompts(cfg.prompts, lm).items() if k in layers})
 
     tallies: dict[tuple[str, int, int], Tally] = {}
-
-    def score(name: str, layer: int, batch: Any, preds: list, model_lp: torch.Tensor) -> None:
-        for n, p in enumerate(preds):
-            tally = tallies.setdefault((name, layer, n), Tally())
-            tally.add(p.top_ids, batch.target[:, n], model_lp[:, n], p.logprobs)
-
-    def model_logprobs(batch: Any) -> torch.Tensor:
-        with torch.no_grad():
-            return decode(lm, batch.final).float().log_softmax(-1)  # [b, n_max + 1, V]
-
-    bar = tqdm(total=len(layers) + ("ngram" in cfg.methods), desc="Evaluating", unit="layer", disable=not progress)
-    if "ngram" in cfg.methods:
-        ngram = _ngram(cache, lm)
-        for batch in cache.batches(None, "test", cfg.batch_size, final=True):
-            preds = [ngram.predict(batch.last_token, n, cfg.k) for n in range(cache.n_max + 1)]
-            score("bigram", -1, batch, [Prediction(ids) for ids, _ in preds], model_logprobs(batch))
-        bar.update(1)
-    for layer in layers:
-        methods = []
+    ngram = _ngram(cache, lm) if "ngram" in cfg.methods else None
+    bar = tqdm(total=len(layers), desc="Evaluating", unit="layer", disable=not progress)
+    for i_layer, layer in enumerate(layers):
+        client, model_side = [], []  # methods that need no model run here; the rest where the model is
         if "vocab" in cfg.methods:
-            methods.append(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs).fit(cache, layer))
+            client.append(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs).fit(cache, layer))
         if "linear" in cfg.methods:
-            methods.append(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs).fit(cache, layer))
+            model_side.append(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs).fit(cache, layer))
         if "fixed" in cfg.methods:
-            methods.append(FixedPrompt(lm, cfg.fixed_prompt))
+            model_side.append(FixedPrompt(lm, cfg.fixed_prompt))
         if learned is not None and layer in learned.prompts:
-            methods.append(learned)
-        for batch in cache.batches(layer, "test", cfg.batch_size, final=True):
-            model_lp = model_logprobs(batch)
-            for method in methods:
-                score(method.name, layer, batch, method.predict(batch, layer, cfg.k), model_lp)
+            model_side.append(learned)
+        batches = list(cache.batches(layer, "test", cfg.batch_size, final=True))
+        local = []  # per batch: {name: [Prediction per N]}
+        for batch in batches:
+            preds = {m.name: m.predict(batch, layer, cfg.k) for m in client}
+            if ngram is not None and i_layer == 0:  # layer-free: scored once, recorded at layer -1
+                preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
+            local.append(preds)
+        top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
+        for i, name, n, top_ids, surprisals, nlls in run_job(lm, _score, model_side, batches, layer, cfg.k, top1):
+            target = batches[i].target[:, n]
+            if top_ids is None:  # a client-side prediction: only its surprisal came back
+                p = local[i][name][n]
+                top_ids, nlls = p.top_ids, target_nll(p.logprobs, target) if p.logprobs is not None else None
+            tallies.setdefault((name, -1 if name == "bigram" else layer, n), Tally()).add_reduced(
+                top_ids, target, surprisals, nlls
+            )
         bar.update(1)
     bar.close()
 
@@ -142,3 +137,30 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         tracker.image("eval/surprisal", out / "surprisal.png")
     return df
 
+
+
+def _score(lm: LensModel, methods: list, batches: list, layer: int, k: int, client_top1: list[dict]) -> list[tuple]:
+    """Score one layer where the model is (locally, or server-side as one remote job).
+
+    For each model-side method: its top-k per N plus per-row surprisal (−log p of its
+    top-1 under the model's own distribution N ahead) and target NLL. For predictions
+    made client-side (``client_top1[i][name] = [top-1 ids per N]``): their surprisal.
+    Only ``[b, k]`` ids and ``[b]`` numbers are returned, never ``[b, vocab]``.
+    """
+    import torch
+
+    from .metrics import surprisal, target_nll
+    from .tracing import decode
+
+    rows = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            model_lp = decode(lm, batch.final).float().log_softmax(-1)  # [b, n_max + 1, V]
+            for method in methods:
+                for n, p in enumerate(method.predict(batch, layer, k)):
+                    nll = target_nll(p.logprobs, batch.target[:, n]) if p.logprobs is not None else None
+                    rows.append((i, method.name, n, p.top_ids, surprisal(p.top_ids[:, 0], model_lp[:, n]), nll))
+            for name, tops in client_top1[i].items():
+                for n, top in enumerate(tops):
+                    rows.append((i, name, n, None, surprisal(top, model_lp[:, n]), None))
+    return rows

@@ -122,20 +122,36 @@ class Tally:
         method_logprobs: torch.Tensor | None = None,
     ) -> Tally:
         """Add one batch: ``top_ids [B, K]``, ``target [B]``, optional ``model_logprobs`` / ``method_logprobs [B, V]``."""
+        return self.add_reduced(
+            top_ids,
+            target,
+            surprisal(top_ids[:, 0], model_logprobs) if model_logprobs is not None else None,
+            target_nll(method_logprobs, target) if method_logprobs is not None else None,
+        )
+
+    def add_reduced(
+        self,
+        top_ids: torch.Tensor,
+        target: torch.Tensor,
+        surprisals: torch.Tensor | None = None,
+        nlls: torch.Tensor | None = None,
+    ) -> Tally:
+        """`add` with the per-row ``surprisal [B]`` / ``target_nll [B]`` already computed (e.g. on a remote
+        server, where the model's full distributions are, so only ``[B]`` numbers travel)."""
         valid = _valid_rows(top_ids, target)
         if self.k is None:
             self.k = top_ids.shape[1]
             self._hits = torch.zeros(self.k, dtype=torch.long)
         elif top_ids.shape[1] != self.k:
             raise FutureLensError(f"Every batch needs the same K: the first had {self.k}, this one {top_ids.shape[1]}.")
-        self._same_each_time("model_logprobs", model_logprobs is not None)
-        self._same_each_time("method_logprobs", method_logprobs is not None)
+        self._same_each_time("model_logprobs", surprisals is not None)
+        self._same_each_time("method_logprobs", nlls is not None)
         self.n += int(valid.sum())
         self._hits += hit_depth(top_ids, target).sum(0).cpu()
-        if model_logprobs is not None:
-            self._surprisal.append(surprisal(top_ids[:, 0], model_logprobs)[valid].cpu())
-        if method_logprobs is not None:
-            self._nll.append(target_nll(method_logprobs, target)[valid].cpu())
+        if surprisals is not None:
+            self._surprisal.append(surprisals.cpu()[valid.cpu()])
+        if nlls is not None:
+            self._nll.append(nlls.cpu()[valid.cpu()])
         return self
 
     def result(self) -> dict[str, float | int]:

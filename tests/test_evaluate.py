@@ -46,3 +46,21 @@ def test_unknown_method_is_a_clear_error(tiny_cache, tmp_path):
     lm, _, cache = tiny_cache("llama", n=12)
     with pytest.raises(fl.FutureLensError, match="Unknown method"):
         evaluate(EvalConfig(cache=str(cache.path), methods=["oracle"]), lm=lm, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["gptj", "llama", "mamba"])
+def test_remote_evaluation_is_one_job_per_layer_and_matches_local(tiny_cache, tmp_path, monkeypatch, kind):
+    lm, _, cache = tiny_cache(kind, n=24)
+    train_prompt(lm, cache, 1, TrainConfig(out=str(tmp_path / "prompts"), prompt_len=3, epochs=1), progress=False)
+    cfg = EvalConfig(cache=str(cache.path), prompts=str(tmp_path / "prompts"), out=str(tmp_path / "local"),
+                     layers=[1, 3], k=3, vocab_epochs=1, batch_size=4, fixed_prompt="Tell me about")
+    local = evaluate(cfg, lm=lm, progress=False)
+    sessions = []
+    real_session = type(lm.nn).session
+    monkeypatch.setattr(type(lm.nn), "session", lambda self, *a, **kw: sessions.append(1) or real_session(self, *a, **kw))
+    lm.remote = "local"
+    cfg.out = str(tmp_path / "remote")
+    remote = evaluate(cfg, lm=lm, progress=False)
+    assert len(sessions) == 2  # one request per layer, all methods and batches inside it
+    assert remote[["method", "layer", "n", "metric", "k"]].equals(local[["method", "layer", "n", "metric", "k"]])
+    assert remote.value.tolist() == pytest.approx(local.value.tolist(), rel=1e-4, abs=1e-5)
