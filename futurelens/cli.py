@@ -49,22 +49,67 @@ def _eval(cfg) -> None:
     typer.echo(f"Wrote results.csv, precision.png and surprisal.png to {cfg.out}.")
 
 
+def _lens(cfg) -> None:
+    import futurelens as fl
+    from futurelens.lens.compute import lens_grid, load_prompts
+
+    lm = fl.load_model(cfg.model)
+    prompts = load_prompts(cfg.prompts, lm, force=cfg.force) if cfg.prompts else None
+    if cfg.shared:
+        if prompts is None or len(prompts) != 1:
+            raise fl.FutureLensError(f"--shared needs exactly one learned prompt, got {0 if prompts is None else len(prompts)}.")
+        prompts = next(iter(prompts.values()))
+    grid = lens_grid(
+        lm,
+        cfg.text,
+        prompts,
+        layers=cfg.layers or None,
+        rollout=cfg.rollout,
+        top_k=cfg.top_k,
+        fixed_prompt=cfg.fixed_prompt,
+        chunk_size=cfg.chunk_size,
+        progress=True,
+    )
+    path = grid.save_html(cfg.out)
+    typer.echo(grid.to_text(width=cfg.width))
+    typer.echo(f"{grid.method}; wrote {path}")
+
+
+def _text_argument(fn, help: str):
+    """Make ``--text`` of a `command` wrapper the first positional argument: `futurelens lens "Marty McFly from"`."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = [
+        p.replace(default=typer.Argument(p.default.default, help=help, show_default=True)) if p.name == "text" else p
+        for p in sig.parameters.values()
+    ]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
 def _register() -> None:
-    from .config import command
+    from .config import command, field_docs
     from .data.prefixes import DataConfig
     from .data.states import CacheConfig
     from .evaluate import EvalConfig
     from .train import TrainConfig
-    from .demo import DemoConfig, run
+    from .pipeline import PipelineConfig, run
+    from .lens.compute import LensConfig
 
-    app.command("demo", help="The main job on the embedded default model (offline, CPU): what each layer's state anticipates.")(
-        command(DemoConfig, run)
-    )
+    app.command(
+        "demo",
+        help="The whole experiment on the embedded default model (offline, CPU, a few minutes): dataset, state cache, "
+        "soft prompts, all five methods evaluated, the paper's figure and a lens page.",
+    )(command(PipelineConfig, run))
     app.command("data", help="Build the Future Lens prefix dataset: prefixes, real next tokens, the model's continuation.")(
         command(DataConfig, _data)
     )
     app.command("cache", help="Cache each prefix's hidden states at every layer, in resumable shards.")(
         command(CacheConfig, _cache)
+    )
+    app.command("lens", help="The Future Lens grid of a text: per layer and token, the logit lens and a rolled-out phrase, as HTML.")(
+        _text_argument(command(LensConfig, _lens), field_docs(LensConfig)["text"])
     )
     app.command("train", help="Train a soft prompt per layer (the learned-prompt intervention) on cached states.")(
         command(TrainConfig, _train)

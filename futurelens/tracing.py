@@ -174,6 +174,46 @@ def cache_ahead(
     return stacked.index_select(0, index), final
 
 
+def token_states(
+    lm: "LensModel",
+    ids: TokenIds,
+    layers: int | Sequence[int] | None = None,
+) -> "torch.Tensor":
+    """Hidden states at every position of one unpadded row, for the requested layers, in one forward pass.
+
+    Args:
+        lm: the model.
+        ids: one row: ``[T]`` / ``[1, T]`` token ids, or a text (tokenized as `cache` does).
+        layers: one layer, several, or ``None`` for all ``0..n_layers``.
+
+    Returns:
+        ``[len(layers), T, d_model]`` in the order ``layers`` were given.
+    """
+    import torch
+
+    rows = _as_rows(lm, ids)
+    if len(rows) != 1:
+        raise FutureLensError(f"token_states reads one row of tokens, got {len(rows)}: call it once per row, or use cache().")
+    wanted = _layers(lm, layers)
+    read = sorted(set(wanted))
+    ids = torch.tensor(rows, dtype=torch.long, device=lm.device)
+
+    embed = lm.envoy(lm.arch.embed)
+    blocks = lm.envoy(lm.arch.blocks)
+    is_tuple = lm.arch.block_output == "tuple"
+    with lm.nn.trace(input_ids=ids, remote=lm.remote) as tracer:
+        states = []
+        # Execution order again: each layer read once, ascending.
+        for layer in read:
+            out = embed.output if layer == 0 else blocks[layer - 1].output
+            hidden = out[0] if (is_tuple and layer > 0) else out
+            states.append(hidden[0])
+        stacked = torch.stack(states).save()
+        tracer.stop()
+    index = torch.tensor([read.index(layer) for layer in wanted], device=stacked.device)
+    return stacked.index_select(0, index)
+
+
 # --------------------------------------------------------------------------- patch
 
 
@@ -227,7 +267,7 @@ def _position(value: int, length: int, what: str) -> int:
 def patch(
     lm: "LensModel",
     state: "torch.Tensor",
-    layer: int,
+    layer: "int | Sequence[int] | torch.Tensor",
     *,
     target: TokenIds | None = None,
     soft_prompt: "torch.Tensor | None" = None,
@@ -245,7 +285,8 @@ def patch(
     Args:
         lm: the model.
         state: ``[B, d_model]`` (or ``[d_model]``) vectors to patch in, one per row.
-        layer: the layer whose output is overwritten (0 = embedding output).
+        layer: the layer whose output is overwritten (0 = embedding output), or ``[B]``
+            layers, one per row: row ``b`` is patched at ``layer[b]``, all rows in one forward.
         target: token ids / text after the soft prompt: ``[T]``, ``[1, T]`` (shared) or ``[B, T]``.
         soft_prompt: ``[P, d_model]`` or ``[B, P, d_model]`` embeddings for the first P positions.
         position: where to patch; default the soft prompt's last vector, else the last token.
@@ -265,7 +306,7 @@ def patch(
     if state.dim() != 2 or state.shape[-1] != lm.d_model:
         raise FutureLensError(f"state must be [B, {lm.d_model}] for {lm.name}, got {tuple(state.shape)}.")
     batch = state.shape[0]
-    layer = lm.check_layer(layer)
+    layer = _patch_layers(lm, layer, batch)
     ids = _as_batch_ids(lm, target, batch)
 
     n_soft = 0
@@ -292,7 +333,8 @@ def patch(
 
     state = state.to(lm.device, lm.dtype)
     ids = ids.to(lm.device)
-    logits = _patched_logits(lm, ids, state, layer, position, soft_prompt, reads)
+    groups = _patch_groups(layer, state)
+    logits = _patched_logits(lm, ids, groups, position, soft_prompt, reads)
     out = PatchOutput(logits=logits)
     if top_k is not None:
         probs = torch.softmax(logits.float(), dim=-1)
@@ -304,7 +346,7 @@ def patch(
         step_logits = logits[:, -1] if reads[-1] == length - 1 else None
         for step in range(rollout):
             if step_logits is None:
-                step_logits = _patched_logits(lm, ids, state, layer, position, soft_prompt, [ids.shape[1] - 1])[:, -1]
+                step_logits = _patched_logits(lm, ids, groups, position, soft_prompt, [ids.shape[1] - 1])[:, -1]
             probs = torch.softmax(step_logits.detach().float(), dim=-1)
             p, token = probs.max(dim=-1)
             generated.append(token)
@@ -316,38 +358,91 @@ def patch(
     return out
 
 
+def _patch_layers(lm: "LensModel", layer: "int | Sequence[int] | torch.Tensor", batch: int) -> "int | list[int]":
+    """One layer for every row (an int), or ``[B]`` per-row layers, each resolved to 0..n_layers."""
+    import torch
+
+    if isinstance(layer, torch.Tensor):
+        if layer.dim() == 0:
+            layer = int(layer)
+        elif layer.dim() != 1 or layer.dtype.is_floating_point or layer.dtype == torch.bool:
+            raise FutureLensError(f"layer must be an int or a [B] integer tensor of layers, got a {layer.dtype} of shape {tuple(layer.shape)}.")
+        else:
+            layer = layer.tolist()
+    elif hasattr(layer, "tolist"):  # a numpy array or scalar
+        layer = layer.tolist()
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        return lm.check_layer(layer)
+    if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence):
+        raise FutureLensError(f"layer must be an int or a sequence of {batch} ints (one per row), got {layer!r}.")
+    per_row = [lm.check_layer(x) for x in layer]
+    if len(per_row) != batch:
+        raise FutureLensError(f"layer gives {len(per_row)} layers but state has {batch} rows: give one layer, or one per row.")
+    # All rows at one layer is the plain single-layer patch: keep that path (and its exact arithmetic).
+    return per_row[0] if len(set(per_row)) == 1 else per_row
+
+
+def _patch_groups(layer: "int | list[int]", state: "torch.Tensor") -> list[tuple[int, "torch.Tensor | None", "torch.Tensor"]]:
+    """``(layer, rows, state[rows])`` per distinct layer, ascending; ``rows`` is None for "every row".
+
+    Ascending because nnsight serves module outputs in execution order: within one
+    trace a block's output can only be written before any later block's.
+    """
+    import torch
+
+    if isinstance(layer, int):
+        return [(layer, None, state)]
+    groups = []
+    for value in sorted(set(layer)):
+        rows = torch.tensor([b for b, x in enumerate(layer) if x == value], device=state.device)
+        groups.append((value, rows, state.index_select(0, rows)))
+    return groups
+
+
 def _patched_logits(
     lm: "LensModel",
     ids: "torch.Tensor",
-    state: "torch.Tensor",
-    layer: int,
+    groups: list[tuple[int, "torch.Tensor | None", "torch.Tensor"]],
     position: int,
     soft_prompt: "torch.Tensor | None",
     reads: list[int],
 ) -> "torch.Tensor":
-    """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads``."""
+    """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads``.
+
+    ``groups`` (from `_patch_groups`) says which rows get which state at which layer.
+    """
     import torch
 
     embed = lm.envoy(lm.arch.embed)
-    block = lm.envoy(lm.arch.blocks)[layer - 1] if layer > 0 else None
+    blocks = lm.envoy(lm.arch.blocks)
     is_tuple = lm.arch.block_output == "tuple"
     n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
     read_index = torch.tensor(reads, device=ids.device)
     norm, unembed, norm_is_block = _head(lm)
+    at_embed = [g for g in groups if g[0] == 0]
+    at_blocks = [g for g in groups if g[0] > 0]
 
     with lm.nn.trace(input_ids=ids, remote=lm.remote) as tracer:
-        if n_soft or layer == 0:
+        if n_soft or at_embed:
             emb = embed.output
             if n_soft:
                 emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
-            if layer == 0:
+            if at_embed:
                 emb = emb.clone()
-                emb[:, position] = state
+                for _, rows, value in at_embed:
+                    if rows is None:
+                        emb[:, position] = value
+                    else:
+                        emb[rows, position] = value
             embed.output = emb
-        if layer > 0:
+        for layer, rows, value in at_blocks:
+            block = blocks[layer - 1]
             out = block.output
             hidden = (out[0] if is_tuple else out).clone()
-            hidden[:, position] = state
+            if rows is None:
+                hidden[:, position] = value
+            else:
+                hidden[rows, position] = value
             block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
         final = norm.output
         final = final[0] if norm_is_block and is_tuple else final

@@ -44,7 +44,7 @@ def test_data_command_help_comes_from_dataconfig_docs():
     assert "--n-prefixes" in result.output and "Keep only prefixes whose next token" in result.output
 
 
-def test_demo_command_help_comes_from_democonfig_docs():
+def test_demo_command_help_comes_from_pipelineconfig_docs():
     result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert "--layers" in result.output and "Fixed prompt whose last position receives the state." in result.output
+    assert "--layers" in result.output and "Layers to train prompts for and evaluate" in result.output

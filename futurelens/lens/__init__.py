@@ -4,14 +4,17 @@ Each cell holds the logit-lens top-k tokens of the state at (layer, token) and t
 phrase an intervention rolls out from it; `LensGrid` renders it as a standalone HTML page,
 inline in Jupyter, as a ``wandb.Html``, or as fixed-width text.
 
-    >>> grid = LensGrid(tokens, layers, top_tokens, top_probs, phrase_tokens, phrase_probs)
+    >>> grid = lens_grid(lm, "Marty McFly from", load_prompts("runs/prompts"), rollout=4)
     >>> grid.save_html("runs/lens.html"); print(grid.to_text())
 
-Importing is cheap (numpy only); wandb loads on `LensGrid.to_wandb`.
+`lens_grid` computes every cell in a few batched forwards (`compute`); `LensGrid` is the
+plain data and its views (`grid`). Importing is cheap (numpy only): torch loads on the
+first computation, wandb on `LensGrid.to_wandb`.
 """
 
 from __future__ import annotations
 
+from .compute import LensConfig, lens_grid, load_prompts
 from .grid import LensGrid
 
-__all__ = ["LensGrid"]
+__all__ = ["LensConfig", "LensGrid", "lens_grid", "load_prompts"]

@@ -132,3 +132,19 @@ def test_cache_cli_has_help_text():
 
     out = CliRunner().invoke(app, ["cache", "--help"], env={"COLUMNS": "200"}).output
     assert "Storage dtype" in out and "resumption" in out and "--shard-size" in out
+
+
+@pytest.mark.parametrize("kind", ["gptj", "mamba"])
+def test_remote_cache_is_one_request_per_shard_and_matches_local(tiny, tokenizer, tmp_path, monkeypatch, kind):
+    lm, _ = tiny(kind)
+    data, _ = synthetic_prefixes(tmp_path / "data", tokenizer, lm.name, n=20)
+    local = StateCache(build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / "a"), shard_size=8), progress=False))
+    sessions = []
+    real_session = type(lm.nn).session
+    monkeypatch.setattr(type(lm.nn), "session", lambda self, *a, **kw: sessions.append(1) or real_session(self, *a, **kw))
+    lm.remote = "local"
+    remote = StateCache(build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / "b"), shard_size=8), progress=False))
+    assert len(sessions) == 3  # 15 train rows in 2 shards, 5 test rows in 1
+    a, b = local.load(2, "train", final=True), remote.load(2, "train", final=True)
+    torch.testing.assert_close(b.states, a.states, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.final, a.final, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,392 @@
+"""The lens computation: every (layer, token) cell of a text in a handful of batched forwards.
+
+For a text of ``T`` tokens and ``L`` layers:
+
+1. one forward reads the states of all ``L`` layers at all ``T`` positions (`token_states`);
+2. the logit lens decodes each state with the model's own final norm + unembedding (`decode`);
+3. each state is patched into a prompt (a learned soft prompt, per layer or shared, or the
+   paper's fixed text prompt) at its last position and the model rolls out a greedy phrase.
+   All ``L × T`` cells go through `patch` together, rows of different layers in one batch,
+   ``chunk_size`` rows at a time: one forward per rollout step per chunk.
+
+The authors' demo ran one ``generate`` per cell; here a 10-token text over 31 layers is
+two chunks. Everything goes through `futurelens.tracing`, so ``remote=True`` works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+
+from ..demo import PAPER_PROMPT
+from ..errors import FutureLensError
+from .grid import LensGrid
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import LensModel
+
+Prompts = Union["torch.Tensor", Mapping[int, "torch.Tensor"], str, os.PathLike, None]
+Progress = Union[Callable[[int], Any], bool, None]
+
+
+@dataclass
+class LensConfig:
+    """Settings of `futurelens lens`."""
+
+    text: str = "Marty McFly from"
+    """Text whose tokens are read, layer by layer (the first argument)."""
+    model: str = "smollm2-135m"
+    """Hub id, local folder, or the embedded default 'smollm2-135m'."""
+    prompts: str = ""
+    """Learned soft prompts: a .safetensors checkpoint or a folder of them, each used at its own layer;
+    empty = the fixed prompt."""
+    shared: bool = False
+    """Use the one learned prompt given for every layer (as the authors' demo did)."""
+    layers: list[int] = field(default_factory=list)
+    """Layers to show (0 = embeddings, n = last block); empty = all, or all that have a learned prompt."""
+    rollout: int = 4
+    """Tokens rolled out from each cell's state."""
+    top_k: int = 5
+    """Logit-lens tokens kept per cell (shown on hover)."""
+    fixed_prompt: str = PAPER_PROMPT
+    """Text prompt whose last token receives the state when no learned prompts are given."""
+    chunk_size: int = 256
+    """Cells patched per batched forward (lower it if memory runs short)."""
+    force: bool = False
+    """Use learned prompts even if they were trained on another model."""
+    out: str = "lens.html"
+    """HTML file the grid is written to."""
+    width: int = 12
+    """Characters per cell in the printed text grid (the HTML shows every token)."""
+
+
+# --------------------------------------------------------------------------- soft prompts
+
+
+def load_prompts(
+    paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    model: "LensModel | str | None" = None,
+    *,
+    force: bool = False,
+) -> "dict[int, torch.Tensor]":
+    """Read learned soft-prompt checkpoints into ``{layer: [P, d_model] tensor}``.
+
+    A checkpoint is a safetensors file with the tensor ``"soft_prompt"`` ``[P, d]`` and
+    string metadata ``"model"``, ``"layer"`` and ``"config"`` (JSON), as written by
+    ``futurelens train``. A folder means every ``*.safetensors`` in it.
+
+    Args:
+        paths_or_dir: a file, a folder, or several files.
+        model: a `LensModel` or model name; each file's ``"model"`` must match it unless ``force``.
+        force: accept prompts trained on another model (same width still required downstream).
+    """
+    from safetensors import safe_open
+
+    given = [paths_or_dir] if isinstance(paths_or_dir, (str, os.PathLike)) else list(paths_or_dir)
+    files: list[Path] = []
+    for p in map(Path, given):
+        if p.is_dir():
+            found = sorted(p.glob("*.safetensors"))
+            if not found:
+                raise FutureLensError(f"No *.safetensors soft prompts in {p}: point --prompts at a checkpoint file or its folder.")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FutureLensError(f"Soft prompt path {p} does not exist.")
+    if not files:
+        raise FutureLensError("No soft prompt files given.")
+    name = model if isinstance(model, str) or model is None else model.name
+
+    prompts: dict[int, torch.Tensor] = {}
+    source: dict[int, Path] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                meta = h.metadata() or {}
+                if "soft_prompt" not in h.keys():
+                    raise FutureLensError(f"{f} has no 'soft_prompt' tensor (it has {sorted(h.keys())}): not a futurelens soft prompt.")
+                tensor = h.get_tensor("soft_prompt")
+        except FutureLensError:
+            raise
+        except Exception as e:  # a truncated or foreign file: say which one
+            raise FutureLensError(f"Cannot read {f} as a safetensors soft prompt: {e}") from e
+        try:
+            layer = int(meta["layer"])
+        except (KeyError, ValueError) as e:
+            raise FutureLensError(f"{f} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
+        if "config" in meta:
+            try:
+                json.loads(meta["config"])
+            except ValueError as e:
+                raise FutureLensError(f"{f} has a 'config' metadata entry that is not JSON: {e}") from e
+        trained_on = meta.get("model")
+        if name is not None and not force and trained_on != name:
+            raise FutureLensError(
+                f"{f} was trained on {trained_on!r}, not {name!r}: a soft prompt only means something to its own model. "
+                "Pass force=True (--force) to use it anyway."
+            )
+        if tensor.dim() != 2:
+            raise FutureLensError(f"{f}: soft_prompt must be [P, d_model], got shape {tuple(tensor.shape)}.")
+        if layer in prompts:
+            raise FutureLensError(f"Two soft prompts for layer {layer}: {source[layer]} and {f}. Keep one per layer.")
+        prompts[layer], source[layer] = tensor, f
+    return prompts
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def lens_grid(
+    lm: "LensModel",
+    text: "str | Sequence[int] | torch.Tensor",
+    prompts: Prompts = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    rollout: int = 4,
+    top_k: int = 5,
+    fixed_prompt: str = PAPER_PROMPT,
+    chunk_size: int = 256,
+    progress: Progress = None,
+) -> LensGrid:
+    """The Future Lens grid of ``text``: per (layer, token) the logit-lens top-k and a rolled-out phrase.
+
+    Args:
+        lm: the model.
+        text: a string, or token ids ``[T]`` / ``[1, T]`` used as given. A string is tokenized
+            as ``lm.tokenizer(text)`` does by default: a BOS the tokenizer prepends (because the
+            model expects it) stays in the context, but gets no column; the columns are exactly
+            the text's own tokens.
+        prompts: where each state is patched:
+            a ``[P, d_model]`` soft prompt for every layer; ``{layer: [P, d_model]}`` layer-matched
+            soft prompts; a checkpoint file / folder (`load_prompts`, checked against ``lm.name``);
+            or ``None`` for the fixed text prompt ``fixed_prompt``. Soft prompts receive the state at
+            their last vector, the fixed prompt at its last token.
+        layers: rows of the grid; default all ``0..n_layers`` (with a dict: all layers that have a prompt).
+        rollout: greedy tokens per phrase (0 = logit lens only).
+        top_k: logit-lens tokens per cell.
+        fixed_prompt: the text prompt used when ``prompts`` is None.
+        chunk_size: cells per batched forward (and per logit-lens decode).
+        progress: ``True`` for a tqdm bar, or a callable given the number of cells finished
+            after each patched chunk.
+
+    Returns:
+        `LensGrid` with ``L = len(layers)`` rows and ``T`` columns; ``top_probs [L, T, top_k]``,
+        ``phrase_probs [L, T, rollout]``.
+    """
+    import torch
+
+    from ..tracing import token_states
+
+    if chunk_size < 1:
+        raise FutureLensError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if rollout < 0:
+        raise FutureLensError(f"rollout must be >= 0, got {rollout}.")
+    if not 1 <= top_k <= lm.vocab_size:
+        raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
+    ids, n_pre = _text_ids(lm, text)
+    rows, soft, method = _resolve_prompts(lm, prompts, layers)
+    target = None
+    if soft is None:
+        target = lm.tokenizer(fixed_prompt)["input_ids"]
+        if not target:
+            raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
+        method = f"fixed prompt {fixed_prompt!r}"
+
+    with torch.no_grad():
+        states = token_states(lm, ids, rows)[:, n_pre:]  # [L, T, d]
+        L, T, d = states.shape
+        flat = states.reshape(L * T, d)
+        top_probs, top_ids = _logit_lens(lm, flat, top_k, chunk_size)
+        phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
+        phrase_probs = torch.zeros(L * T, rollout)
+        if rollout:
+            _phrases(lm, flat, rows, T, soft, target, rollout, chunk_size, progress, phrase_ids, phrase_probs)
+
+    names = _Decoder(lm.tokenizer)
+    return LensGrid(
+        tokens=names(ids[n_pre:]),
+        layers=rows,
+        top_tokens=_nest(names(top_ids.flatten().tolist()), L, T, top_k),
+        top_probs=top_probs.reshape(L, T, top_k).numpy().astype(np.float64),
+        phrase_tokens=_nest(names(phrase_ids.flatten().tolist()), L, T, rollout),
+        phrase_probs=phrase_probs.reshape(L, T, rollout).numpy().astype(np.float64),
+        title=lm.tokenizer.decode(ids[n_pre:]),
+        model=lm.name,
+        method=method,
+    )
+
+
+def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
+    """``(context ids, number of leading special tokens)``: the columns are ``ids[n:]``."""
+    import torch
+
+    if isinstance(text, str):
+        plain = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        full = lm.tokenizer(text)["input_ids"]
+        n_pre = len(full) - len(plain)
+        # Keep a prepended BOS (the model was trained with it); anything else the tokenizer
+        # adds (an EOS after the text, say) would be a column the text does not have.
+        ids, n_pre = (full, n_pre) if n_pre > 0 and full[n_pre:] == plain else (plain, 0)
+    else:
+        if isinstance(text, torch.Tensor):
+            if text.dim() == 2 and text.shape[0] == 1:
+                text = text[0]
+            if text.dim() != 1:
+                raise FutureLensError(f"text ids must be [T] or [1, T], got shape {tuple(text.shape)}.")
+            text = text.tolist()
+        ids, n_pre = [int(t) for t in text], 0
+    if len(ids) == n_pre:
+        raise FutureLensError("The text is empty (no tokens): the lens needs at least one token.")
+    return ids, n_pre
+
+
+def _resolve_prompts(
+    lm: "LensModel", prompts: Prompts, layers: int | Sequence[int] | None
+) -> "tuple[list[int], dict[int, torch.Tensor] | None, str]":
+    """``(grid layers, {layer: [P, d] soft prompt} or None for the fixed prompt, method label)``."""
+    import torch
+
+    from ..tracing import _layers
+
+    if isinstance(prompts, (str, os.PathLike)):
+        prompts = load_prompts(prompts, lm)
+    if prompts is None:
+        rows, soft, method = _layers(lm, layers), None, ""
+    elif isinstance(prompts, torch.Tensor):
+        rows = _layers(lm, layers)
+        shared = _check_prompt(lm, prompts, "prompts")
+        soft, method = {layer: shared for layer in rows}, f"learned soft prompt shared by all layers (P={shared.shape[0]})"
+    elif isinstance(prompts, Mapping):
+        if not prompts:
+            raise FutureLensError("prompts is an empty dict: give {layer: [P, d_model] tensor}, or None for the fixed prompt.")
+        soft = {}
+        for key, value in prompts.items():
+            layer = lm.check_layer(int(key), "prompt layer")
+            soft[layer] = _check_prompt(lm, value, f"prompts[{key}]")
+        if layers is None:
+            rows = sorted(soft)
+        else:
+            rows = _layers(lm, layers)
+            missing = [layer for layer in rows if layer not in soft]
+            if missing:
+                raise FutureLensError(
+                    f"No soft prompt for layer(s) {missing}: prompts are given for layers {sorted(soft)}. "
+                    "Ask only for those layers (or leave layers unset), or add a prompt for each."
+                )
+        soft = {layer: soft[layer] for layer in rows}
+        lengths = sorted({p.shape[0] for p in soft.values()})
+        method = f"learned soft prompt per layer (P={'/'.join(map(str, lengths))})"
+    else:
+        raise FutureLensError(
+            f"prompts must be a [P, d_model] tensor, a {{layer: tensor}} dict, a checkpoint path, or None; got {type(prompts).__name__}."
+        )
+    if len(set(rows)) != len(rows):
+        raise FutureLensError(f"layers has repeats {rows}: each grid row needs its own layer.")
+    return rows, soft, method
+
+
+def _check_prompt(lm: "LensModel", prompt: Any, what: str) -> "torch.Tensor":
+    import torch
+
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != lm.d_model:
+        shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise FutureLensError(f"{what} must be a [P, {lm.d_model}] soft prompt for {lm.name}, got {shape}.")
+    return prompt.detach()
+
+
+def _logit_lens(lm: "LensModel", flat: "torch.Tensor", top_k: int, chunk_size: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``flat [N, d]`` -> ``(probs [N, k], ids [N, k])`` on the CPU, decoded ``chunk_size`` states at a time."""
+    import torch
+
+    from ..tracing import decode
+
+    probs, ids = [], []
+    for start in range(0, flat.shape[0], chunk_size):
+        p = torch.softmax(decode(lm, flat[start : start + chunk_size]).float(), dim=-1)
+        top_p, top_i = p.topk(top_k, dim=-1)
+        probs.append(top_p.cpu())
+        ids.append(top_i.cpu())
+    return torch.cat(probs), torch.cat(ids)
+
+
+def _phrases(
+    lm: "LensModel",
+    flat: "torch.Tensor",
+    rows: list[int],
+    T: int,
+    soft: "dict[int, torch.Tensor] | None",
+    target: list[int] | None,
+    rollout: int,
+    chunk_size: int,
+    progress: Progress,
+    out_ids: "torch.Tensor",
+    out_probs: "torch.Tensor",
+) -> None:
+    """Roll out a phrase for every cell of ``flat [L*T, d]`` (row ``i*T + t``), filling ``out_* [L*T, R]``.
+
+    Cells of all layers share each batch: `patch` gets a per-row layer and, for learned
+    prompts, a per-row ``[B, P, d]`` soft prompt. Only prompts of different lengths cannot
+    share a rectangular batch, so cells are grouped by prompt length first (one group in
+    practice).
+    """
+    import torch
+
+    from ..tracing import patch
+
+    groups: dict[int, list[int]] = {}  # prompt length -> grid rows
+    for i, layer in enumerate(rows):
+        groups.setdefault(0 if soft is None else soft[layer].shape[0], []).append(i)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=flat.shape[0], desc="lens", unit="cell")
+    try:
+        for members in groups.values():
+            cells = torch.tensor([i * T + t for i in members for t in range(T)])
+            table = None if soft is None else torch.stack([soft[rows[i]].float() for i in members])  # [G, P, d]
+            local = {i: j for j, i in enumerate(members)}
+            for start in range(0, len(cells), chunk_size):
+                chunk = cells[start : start + chunk_size]
+                grid_rows = (chunk // T).tolist()
+                kwargs: dict[str, Any] = {"target": [target]} if soft is None else {
+                    "soft_prompt": table[torch.tensor([local[i] for i in grid_rows])]  # [B, P, d]
+                }
+                out = patch(lm, flat[chunk], [rows[i] for i in grid_rows], rollout=rollout, top_k=1, **kwargs)
+                out_ids[chunk] = out.rollout_ids.cpu()
+                out_probs[chunk] = out.rollout_probs.float().cpu()
+                if bar is not None:
+                    bar.update(len(chunk))
+                elif callable(progress):
+                    progress(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _Decoder:
+    """Token id -> text via ``tokenizer.decode([id])``, each id decoded once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.seen = tokenizer, {}
+
+    def __call__(self, ids: Sequence[int]) -> list[str]:
+        out = []
+        for i in ids:
+            if i not in self.seen:
+                self.seen[i] = self.tokenizer.decode([i])
+            out.append(self.seen[i])
+        return out
+
+
+def _nest(flat: list[str], L: int, T: int, n: int) -> list[list[list[str]]]:
+    """A flat ``[L*T*n]`` list as ``[L][T][n]``."""
+    return [[flat[(i * T + t) * n : (i * T + t + 1) * n] for t in range(T)] for i in range(L)]
