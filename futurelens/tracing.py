@@ -342,19 +342,7 @@ def patch(
         out.logits = None
 
     if rollout:
-        generated, chosen = [], []
-        step_logits = logits[:, -1] if reads[-1] == length - 1 else None
-        for step in range(rollout):
-            if step_logits is None:
-                step_logits = _patched_logits(lm, ids, groups, position, soft_prompt, [ids.shape[1] - 1])[:, -1]
-            probs = torch.softmax(step_logits.detach().float(), dim=-1)
-            p, token = probs.max(dim=-1)
-            generated.append(token)
-            chosen.append(p)
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            step_logits = None
-        out.rollout_ids = torch.stack(generated, dim=1)
-        out.rollout_probs = torch.stack(chosen, dim=1)
+        out.rollout_ids, out.rollout_probs = _patched_rollout(lm, ids, groups, position, soft_prompt, rollout)
     return out
 
 
@@ -399,6 +387,76 @@ def _patch_groups(layer: "int | list[int]", state: "torch.Tensor") -> list[tuple
     return groups
 
 
+def _write_patch(embed: Any, blocks: Any, groups: list, position: int, soft_prompt: "torch.Tensor | None", is_tuple: bool) -> None:
+    """Inside a trace: the soft prompt over the embedding output, then each group's states over its layer's output.
+
+    Called from trace bodies, so it uses only torch and the envoys it is given (it
+    travels to NDIF as source: futurelens is registered with nnsight for remote runs).
+    """
+    import torch
+
+    n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
+    at_embed = [g for g in groups if g[0] == 0]
+    if n_soft or at_embed:
+        emb = embed.output
+        if n_soft:
+            emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
+        if at_embed:
+            emb = emb.clone()
+            for _, rows, value in at_embed:
+                if rows is None:
+                    emb[:, position] = value
+                else:
+                    emb[rows, position] = value
+        embed.output = emb
+    for layer, rows, value in (g for g in groups if g[0] > 0):
+        block = blocks[layer - 1]
+        out = block.output
+        hidden = (out[0] if is_tuple else out).clone()
+        if rows is None:
+            hidden[:, position] = value
+        else:
+            hidden[rows, position] = value
+        block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
+
+
+def _patched_rollout(
+    lm: "LensModel",
+    ids: "torch.Tensor",
+    groups: list,
+    position: int,
+    soft_prompt: "torch.Tensor | None",
+    n: int,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Greedy continuation of a patched context with the model's KV cache: ``(tokens [B, n], probs [B, n])``.
+
+    The patch is written in the first (prefill) step only; later steps feed one token
+    each and attend to the cached, patched past, exactly as a full re-run of the
+    growing context with the patch held in place would.
+    """
+    import torch
+
+    embed = lm.envoy(lm.arch.embed)
+    blocks = lm.envoy(lm.arch.blocks)
+    is_tuple = lm.arch.block_output == "tuple"
+    with lm.nn.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=lm.pad_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+        remote=lm.remote,
+    ) as tracer:
+        _write_patch(embed, blocks, groups, position, soft_prompt, is_tuple)
+        result = tracer.result.save()
+    tokens = result.sequences[:, ids.shape[1] :]
+    probs = torch.stack([step.float().softmax(-1) for step in result.logits], 1)  # [B, n, V]
+    return tokens, probs.gather(2, tokens[:, :, None].to(probs.device))[:, :, 0]
+
+
 def _patched_logits(
     lm: "LensModel",
     ids: "torch.Tensor",
@@ -416,34 +474,11 @@ def _patched_logits(
     embed = lm.envoy(lm.arch.embed)
     blocks = lm.envoy(lm.arch.blocks)
     is_tuple = lm.arch.block_output == "tuple"
-    n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
     read_index = torch.tensor(reads, device=ids.device)
     norm, unembed, norm_is_block = _head(lm)
-    at_embed = [g for g in groups if g[0] == 0]
-    at_blocks = [g for g in groups if g[0] > 0]
 
     with lm.nn.trace(input_ids=ids, remote=lm.remote) as tracer:
-        if n_soft or at_embed:
-            emb = embed.output
-            if n_soft:
-                emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
-            if at_embed:
-                emb = emb.clone()
-                for _, rows, value in at_embed:
-                    if rows is None:
-                        emb[:, position] = value
-                    else:
-                        emb[rows, position] = value
-            embed.output = emb
-        for layer, rows, value in at_blocks:
-            block = blocks[layer - 1]
-            out = block.output
-            hidden = (out[0] if is_tuple else out).clone()
-            if rows is None:
-                hidden[:, position] = value
-            else:
-                hidden[rows, position] = value
-            block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
+        _write_patch(embed, blocks, groups, position, soft_prompt, is_tuple)
         final = norm.output
         final = final[0] if norm_is_block and is_tuple else final
         # Unembed only the read positions, then stop: the model's own head would
