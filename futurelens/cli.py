@@ -51,7 +51,8 @@ def _eval(cfg) -> None:
 
 def _lens(cfg) -> None:
     import futurelens as fl
-    from futurelens.lens.compute import lens_grid, load_prompts
+    from futurelens.lens.compute import lens_grid
+    from futurelens.train import load_prompts
 
     lm = fl.load_model(cfg.model)
     prompts = load_prompts(cfg.prompts, lm, force=cfg.force) if cfg.prompts else None

@@ -66,7 +66,7 @@ def test_saved_prompt_reloads_to_identical_predictions_and_refuses_other_models(
     assert meta["layer"] == 1 and meta["config"]["prompt_len"] == 4 and len(meta["losses"]) == 2  # 15 train rows, batch 8
     other, _ = tiny("gptj")
     other.name = "another-model"
-    with pytest.raises(fl.FutureLensError, match="trained for"):
+    with pytest.raises(fl.FutureLensError, match="trained on"):
         load_prompts(tmp_path / "prompts", other)
 
 

@@ -14,7 +14,8 @@ first computation, wandb on `LensGrid.to_wandb`.
 
 from __future__ import annotations
 
-from .compute import LensConfig, lens_grid, load_prompts
+from ..train import load_prompts
+from .compute import LensConfig, lens_grid
 from .grid import LensGrid
 
 __all__ = ["LensConfig", "LensGrid", "lens_grid", "load_prompts"]

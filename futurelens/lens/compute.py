@@ -15,15 +15,13 @@ two chunks. Everything goes through `futurelens.tracing`, so ``remote=True`` wor
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from ..demo import PAPER_PROMPT
+from ..methods import PAPER_PROMPT
 from ..errors import FutureLensError
 from .grid import LensGrid
 
@@ -68,77 +66,6 @@ class LensConfig:
 
 
 # --------------------------------------------------------------------------- soft prompts
-
-
-def load_prompts(
-    paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike],
-    model: "LensModel | str | None" = None,
-    *,
-    force: bool = False,
-) -> "dict[int, torch.Tensor]":
-    """Read learned soft-prompt checkpoints into ``{layer: [P, d_model] tensor}``.
-
-    A checkpoint is a safetensors file with the tensor ``"soft_prompt"`` ``[P, d]`` and
-    string metadata ``"model"``, ``"layer"`` and ``"config"`` (JSON), as written by
-    ``futurelens train``. A folder means every ``*.safetensors`` in it.
-
-    Args:
-        paths_or_dir: a file, a folder, or several files.
-        model: a `LensModel` or model name; each file's ``"model"`` must match it unless ``force``.
-        force: accept prompts trained on another model (same width still required downstream).
-    """
-    from safetensors import safe_open
-
-    given = [paths_or_dir] if isinstance(paths_or_dir, (str, os.PathLike)) else list(paths_or_dir)
-    files: list[Path] = []
-    for p in map(Path, given):
-        if p.is_dir():
-            found = sorted(p.glob("*.safetensors"))
-            if not found:
-                raise FutureLensError(f"No *.safetensors soft prompts in {p}: point --prompts at a checkpoint file or its folder.")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FutureLensError(f"Soft prompt path {p} does not exist.")
-    if not files:
-        raise FutureLensError("No soft prompt files given.")
-    name = model if isinstance(model, str) or model is None else model.name
-
-    prompts: dict[int, torch.Tensor] = {}
-    source: dict[int, Path] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                meta = h.metadata() or {}
-                if "soft_prompt" not in h.keys():
-                    raise FutureLensError(f"{f} has no 'soft_prompt' tensor (it has {sorted(h.keys())}): not a futurelens soft prompt.")
-                tensor = h.get_tensor("soft_prompt")
-        except FutureLensError:
-            raise
-        except Exception as e:  # a truncated or foreign file: say which one
-            raise FutureLensError(f"Cannot read {f} as a safetensors soft prompt: {e}") from e
-        try:
-            layer = int(meta["layer"])
-        except (KeyError, ValueError) as e:
-            raise FutureLensError(f"{f} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
-        if "config" in meta:
-            try:
-                json.loads(meta["config"])
-            except ValueError as e:
-                raise FutureLensError(f"{f} has a 'config' metadata entry that is not JSON: {e}") from e
-        trained_on = meta.get("model")
-        if name is not None and not force and trained_on != name:
-            raise FutureLensError(
-                f"{f} was trained on {trained_on!r}, not {name!r}: a soft prompt only means something to its own model. "
-                "Pass force=True (--force) to use it anyway."
-            )
-        if tensor.dim() != 2:
-            raise FutureLensError(f"{f}: soft_prompt must be [P, d_model], got shape {tuple(tensor.shape)}.")
-        if layer in prompts:
-            raise FutureLensError(f"Two soft prompts for layer {layer}: {source[layer]} and {f}. Keep one per layer.")
-        prompts[layer], source[layer] = tensor, f
-    return prompts
 
 
 # --------------------------------------------------------------------------- the grid
@@ -257,6 +184,8 @@ def _resolve_prompts(
     from ..tracing import _layers
 
     if isinstance(prompts, (str, os.PathLike)):
+        from ..train import load_prompts
+
         prompts = load_prompts(prompts, lm)
     if prompts is None:
         rows, soft, method = _layers(lm, layers), None, ""

@@ -17,18 +17,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import PAPER_PROMPTS
 from .base import Prediction, from_logits
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch
     from ..models import LensModel
 
-PAPER_PROMPTS = (
-    'Hello! Could you please tell me more about "',
-    'The multi-tokens present here are "',
-    "The concepts in this hidden state listed are: (",
-    "<|endoftext|> This state is describing about the following concept:",
-)
 
 
 def prompt_logits(

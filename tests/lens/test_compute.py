@@ -11,7 +11,7 @@ from conftest import BLOCKS
 from hook_reference import hook_last_states
 
 import futurelens as fl
-from futurelens.demo import PAPER_PROMPT
+from futurelens.methods import PAPER_PROMPT
 from futurelens.lens import LensGrid, lens_grid, load_prompts
 
 # The final norm of each tiny architecture, written out by hand (independent of arch.py).

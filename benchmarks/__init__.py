@@ -1,0 +1,1 @@
+"""futurelens benchmarks: one module per goal, each exposing ``run(quick: bool) -> dict``; `benchmarks/run.py` runs them all."""
