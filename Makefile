@@ -28,4 +28,5 @@ browser:
 	fi
 
 test: setup browser
-	FUTURELENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2
+	# Two workers on two cores: one torch thread each, or their threads spin-wait on each other.
+	OMP_NUM_THREADS=1 FUTURELENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --durations=15

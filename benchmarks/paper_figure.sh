@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 .venv/bin/futurelens demo --out runs/paper_figure --n-prefixes 1500 --max-len 96 \
-  --layers 2 --layers 8 --layers 14 --layers 20 --layers 26 --layers 30 \
+  --layers 2 --layers 8 --layers 14 --layers 22 --layers 30 \
   --epochs 2 --lr 5e-3 --vocab-epochs 3
 end=$(date +%s)
 dest=benchmarks/results/paper_figure

@@ -234,6 +234,14 @@ def load_model(
         source = str(ensure_default_model()) if name == DEFAULT_MODEL else name
         if not name.strip():
             raise FutureLensError("Model name is empty: pass a hub id, a folder, or 'smollm2-135m'.")
+        if remote is True:
+            import nnsight
+
+            from .remote import check_remote_ready, install_redaction
+
+            check_remote_ready(name)  # no key: say how to set one now, not after the first request
+            install_redaction()
+            nnsight.register("futurelens")  # trace bodies call futurelens helpers: their source travels
         tok_kwargs = {k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")}
         try:
             if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):

@@ -21,6 +21,22 @@ if TYPE_CHECKING:
 
     from .models import LensModel
 
+def _remote_errors(fn: Callable) -> Callable:
+    """Remote failures of a trace primitive become a `FutureLensError` that says what to do."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(lm: "LensModel", *args: Any, **kwargs: Any) -> Any:
+        if not lm.remote:
+            return fn(lm, *args, **kwargs)
+        from .remote import ndif_errors
+
+        with ndif_errors(lm.name):
+            return fn(lm, *args, **kwargs)
+
+    return wrapper
+
+
 TokenIds = Union["torch.Tensor", Sequence[int], Sequence[Sequence[int]], str, Sequence[str]]
 
 
@@ -110,6 +126,7 @@ def cache(
     return cache_ahead(lm, prefixes, None, layers)[0]
 
 
+@_remote_errors
 def cache_ahead(
     lm: "LensModel",
     prefixes: TokenIds,
@@ -174,6 +191,7 @@ def cache_ahead(
     return stacked.index_select(0, index), final
 
 
+@_remote_errors
 def token_states(
     lm: "LensModel",
     ids: TokenIds,
@@ -264,6 +282,7 @@ def _position(value: int, length: int, what: str) -> int:
     return resolved
 
 
+@_remote_errors
 def patch(
     lm: "LensModel",
     state: "torch.Tensor",
@@ -498,6 +517,7 @@ def _head(lm: "LensModel") -> tuple[Any, Any, bool]:
 # --------------------------------------------------------------------------- decode
 
 
+@_remote_errors
 def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
     """The model's own head on last-layer-style states: final norm, then unembedding.
 
@@ -527,6 +547,7 @@ def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
 # --------------------------------------------------------------------------- greedy
 
 
+@_remote_errors
 def greedy(
     lm: "LensModel",
     prefixes: TokenIds,

@@ -108,9 +108,7 @@ def lens_grid(
         `LensGrid` with ``L = len(layers)`` rows and ``T`` columns; ``top_probs [L, T, top_k]``,
         ``phrase_probs [L, T, rollout]``.
     """
-    import torch
 
-    from ..tracing import token_states
 
     if chunk_size < 1:
         raise FutureLensError(f"chunk_size must be >= 1, got {chunk_size}.")
@@ -127,15 +125,13 @@ def lens_grid(
             raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
         method = f"fixed prompt {fixed_prompt!r}"
 
-    with torch.no_grad():
-        states = token_states(lm, ids, rows)[:, n_pre:]  # [L, T, d]
-        L, T, d = states.shape
-        flat = states.reshape(L * T, d)
-        top_probs, top_ids = _logit_lens(lm, flat, top_k, chunk_size)
-        phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
-        phrase_probs = torch.zeros(L * T, rollout)
-        if rollout:
-            _phrases(lm, flat, rows, T, soft, target, rollout, chunk_size, progress, phrase_ids, phrase_probs)
+    from ..remote import run_job
+
+    # Remotely the whole grid is one request; only ids and probabilities come back.
+    top_probs, top_ids, phrase_ids, phrase_probs = run_job(
+        lm, _compute, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, None if lm.remote else progress
+    )
+    L, T = len(rows), len(ids) - n_pre
 
     names = _Decoder(lm.tokenizer)
     return LensGrid(
@@ -149,6 +145,25 @@ def lens_grid(
         model=lm.name,
         method=method,
     )
+
+
+def _compute(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int], soft: Any, target: Any, top_k: int,
+             rollout: int, chunk_size: int, progress: Progress) -> tuple:
+    """Logit lens and phrases for every (layer, token) cell: ``[L*T, top_k]`` and ``[L*T, rollout]`` ids/probs."""
+    import torch
+
+    from ..tracing import token_states
+
+    with torch.no_grad():
+        states = token_states(lm, ids, rows)[:, n_pre:]  # [L, T, d]
+        L, T, d = states.shape
+        flat = states.reshape(L * T, d)
+        top_probs, top_ids = _logit_lens(lm, flat, top_k, chunk_size)
+        phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
+        phrase_probs = torch.zeros(L * T, rollout)
+        if rollout:
+            _phrases(lm, flat, rows, T, soft, target, rollout, chunk_size, progress, phrase_ids, phrase_probs)
+    return top_probs, top_ids, phrase_ids, phrase_probs
 
 
 def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
