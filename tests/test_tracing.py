@@ -285,3 +285,16 @@ def test_token_states_match_hooks_at_every_position(tiny, kind):
     torch.testing.assert_close(picked[:, -1], fl.cache(lm, [row], layers=[3, 0, -2])[:, 0], rtol=1e-5, atol=1e-5)
     with pytest.raises(fl.FutureLensError, match="one row"):
         token_states(lm, ROWS)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_greedy_and_patch_rollout_remote_local_match_local(tiny, kind):
+    lm, _ = tiny(kind)
+    local = fl.greedy(lm, ROWS, 3)
+    state = fl.cache(lm, ROWS, layers=1)[0]
+    local_roll = fl.patch(lm, state, 1, soft_prompt=_soft(lm), rollout=3)
+    lm.remote = "local"
+    assert torch.equal(fl.greedy(lm, ROWS, 3), local)
+    remote_roll = fl.patch(lm, state, 1, soft_prompt=_soft(lm), rollout=3)
+    assert torch.equal(remote_roll.rollout_ids, local_roll.rollout_ids)
+    torch.testing.assert_close(remote_roll.rollout_probs, local_roll.rollout_probs)

@@ -87,8 +87,9 @@ def test_batched_grid_equals_per_cell_with_shared_and_fixed_prompt(tiny, kind):
     _assert_cells_equal(lm, fixed, *_expected(lm, model, kind, layers, lambda layer: {"target": target}))
 
 
-def test_remote_local_gives_the_same_grid(tiny):
-    lm, _ = tiny("llama")
+@pytest.mark.parametrize("kind", ["gptj", "llama", "mamba"])
+def test_remote_local_gives_the_same_grid(tiny, kind):
+    lm, _ = tiny(kind)
     prompts = {1: _prompt(lm, seed=1), 3: _prompt(lm, seed=3)}
     local = lens_grid(lm, TEXT, prompts, rollout=2, top_k=3)
     lm.remote = "local"
