@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import default_lm, pydoc_prefixes, result
+from .common import default_lm, prefix_table, pydoc_prefixes, result
 
 NAME = "cache_memory"
 SHARD_SIZE = 128
@@ -70,19 +70,8 @@ def _child(data: str, out: str) -> None:
 
 def _table(lm, n: int, folder: Path) -> Path:
     """A prefix table of ``n`` pydoc prefixes (all in the train split), written with `save_prefixes`."""
-    from futurelens.data.prefixes import save_prefixes, tokenizer_hash
-
     pairs = pydoc_prefixes(lm.tokenizer, n, 8, 32, ahead=N_MAX + 1, seed=3)
-    columns = {
-        "doc_id": [f"pydoc:{i}" for i in range(n)],
-        "offset": [0] * n,
-        "prefix_ids": [p for p, _ in pairs],
-        "next_ids": [c for _, c in pairs],
-        "target_ids": [c for _, c in pairs],
-        "split": ["train"] * n,
-    }
-    meta = {"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": {"n_max": N_MAX}, "n_kept": n}
-    return save_prefixes(columns, meta, folder / f"data-{n}")
+    return prefix_table(lm, pairs, n, folder / f"data-{n}", N_MAX)
 
 
 def run(quick: bool) -> dict[str, Any]:

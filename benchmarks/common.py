@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -211,3 +212,21 @@ def cli(run: Callable[[bool], dict[str, Any]]) -> None:
     parser = argparse.ArgumentParser(description=run.__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     print(json.dumps(run(parser.parse_args().quick), indent=2))
+
+
+def prefix_table(lm, pairs: list[tuple[list[int], list[int]]], n_train: int, out: Path, n_max: int) -> Path:
+    """A futurelens prefix table (`save_prefixes`) from ``(prefix, next tokens)`` pairs: the first
+    ``n_train`` rows in the train split, the rest in test; the real next tokens stand in as targets."""
+    from futurelens.data.prefixes import save_prefixes, tokenizer_hash
+
+    n = len(pairs)
+    columns = {
+        "doc_id": [f"pydoc:{i}" for i in range(n)],
+        "offset": [0] * n,
+        "prefix_ids": [p for p, _ in pairs],
+        "next_ids": [c for _, c in pairs],
+        "target_ids": [c for _, c in pairs],
+        "split": ["train" if i < n_train else "test" for i in range(n)],
+    }
+    meta = {"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": {"n_max": n_max}, "n_kept": n}
+    return save_prefixes(columns, meta, out)

@@ -36,6 +36,7 @@ from .common import (
     length_sorted_batches,
     paired_ratio,
     plain_default,
+    prefix_table,
     pydoc_prefixes,
     result,
     stats,
@@ -54,20 +55,9 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 def _state_cache(lm, pairs: list[tuple[list[int], list[int]]], n_train: int, folder: Path):
     """A `StateCache` over the train rows (what the probes are fitted on); test rows stay in the table only."""
-    from futurelens.data.prefixes import save_prefixes, tokenizer_hash
     from futurelens.data.states import CacheConfig, StateCache, build_cache
 
-    n = len(pairs)
-    columns = {
-        "doc_id": [f"pydoc:{i}" for i in range(n)],
-        "offset": [0] * n,
-        "prefix_ids": [p for p, _ in pairs],
-        "next_ids": [c for _, c in pairs],
-        "target_ids": [c for _, c in pairs],
-        "split": ["train" if i < n_train else "test" for i in range(n)],
-    }
-    meta = {"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": {"n_max": N_MAX}, "n_kept": n}
-    data = save_prefixes(columns, meta, folder / "data")
+    data = prefix_table(lm, pairs, n_train, folder / "data", N_MAX)
     cfg = CacheConfig(data=str(data), out=str(folder / "cache"), splits=["train"], shard_size=256)
     return StateCache(build_cache(lm, cfg, progress=False))
 
