@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,17 +87,11 @@ class LensGrid:
 
     def save_html(self, path: str | os.PathLike) -> Path:
         """Write `to_html` to ``path`` atomically (temp file in the same folder, then `os.replace`)."""
+        from ..atomic import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_html())
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report should be readable like any other file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(self.to_html(), encoding="utf-8")
         return path
 
     def to_wandb(self) -> Any:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import FutureLensError
 
 KIND = "futurelens.ngram"
@@ -191,14 +191,8 @@ class NGram:
             for name in ("offsets", "ids", "counts", "totals"):
                 tensors[f"n{n}.{name}"] = getattr(self, name)[n].contiguous()
         meta = {"kind": KIND, "n_max": self.n_max, "vocab_size": self.vocab_size, "keep": self.keep}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"futurelens": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod
