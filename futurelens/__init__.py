@@ -24,6 +24,7 @@ _EXPORTS = {
     "cache": "futurelens.tracing",
     "cache_ahead": "futurelens.tracing",
     "decode": "futurelens.tracing",
+    "token_states": "futurelens.tracing",
     "patch": "futurelens.tracing",
     "greedy": "futurelens.tracing",
     "PatchOutput": "futurelens.tracing",
