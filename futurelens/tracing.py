@@ -439,6 +439,22 @@ def _write_patch(embed: Any, blocks: Any, groups: list, position: int, soft_prom
         block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
 
 
+def _greedy_kwargs(lm: "LensModel", ids: "torch.Tensor", n: int) -> dict:
+    """``generate`` arguments for ``n`` greedy tokens after unpadded ``ids [B, T]``."""
+    import torch
+
+    return dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        # Greedy means argmax at every step: no stopping (or suppression) at end-of-text.
+        eos_token_id=None,
+        pad_token_id=lm.pad_id,
+        remote=lm.remote,
+    )
+
+
 def _patched_rollout(
     lm: "LensModel",
     ids: "torch.Tensor",
@@ -458,17 +474,7 @@ def _patched_rollout(
     embed = lm.envoy(lm.arch.embed)
     blocks = lm.envoy(lm.arch.blocks)
     is_tuple = lm.arch.block_output == "tuple"
-    with lm.nn.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=n,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=lm.pad_id,
-        output_logits=True,
-        return_dict_in_generate=True,
-        remote=lm.remote,
-    ) as tracer:
+    with lm.nn.generate(**_greedy_kwargs(lm, ids, n), output_logits=True, return_dict_in_generate=True) as tracer:
         _write_patch(embed, blocks, groups, position, soft_prompt, is_tuple)
         result = tracer.result.save()
     tokens = result.sequences[:, ids.shape[1] :]
@@ -576,16 +582,7 @@ def greedy(
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             ids = torch.tensor([rows[i] for i in chunk], dtype=torch.long, device=lm.device)
-            with lm.nn.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n,
-                # Greedy means argmax at every step: no stopping (or suppression) at end-of-text.
-                eos_token_id=None,
-                do_sample=False,
-                pad_token_id=lm.pad_id,
-                remote=lm.remote,
-            ) as tracer:
+            with lm.nn.generate(**_greedy_kwargs(lm, ids, n)) as tracer:
                 result = tracer.result.save()
             out[chunk] = result[:, length : length + n].cpu()
             if progress is not None:
