@@ -92,20 +92,40 @@ def save_prompt(path: str | os.PathLike, prompt: torch.Tensor, *, model: str, la
 
 
 def load_prompt(path: str | os.PathLike, lm: LensModel | None = None) -> tuple[torch.Tensor, dict]:
-    """``(soft_prompt [P, d], metadata)``; with ``lm``, refuse a prompt trained for another model."""
+    """``(soft_prompt [P, d], metadata)`` of one checkpoint; with ``lm``, refuse a prompt trained for another model.
+
+    ``metadata`` has ``model``, ``layer`` (int), ``config`` and ``losses`` (parsed). A
+    missing, truncated or foreign file is a clear error naming the file.
+    """
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FutureLensError(f"No soft prompt at {path}: train one with `futurelens train`.")
-    with safe_open(str(path), framework="pt") as f:
-        prompt, meta = f.get_tensor("soft_prompt"), dict(f.metadata())
-    meta["layer"] = int(meta["layer"])
-    meta["config"] = json.loads(meta["config"])
-    meta["losses"] = json.loads(meta.get("losses", "[]"))
-    if lm is not None and (meta["model"] != lm.name or prompt.shape[-1] != lm.d_model):
+    try:
+        with safe_open(str(path), framework="pt") as h:
+            meta = dict(h.metadata() or {})
+            if "soft_prompt" not in h.keys():
+                raise FutureLensError(f"{path} has no 'soft_prompt' tensor (it has {sorted(h.keys())}): not a futurelens soft prompt.")
+            prompt = h.get_tensor("soft_prompt")
+    except FutureLensError:
+        raise
+    except Exception as e:  # a truncated or foreign file: say which one
+        raise FutureLensError(f"Cannot read {path} as a safetensors soft prompt: {e}") from e
+    try:
+        meta["layer"] = int(meta["layer"])
+    except (KeyError, ValueError) as e:
+        raise FutureLensError(f"{path} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
+    try:
+        meta["config"] = json.loads(meta.get("config", "{}"))
+        meta["losses"] = json.loads(meta.get("losses", "[]"))
+    except ValueError as e:
+        raise FutureLensError(f"{path} has a 'config' or 'losses' metadata entry that is not JSON: {e}") from e
+    if prompt.dim() != 2:
+        raise FutureLensError(f"{path}: soft_prompt must be [P, d_model], got shape {tuple(prompt.shape)}.")
+    if lm is not None and (meta.get("model") != lm.name or prompt.shape[-1] != lm.d_model):
         raise FutureLensError(
-            f"{path} was trained for {meta['model']!r} (d_model {prompt.shape[-1]}), not {lm.name!r} "
+            f"{path} was trained on {meta.get('model')!r} (d_model {prompt.shape[-1]}), not {lm.name!r} "
             f"(d_model {lm.d_model}): train a prompt for this model."
         )
     return prompt, meta
@@ -128,8 +148,6 @@ def load_prompts(
         model: a `LensModel` or model name; each file's ``"model"`` must match it unless ``force``.
         force: accept prompts trained on another model (same width still required downstream).
     """
-    from safetensors import safe_open
-
     given = [paths_or_dir] if isinstance(paths_or_dir, (str, os.PathLike)) else list(paths_or_dir)
     files: list[Path] = []
     for p in map(Path, given):
@@ -149,33 +167,14 @@ def load_prompts(
     prompts: dict[int, torch.Tensor] = {}
     source: dict[int, Path] = {}
     for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                meta = h.metadata() or {}
-                if "soft_prompt" not in h.keys():
-                    raise FutureLensError(f"{f} has no 'soft_prompt' tensor (it has {sorted(h.keys())}): not a futurelens soft prompt.")
-                tensor = h.get_tensor("soft_prompt")
-        except FutureLensError:
-            raise
-        except Exception as e:  # a truncated or foreign file: say which one
-            raise FutureLensError(f"Cannot read {f} as a safetensors soft prompt: {e}") from e
-        try:
-            layer = int(meta["layer"])
-        except (KeyError, ValueError) as e:
-            raise FutureLensError(f"{f} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
-        if "config" in meta:
-            try:
-                json.loads(meta["config"])
-            except ValueError as e:
-                raise FutureLensError(f"{f} has a 'config' metadata entry that is not JSON: {e}") from e
+        tensor, meta = load_prompt(f)
+        layer = meta["layer"]
         trained_on = meta.get("model")
         if name is not None and not force and trained_on != name:
             raise FutureLensError(
                 f"{f} was trained on {trained_on!r}, not {name!r}: a soft prompt only means something to its own model. "
                 "Pass force=True (--force) to use it anyway."
             )
-        if tensor.dim() != 2:
-            raise FutureLensError(f"{f}: soft_prompt must be [P, d_model], got shape {tuple(tensor.shape)}.")
         if layer in prompts:
             raise FutureLensError(f"Two soft prompts for layer {layer}: {source[layer]} and {f}. Keep one per layer.")
         prompts[layer], source[layer] = tensor, f
