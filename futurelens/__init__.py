@@ -26,6 +26,7 @@ _EXPORTS = {
     "decode": "futurelens.tracing",
     "token_states": "futurelens.tracing",
     "patch": "futurelens.tracing",
+    "rollout": "futurelens.tracing",
     "greedy": "futurelens.tracing",
     "PatchOutput": "futurelens.tracing",
 }

@@ -44,6 +44,9 @@ class Arch:
     """Path of the unembedding / LM head (e.g. ``lm_head``)."""
     block_output: BlockOutput = "tensor"
     """Whether a block returns its hidden state as a tensor or as element 0 of a tuple."""
+    kv_cache: bool = True
+    """Whether the model's past is a key/value cache that a shared context prefix can be computed
+    into once and copied to every row (False for recurrent models such as Mamba, which carry a state)."""
 
     def replace(self, **changes: Any) -> "Arch":
         return dataclasses.replace(self, **changes)
@@ -127,6 +130,8 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
     else:
         found["final_norm"] = _find_final_norm(modules, found["blocks"]) if found["blocks"] else None
     found["block_output"] = override.get("block_output", "tensor")
+    # transformers marks models whose past is a recurrent state (Mamba, Jamba, ...) as stateful.
+    found["kv_cache"] = override.get("kv_cache", not getattr(model, "_is_stateful", False))
 
     # A final norm of None is fine only when the user said so explicitly.
     missing = [k for k in ("blocks", "embed", "final_norm", "unembed") if not found[k] and k not in override]
@@ -161,6 +166,8 @@ def validate(arch: Arch, modules: dict[str, Any]) -> None:
             )
     if not isinstance(modules[arch.blocks], torch.nn.ModuleList):
         raise FutureLensError(f"arch.blocks={arch.blocks!r} must be a torch.nn.ModuleList of decoder blocks.")
+    if not isinstance(arch.kv_cache, bool):
+        raise FutureLensError(f"arch.kv_cache must be True or False, not {arch.kv_cache!r}.")
     if arch.block_output not in ("tensor", "tuple"):
         raise FutureLensError(f"arch.block_output must be 'tensor' or 'tuple', not {arch.block_output!r}.")
 

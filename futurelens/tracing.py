@@ -11,6 +11,7 @@ of block ``L-1`` (the residual stream after ``L`` blocks, before the final norm)
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
@@ -318,6 +319,79 @@ def patch(
     """
     import torch
 
+    ids, layer, state, soft_prompt, position = _context(lm, state, layer, target, soft_prompt, position)
+    length = ids.shape[1]
+    reads = [_position(r, length, "read") for r in ([read] if isinstance(read, int) else read)]
+    if top_k is not None and not 1 <= top_k <= lm.vocab_size:
+        raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
+    if rollout < 0:
+        raise FutureLensError(f"rollout must be >= 0, got {rollout}.")
+
+    from .remote import run_job
+
+    # Remotely the patched forward and the rollout are one request.
+    logits, rolled = run_job(lm, _patch_job, ids, layer, state, soft_prompt, position, reads, rollout)
+    out = PatchOutput(logits=logits)
+    if top_k is not None:
+        probs = torch.softmax(logits.float(), dim=-1)
+        out.top_probs, out.top_ids = probs.topk(top_k, dim=-1)
+        out.logits = None
+    if rollout:
+        out.rollout_ids, out.rollout_probs = rolled
+    return out
+
+
+def _patch_job(lm: "LensModel", ids: "torch.Tensor", layer: Any, state: "torch.Tensor", soft_prompt: Any, position: int,
+               reads: list[int], rollout: int) -> tuple:
+    logits = _patched_logits(lm, ids, _patch_groups(layer, state), position, soft_prompt, reads)
+    rolled = _rollout(lm, ids, layer, state, soft_prompt, position, rollout, ids.shape[0], None) if rollout else None
+    return logits, rolled
+
+
+@_remote_errors
+def rollout(
+    lm: "LensModel",
+    state: "torch.Tensor",
+    layer: "int | Sequence[int] | torch.Tensor",
+    *,
+    target: TokenIds | None = None,
+    soft_prompt: "torch.Tensor | None" = None,
+    position: int | None = None,
+    n: int = 4,
+    chunk_size: int = 256,
+    progress: "Callable[[int], Any] | None" = None,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The greedy phrase each patched context rolls out: ``patch(..., rollout=n)`` without the logits.
+
+    Arguments are `patch`'s. Rows go through ``chunk_size`` at a time (one ``generate`` each).
+    Rows whose context before ``position`` is the same (one soft prompt for many states, a
+    fixed text prompt) share it: that prefix runs once and its key/value cache is copied to
+    each row, so a row costs ``n`` positions instead of ``position + n`` (models with a
+    recurrent state, ``arch.kv_cache=False``, run every row in full). ``progress`` is called
+    with the number of rows finished after each chunk. Remotely the whole call is one request.
+
+    Returns:
+        ``(ids [B, n], probs [B, n])``: the greedy tokens and the probability of each when it was chosen.
+    """
+    if n < 1:
+        raise FutureLensError(f"n must be >= 1 tokens to roll out, got {n}.")
+    if chunk_size < 1:
+        raise FutureLensError(f"chunk_size must be >= 1, got {chunk_size}.")
+    ids, layer, state, soft_prompt, position = _context(lm, state, layer, target, soft_prompt, position)
+    from .remote import run_job
+
+    return run_job(lm, _rollout, ids, layer, state, soft_prompt, position, n, chunk_size, None if lm.remote else progress)
+
+
+def _context(
+    lm: "LensModel", state: Any, layer: Any, target: TokenIds | None, soft_prompt: "torch.Tensor | None", position: int | None
+) -> tuple:
+    """`patch`'s arguments checked and resolved: ``(ids [B, P+T], layer, state [B, d], soft_prompt [B, P, d] | None, position)``.
+
+    ``ids`` holds placeholder ids where the soft prompt goes; everything is on ``lm.device``.
+    """
+    import torch
+
     if not isinstance(state, torch.Tensor):
         raise FutureLensError("state must be a torch.Tensor of shape [B, d_model] or [d_model].")
     if state.dim() == 1:
@@ -344,25 +418,97 @@ def patch(
     if length == 0:
         raise FutureLensError("The target context is empty: give target tokens, a soft prompt, or both.")
     position = _position(n_soft - 1 if position is None and n_soft else (-1 if position is None else position), length, "position")
-    reads = [_position(r, length, "read") for r in ([read] if isinstance(read, int) else read)]
-    if top_k is not None and not 1 <= top_k <= lm.vocab_size:
-        raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
-    if rollout < 0:
-        raise FutureLensError(f"rollout must be >= 0, got {rollout}.")
+    return ids.to(lm.device), layer, state.to(lm.device, lm.dtype), soft_prompt, position
 
-    state = state.to(lm.device, lm.dtype)
-    ids = ids.to(lm.device)
-    groups = _patch_groups(layer, state)
-    logits = _patched_logits(lm, ids, groups, position, soft_prompt, reads)
-    out = PatchOutput(logits=logits)
-    if top_k is not None:
-        probs = torch.softmax(logits.float(), dim=-1)
-        out.top_probs, out.top_ids = probs.topk(top_k, dim=-1)
-        out.logits = None
 
-    if rollout:
-        out.rollout_ids, out.rollout_probs = _patched_rollout(lm, ids, groups, position, soft_prompt, rollout)
-    return out
+def _rollout(
+    lm: "LensModel",
+    ids: "torch.Tensor",
+    layer: "int | list[int]",
+    state: "torch.Tensor",
+    soft_prompt: "torch.Tensor | None",
+    position: int,
+    n: int,
+    chunk_size: int,
+    progress: "Callable[[int], Any] | None",
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """`rollout` on resolved arguments (see `_context`), chunk by chunk: ``(ids [B, n], probs [B, n])`` on the CPU.
+
+    Call it through `run_job` when remote: the shared prefix's cache must stay on the server.
+    """
+    import torch
+
+    batch = ids.shape[0]
+    shared = _shared_prefix(lm, ids, soft_prompt, position, chunk_size)
+    out_ids = torch.empty(batch, n, dtype=torch.long)
+    out_probs = torch.empty(batch, n)
+    for start in range(0, batch, chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, batch), device=ids.device)
+        layers = layer if isinstance(layer, int) else [layer[i] for i in rows.tolist()]
+        groups = _patch_groups(layers, state[rows])
+        soft = None if soft_prompt is None else soft_prompt[rows]
+        if shared is None:
+            got = _patched_rollout(lm, ids[rows], groups, position, soft, n)
+        else:
+            # Only positions from `position` on are run: the patch lands on the step's first one.
+            cache, index = shared
+            past = copy.deepcopy(cache)
+            past.reorder_cache(index[rows])
+            rest = None if soft is None or position >= soft.shape[1] else soft[:, position:]
+            got = _patched_rollout(lm, ids[rows], groups, 0, rest, n, past=past)
+        out_ids[rows.cpu()], out_probs[rows.cpu()] = got[0].cpu(), got[1].float().cpu()
+        if progress is not None:
+            progress(len(rows))
+    return out_ids, out_probs
+
+
+def _shared_prefix(
+    lm: "LensModel", ids: "torch.Tensor", soft_prompt: "torch.Tensor | None", position: int, chunk_size: int
+) -> "tuple[Any, torch.Tensor] | None":
+    """``(key/value cache of the G distinct contexts before position, [B] row -> context)``, or None.
+
+    None when nothing is shared (every row's prefix differs), there is no prefix, the
+    model has no key/value cache, or the distinct prefixes would not fit one chunk.
+    """
+    import torch
+
+    if position == 0 or not lm.arch.kv_cache:
+        return None
+    batch = ids.shape[0]
+    key = ids[:, :position]
+    if soft_prompt is not None:
+        soft = soft_prompt[:, :position].reshape(batch, -1)
+        # Compare the vectors bit for bit: rows share a prefix only if it is exactly the same.
+        bits = soft.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[soft.element_size()])
+        which = torch.unique(bits, dim=0, return_inverse=True)[1]
+        key = torch.cat([key, which[:, None].to(key.dtype)], dim=1)
+    index = torch.unique(key, dim=0, return_inverse=True)[1]
+    n_prefixes = int(index.max()) + 1
+    if n_prefixes == batch or n_prefixes > chunk_size:
+        return None
+    first = torch.full((n_prefixes,), batch, device=ids.device).scatter_reduce(
+        0, index, torch.arange(batch, device=ids.device), "amin"
+    )
+    soft = None if soft_prompt is None else soft_prompt[first, :position]
+    return _prefix_cache(lm, ids[first, :position], soft), index
+
+
+def _prefix_cache(lm: "LensModel", ids: "torch.Tensor", soft_prompt: "torch.Tensor | None") -> Any:
+    """The model's key/value cache after ``ids [G, p]`` (soft prompt written over the first positions)."""
+    import torch
+    from transformers import DynamicCache
+
+    embed = lm.envoy(lm.arch.embed)
+    blocks = lm.envoy(lm.arch.blocks)
+    is_tuple = lm.arch.block_output == "tuple"
+    # The model's own cache class for its config (sliding-window layers and all); filled in place.
+    past = DynamicCache(config=lm.config)
+    with lm.nn.trace(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=past, use_cache=True, remote=lm.remote) as tracer:
+        _write_patch(embed, blocks, [], 0, soft_prompt, is_tuple)
+        # The cache is complete once the last block has run: skip the final norm and the head.
+        blocks[lm.n_layers - 1].output
+        tracer.stop()
+    return past
 
 
 def _patch_layers(lm: "LensModel", layer: "int | Sequence[int] | torch.Tensor", batch: int) -> "int | list[int]":
@@ -462,19 +608,23 @@ def _patched_rollout(
     position: int,
     soft_prompt: "torch.Tensor | None",
     n: int,
+    past: Any = None,
 ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Greedy continuation of a patched context with the model's KV cache: ``(tokens [B, n], probs [B, n])``.
 
     The patch is written in the first (prefill) step only; later steps feed one token
     each and attend to the cached, patched past, exactly as a full re-run of the
-    growing context with the patch held in place would.
+    growing context with the patch held in place would. With ``past``, a cache of the
+    context's first ``p`` positions, the prefill step runs only ``ids[:, p:]``: then
+    ``position`` and ``soft_prompt`` are relative to position ``p``.
     """
     import torch
 
     embed = lm.envoy(lm.arch.embed)
     blocks = lm.envoy(lm.arch.blocks)
     is_tuple = lm.arch.block_output == "tuple"
-    with lm.nn.generate(**_greedy_kwargs(lm, ids, n), output_logits=True, return_dict_in_generate=True) as tracer:
+    extra = {} if past is None else {"past_key_values": past}
+    with lm.nn.generate(**_greedy_kwargs(lm, ids, n), output_logits=True, return_dict_in_generate=True, **extra) as tracer:
         _write_patch(embed, blocks, groups, position, soft_prompt, is_tuple)
         result = tracer.result.save()
     tokens = result.sequences[:, ids.shape[1] :]

@@ -298,3 +298,98 @@ def test_greedy_and_patch_rollout_remote_local_match_local(tiny, kind):
     remote_roll = fl.patch(lm, state, 1, soft_prompt=_soft(lm), rollout=3)
     assert torch.equal(remote_roll.rollout_ids, local_roll.rollout_ids)
     torch.testing.assert_close(remote_roll.rollout_probs, local_roll.rollout_probs)
+
+
+def _count_positions(model, kind):
+    """A hook on the embedding that adds up the positions each forward runs: ``(counter, handle)``."""
+    seen = [0]
+    handle = model.get_input_embeddings().register_forward_hook(lambda _m, inp, _o: seen.__setitem__(0, seen[0] + inp[0].numel()))
+    return seen, handle
+
+
+def _hook_rollout(model, kind, ids, states, layers, position, soft, n):
+    """Greedy phrase of each row by re-running the whole growing context through plain hooks."""
+    out_ids, out_p = [], []
+    for b, layer in enumerate(layers):
+        row = ids[b : b + 1]
+        toks, ps = [], []
+        with torch.no_grad():
+            for _ in range(n):
+                sp = None if soft is None else soft[b : b + 1]
+                probs = hook_patch_logits(model, BLOCKS[kind], row, states[b : b + 1], layer, position, sp)[:, -1].softmax(-1)
+                p, tok = probs.max(-1)
+                toks.append(tok[0])
+                ps.append(p[0])
+                row = torch.cat([row, tok[:, None]], 1)
+        out_ids.append(torch.stack(toks))
+        out_p.append(torch.stack(ps))
+    return torch.stack(out_ids), torch.stack(out_p)
+
+
+@pytest.mark.parametrize("kind", CORE)
+def test_rollout_runs_a_shared_prompt_once_and_matches_hooks(tiny, kind):
+    lm, model = tiny(kind)
+    B, P, n = 6, 4, 3
+    states = torch.randn(B, lm.d_model, generator=torch.Generator().manual_seed(5))
+    layers = [2, 0, 3, 1, 2, 3]
+    two = torch.stack([_soft(lm, P, seed=1), _soft(lm, P, seed=2)])
+    soft = two[[0, 1, 0, 1, 1, 0]]  # two distinct prompts over six rows
+    seen, handle = _count_positions(model, kind)
+    try:
+        ids, probs = fl.rollout(lm, states, layers, soft_prompt=soft, n=n)
+    finally:
+        handle.remove()
+    if lm.arch.kv_cache:
+        # Each prompt's first P-1 positions run once; then each row runs n positions.
+        assert seen[0] == 2 * (P - 1) + B * n
+    else:  # a recurrent state is not shared: every row runs its whole context
+        assert kind == "mamba" and seen[0] == B * (P + n - 1)
+    ref_ids, ref_p = _hook_rollout(model, kind, torch.zeros(B, P, dtype=torch.long), states, layers, P - 1, soft, n)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(probs, ref_p, rtol=1e-4, atol=1e-5)
+    # The unshared path, and chunks that split the prompts' rows, give the same phrases.
+    lm.arch = lm.arch.replace(kv_cache=False)
+    plain_ids, plain_p = fl.rollout(lm, states, layers, soft_prompt=soft, n=n, chunk_size=4)
+    assert torch.equal(plain_ids, ids)
+    torch.testing.assert_close(plain_p, probs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gptj", "llama"])
+def test_rollout_shares_token_prefixes_of_a_fixed_prompt(tiny, kind):
+    lm, model = tiny(kind)
+    states = torch.randn(4, lm.d_model, generator=torch.Generator().manual_seed(6))
+    target = torch.tensor([[30, 31, 32, 33], [30, 31, 32, 33], [40, 41, 42, 43], [30, 31, 32, 33]])
+    seen, handle = _count_positions(model, kind)
+    try:
+        ids, probs = fl.rollout(lm, states, [1, 3, 2, 0], target=target, n=2)
+    finally:
+        handle.remove()
+    assert seen[0] == 2 * 3 + 4 * 2  # two distinct prefixes of 3 tokens, then 2 positions a row
+    ref_ids, ref_p = _hook_rollout(model, kind, target, states, [1, 3, 2, 0], 3, None, 2)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(probs, ref_p, rtol=1e-4, atol=1e-5)
+    # A patch inside the context: the rest of the context runs per row, the prefix before it once.
+    inner = fl.rollout(lm, states, 2, target=target[:1], position=1, n=2)
+    for b in range(4):
+        alone = fl.patch(lm, states[b], 2, target=target[:1], position=1, rollout=2)
+        assert torch.equal(inner[0][b], alone.rollout_ids[0])
+
+
+def test_rollout_remote_local_progress_and_errors(tiny):
+    lm, _ = tiny("llama")
+    states = torch.randn(5, lm.d_model)
+    soft = _soft(lm)
+    done = []
+    local = fl.rollout(lm, states, [3, 1, 2, 1, 0], soft_prompt=soft, n=2, chunk_size=2, progress=done.append)
+    assert done == [2, 2, 1]
+    lm.remote = "local"
+    remote = fl.rollout(lm, states, [3, 1, 2, 1, 0], soft_prompt=soft, n=2, chunk_size=2)
+    assert torch.equal(remote[0], local[0])
+    torch.testing.assert_close(remote[1], local[1])
+    lm.remote = False
+    with pytest.raises(fl.FutureLensError, match=r"n must be >= 1"):
+        fl.rollout(lm, states, 1, soft_prompt=soft, n=0)
+    with pytest.raises(fl.FutureLensError, match=r"chunk_size must be >= 1"):
+        fl.rollout(lm, states, 1, soft_prompt=soft, chunk_size=0)
+    with pytest.raises(fl.FutureLensError, match=r"soft_prompt must be"):
+        fl.rollout(lm, states, 1, soft_prompt=soft[None].expand(2, -1, -1))

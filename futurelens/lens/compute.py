@@ -276,14 +276,16 @@ def _phrases(
 ) -> None:
     """Roll out a phrase for every cell of ``flat [L*T, d]`` (row ``i*T + t``), filling ``out_* [L*T, R]``.
 
-    Cells of all layers share each batch: `patch` gets a per-row layer and, for learned
-    prompts, a per-row ``[B, P, d]`` soft prompt. Only prompts of different lengths cannot
-    share a rectangular batch, so cells are grouped by prompt length first (one group in
-    practice).
+    Cells of all layers share each batch: `rollout` gets a per-row layer and, for learned
+    prompts, a per-row ``[B, P, d]`` soft prompt. The prompt before the patched position is
+    the same for every cell of a layer (of every layer, with a shared or fixed prompt), so
+    `rollout` runs it once per distinct prompt and each cell costs only its ``rollout``
+    positions. Only prompts of different lengths cannot share a rectangular batch, so cells
+    are grouped by prompt length first (one group in practice).
     """
     import torch
 
-    from ..tracing import patch
+    from ..tracing import rollout as roll
 
     groups: dict[int, list[int]] = {}  # prompt length -> grid rows
     for i, layer in enumerate(rows):
@@ -293,24 +295,18 @@ def _phrases(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=flat.shape[0], desc="lens", unit="cell")
+    step = bar.update if bar is not None else (progress if callable(progress) else None)
     try:
         for members in groups.values():
             cells = torch.tensor([i * T + t for i in members for t in range(T)])
-            table = None if soft is None else torch.stack([soft[rows[i]].float() for i in members])  # [G, P, d]
-            local = {i: j for j, i in enumerate(members)}
-            for start in range(0, len(cells), chunk_size):
-                chunk = cells[start : start + chunk_size]
-                grid_rows = (chunk // T).tolist()
-                kwargs: dict[str, Any] = {"target": [target]} if soft is None else {
-                    "soft_prompt": table[torch.tensor([local[i] for i in grid_rows])]  # [B, P, d]
-                }
-                out = patch(lm, flat[chunk], [rows[i] for i in grid_rows], rollout=rollout, top_k=1, **kwargs)
-                out_ids[chunk] = out.rollout_ids.cpu()
-                out_probs[chunk] = out.rollout_probs.float().cpu()
-                if bar is not None:
-                    bar.update(len(chunk))
-                elif callable(progress):
-                    progress(len(chunk))
+            grid_rows = (cells // T).tolist()
+            kwargs: dict[str, Any] = {"target": [target]} if soft is None else {
+                "soft_prompt": torch.stack([soft[rows[i]] for i in grid_rows])  # [B, P, d]
+            }
+            ids, probs = roll(
+                lm, flat[cells], [rows[i] for i in grid_rows], n=rollout, chunk_size=chunk_size, progress=step, **kwargs
+            )
+            out_ids[cells], out_probs[cells] = ids, probs
     finally:
         if bar is not None:
             bar.close()
