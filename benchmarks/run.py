@@ -7,6 +7,10 @@ Each benchmark is a module in this folder with ``run(quick: bool) -> dict`` retu
 after another in this process (the default model is loaded once and shared); a
 benchmark that raises is reported as an error and the others still run. The exit
 status is 1 when a benchmark errored, 0 otherwise (a missed goal is a result, not an error).
+
+The report is rewritten (atomically) after every benchmark, so a run cut short keeps what
+it finished. ``--only`` updates just those entries of an existing report of the same mode;
+each entry records the commit and time it was measured at.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         measured = out.get("ratio", out.get("value"))
         out["summary"] = f"{'ratio' if 'ratio' in out else 'value'} {measured}" if measured is not None else ""
     out["duration_s"] = round(time.perf_counter() - start, 1)
+    out["commit"] = _commit()
+    out["measured"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return out
 
 
@@ -82,7 +88,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`python benchmarks/run.py{' --quick' if report['quick'] else ''}` on {report['started']}, "
         f"commit {report['commit']}, {report['duration_s'] / 60:.1f} min"
-        + (" — **quick mode: smoke-test sizes, not the committed figures**" if report["quick"] else "") + ".",
+        + (" — **quick mode: smoke-test sizes, not the committed figures**" if report["quick"] else "") + "."
+        + (f" This run updated {', '.join(report['updated'])}; the other entries come from earlier runs (each names its commit)."
+           if report.get("updated") else ""),
         "",
         "| machine | |",
         "|---|---|",
@@ -106,7 +114,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## {r['name']}",
             "",
-            r["summary"] + f" ({r['duration_s']:.0f} s)",
+            r["summary"] + f" ({r['duration_s']:.0f} s; commit {r.get('commit', report['commit'])}, {r.get('measured', report['started'])})",
             "",
             "<details><summary>details</summary>",
             "",
@@ -129,28 +137,50 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine
 
     names = [n for n in BENCHMARKS if not args.only or n in args.only]
+    out = Path(args.out)
+    kept = _kept(out / "report.json", args.quick) if args.only else {}
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
-    results = []
+    results = dict(kept)
+    report: dict[str, Any] = {}
     for name in names:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         r = run_one(name, args.quick)
         print(f"[benchmarks] {name}: {r['summary']} ({r['duration_s']:.0f} s)", file=sys.stderr, flush=True)
-        results.append(r)
-    report = {
-        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
-        "quick": args.quick,
-        "duration_s": round(time.perf_counter() - t0, 1),
-        "machine": machine(),
-        "results": results,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(markdown(report))
+        results[name] = r
+        report = {
+            "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": _commit(),
+            "quick": args.quick,
+            "duration_s": round(time.perf_counter() - t0, 1),
+            "machine": machine(),
+            "results": [results[n] for n in BENCHMARKS if n in results],
+        }
+        if kept:
+            report["updated"] = sorted(set(results) - set(kept) | set(names))
+        _write(out, report)
     print(f"[benchmarks] wrote {out / 'report.md'} and {out / 'report.json'}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in report.get("results", [])) else 0
+
+
+def _kept(path: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """Entries of an existing report of the same mode, by name (``--only`` replaces some of them)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("quick") != quick:
+        return {}
+    return {r["name"]: r for r in old.get("results", []) if r.get("name") in BENCHMARKS}
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    from futurelens.atomic import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"), ("report.md", markdown(report))):
+        with atomic_path(out / name, suffix=Path(name).suffix) as tmp:
+            Path(tmp).write_text(text)
 
 
 if __name__ == "__main__":
