@@ -10,7 +10,8 @@ leaves them) and the same states, so their greedy phrases should agree. The batc
 with one prompt shared by all layers is timed too (the per-cell loop costs the same either way).
 
 The goal is stated for a 10-token text over all 31 layers, so ``--quick`` does not shrink
-this benchmark (about two minutes, nearly all of it the per-cell loop, on a 2-core CPU).
+the grid; it times one round instead of two (a round is about two minutes on a 2-core CPU,
+nearly all of it the per-cell loop). The ratio is the median over rounds.
 
     python benchmarks/lens_speed.py            # 10 tokens x 31 layers, rollout 4
     python benchmarks/lens_speed.py --threads 1   # steadier on a CPU that other jobs share
@@ -138,7 +139,7 @@ def run(quick: bool = False) -> dict:
         last = {layers[-1]: prompts[layers[-1]]}
         lens_grid(lm, "The", last, rollout=1, top_k=TOP_K)
         per_cell_lens(model, tokenizer, "The", last, 1, TOP_K)
-        times = common.interleaved({"batched": batched, "shared": shared, "per_cell": per_cell}, repeats=1, warmup=0)
+        times = common.interleaved({"batched": batched, "shared": shared, "per_cell": per_cell}, repeats=1 if quick else 2, warmup=0)
     speedup = common.paired_ratio(times["per_cell"], times["batched"])
     speedup_shared = common.paired_ratio(times["per_cell"], times["shared"])
 

@@ -55,7 +55,7 @@ class LensConfig:
     """Logit-lens tokens kept per cell (shown on hover)."""
     fixed_prompt: str = PAPER_PROMPT
     """Text prompt whose last token receives the state when no learned prompts are given."""
-    chunk_size: int = 256
+    chunk_size: int = 512
     """Cells patched per batched forward (lower it if memory runs short)."""
     force: bool = False
     """Use learned prompts even if they were trained on another model."""
@@ -80,7 +80,7 @@ def lens_grid(
     rollout: int = 4,
     top_k: int = 5,
     fixed_prompt: str = PAPER_PROMPT,
-    chunk_size: int = 256,
+    chunk_size: int = 512,
     progress: Progress = None,
 ) -> LensGrid:
     """The Future Lens grid of ``text``: per (layer, token) the logit-lens top-k and a rolled-out phrase.
