@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from statistics import median
 
 import torch
 
@@ -174,8 +175,9 @@ def run(quick: bool = False) -> dict:
     where = details["machine"]["device"]
     summary = (
         f"{len(cells)} cells ({n_tokens} tokens x {len(layers)} layers, rollout {ROLLOUT}) on {where}: "
-        f"lens_grid {times['batched'][0]:.2f} s vs one generate per cell {times['per_cell'][0]:.2f} s = {speedup:.1f}x "
-        f"(one prompt shared by all layers: {times['shared'][0]:.2f} s = {speedup_shared:.1f}x); "
+        f"lens_grid {median(times['batched']):.2f} s vs one generate per cell {median(times['per_cell']):.2f} s "
+        f"(medians of {len(times['batched'])} rounds) = {speedup:.1f}x "
+        f"(one prompt shared by all layers: {median(times['shared']):.2f} s = {speedup_shared:.1f}x); "
         f"phrases equal in {same_phrase}/{len(cells)} cells"
     )
     return common.result(
