@@ -1,19 +1,250 @@
-"""The `futurelens` command: thin wrappers that parse a config and call the library."""
+"""The `futurelens` command: thin wrappers that parse a config and call the library.
+
+A `FutureLensError` (bad input, an unusable environment) prints its message alone on stderr and
+exits with status 1; `futurelens --debug ...` or ``FUTURELENS_DEBUG=1`` shows the traceback.
+Arguments are checked before a model loads. Ctrl-C says what was kept and how to resume (status 130).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+from .errors import FutureLensError
+
+# Locals stay out of tracebacks: they can hold an API key.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Future Lens: decode the tokens a single hidden state anticipates. An error prints its message alone; "
+    "--debug (or FUTURELENS_DEBUG=1) shows the traceback.",
+    pretty_exceptions_show_locals=False,
+)
+
+REMOTE_HELP = (
+    "Run the model on NDIF (remote=True): --model must be a hub id NDIF serves; no weights are downloaded. "
+    "Needs an NDIF API key (NDIF_API_KEY or nnsight.CONFIG.set_default_api_key)."
+)
+HUB_PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a TCP connection to the Hugging Face hub before treating it as unreachable."""
+
+_restore: list[Callable[[], None]] = []  # undo process-wide settings a command changed (tests run many in one process)
 
 
-def _data(cfg) -> None:
+# --------------------------------------------------------------------------- errors, Ctrl-C, the version
+
+
+_DEBUG = False  # `futurelens --debug`: set by the root callback on every invocation
+
+
+def _debug() -> bool:
+    return _DEBUG or os.environ.get("FUTURELENS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _guard(run: Callable[..., Any], interrupted: Callable[[Any], str]) -> Callable[..., Any]:
+    """``run`` with the CLI's error contract: a FutureLensError is its message, Ctrl-C says what was kept."""
+
+    def guarded(cfg: Any, **extra: Any) -> Any:
+        try:
+            return run(cfg, **extra)
+        except FutureLensError as err:
+            if _debug():
+                raise
+            typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo(f"\nInterrupted. {interrupted(cfg)}", err=True)
+            if _debug():
+                raise
+            raise typer.Exit(130) from None
+        finally:
+            while _restore:
+                _restore.pop()()
+
+    return guarded
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("futurelens")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"futurelens {_version()}")
+        raise typer.Exit()
+
+
+def _kept(out: str | os.PathLike, pattern: str = "*") -> list[str]:
+    folder = Path(out)
+    return sorted(p.name for p in folder.glob(pattern)) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------- loading the model
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" bar and no info chatter from transformers on every command."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    _restore.append(transformers.utils.logging.enable_progress_bar)
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub cannot be reached (None if a TCP connection opens within `HUB_PROBE_TIMEOUT`)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the hub client goes through a proxy; a direct probe would say nothing about it
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _check_hub(name: str, remote: bool) -> str:
+    """Fail at once, not after the hub client's retries, when the hub is offline and ``name`` is not cached.
+
+    Returns a note to add to a load error ("" if none). Only for names that are neither the embedded
+    default nor an existing folder.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from .models import DEFAULT_MODEL
+
+    if name == DEFAULT_MODEL or Path(name).exists():
+        return ""
+    cache = constants.HF_HUB_CACHE
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id: it was meant as a folder
+        raise FutureLensError(
+            f"{name!r} is not an existing folder, nor a hub id (owner/name): check the path, or use the "
+            f"embedded default {DEFAULT_MODEL!r}."
+        ) from None
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return ""
+        raise FutureLensError(
+            f"{name!r} is not a local folder and not in the Hugging Face cache ({cache}), and HF_HUB_OFFLINE is set, "
+            f"so the hub cannot be asked: unset HF_HUB_OFFLINE, pass a local folder, or use the embedded default "
+            f"{DEFAULT_MODEL!r}."
+        )
+    reason = _unreachable(constants.ENDPOINT)
+    if reason is None:
+        return ""
+    # The hub client would retry for ~50 s; offline mode makes it use the cache (or fail) at once.
+    previous, env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    def restore() -> None:
+        constants.HF_HUB_OFFLINE = previous
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+    _restore.append(restore)
+    note = f"The Hugging Face hub at {constants.ENDPOINT} is unreachable from here ({reason})"
+    if cached:
+        typer.echo(f"{note}; using the cached copy of {name!r}.", err=True)
+        return ""
+    if remote:
+        return f"{note}, and {name!r} is not in the hub cache ({cache}): NDIF runs need its config and tokenizer from the hub."
+    raise FutureLensError(
+        f"{note}, and {name!r} is neither a local folder nor in the hub cache ({cache}): check your network "
+        f"(or HF_ENDPOINT), pass a local folder, or use the embedded default {DEFAULT_MODEL!r}."
+    )
+
+
+def _load(model: str, remote: bool = False) -> Any:
+    """`futurelens.load_model` the way every command does it: quiet, and quick to fail with no hub."""
+    import futurelens as fl
+
+    _quiet_transformers()
+    note = _check_hub(model, remote)
+    try:
+        return fl.load_model(model, remote=True if remote else False)
+    except FutureLensError as err:
+        if note and isinstance(err.__cause__, OSError):  # the hub could not provide it (not, e.g., a missing key)
+            raise FutureLensError(f"{err}\n{note}") from err
+        raise
+
+
+# --------------------------------------------------------------------------- argument checks (before any load)
+
+
+def _check_source(cfg: Any) -> None:
+    from .data.corpus import documents
+
+    documents(cfg.source, getattr(cfg, "text_field", "text"))  # a missing file says so; 'hf:' streams, checked later
+    if not 1 <= cfg.min_len <= cfg.max_len:
+        raise FutureLensError(f"Need 1 <= --min-len <= --max-len, got {cfg.min_len} and {cfg.max_len}.")
+    if cfg.n_prefixes < 1:
+        raise FutureLensError(f"--n-prefixes must be >= 1, got {cfg.n_prefixes}.")
+
+
+def _check_data(cfg: Any) -> None:
+    _check_source(cfg)
+    if cfg.length_dist not in ("uniform", "loguniform"):
+        raise FutureLensError(f"--length-dist must be 'uniform' or 'loguniform', not {cfg.length_dist!r}.")
+    if not 0 <= cfg.test_fraction < 1:
+        raise FutureLensError(f"--test-fraction must be in [0, 1), got {cfg.test_fraction}.")
+    if cfg.batch_size < 1 or cfg.n_max < 0:
+        raise FutureLensError("--batch-size must be >= 1 and --n-max >= 0.")
+
+
+def _check_cache(cfg: Any) -> dict:
+    from .data.prefixes import META_FILE
+    from .data.states import DTYPES
+
+    if cfg.dtype not in DTYPES:
+        raise FutureLensError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
+    unknown = sorted(set(cfg.splits) - {"train", "test"})
+    if unknown:
+        raise FutureLensError(f"Unknown split(s) {unknown}: choose from train, test.")
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise FutureLensError("--shard-size and --batch-size must be >= 1.")
+    meta = Path(cfg.data) / META_FILE
+    if not meta.is_file():
+        raise FutureLensError(f"No dataset at {cfg.data} (no {META_FILE}): build one with `futurelens data --out {cfg.data}`.")
     import json
 
-    import futurelens as fl
+    return json.loads(meta.read_text())
+
+
+def _open_cache(path: str) -> Any:
+    from .data.states import INDEX, StateCache
+
+    if not (Path(path) / INDEX).is_file():
+        raise FutureLensError(f"No state cache at {path} (no {INDEX}): build one with `futurelens cache --out {path}`.")
+    return StateCache(path)
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def _data(cfg: Any, remote: bool = False) -> None:
+    import json
+
     from futurelens.data.prefixes import META_FILE, build_prefixes
 
-    out = build_prefixes(fl.load_model(cfg.model), cfg)
+    _check_data(cfg)
+    out = build_prefixes(_load(cfg.model, remote), cfg)
     meta = json.loads((out / META_FILE).read_text())
     typer.echo(
         f"Wrote {meta['n_kept']} prefixes ({meta['n_train']} train / {meta['n_test']} test) to {out}; "
@@ -21,44 +252,82 @@ def _data(cfg) -> None:
     )
 
 
-def _cache(cfg) -> None:
-    import futurelens as fl
-    from futurelens.data.prefixes import load_prefixes
-    from futurelens.data.states import StateCache, build_cache
+def _cache(cfg: Any, remote: bool = False) -> None:
+    import json
 
-    model = cfg.model or load_prefixes(cfg.data)[1]["model"]
-    out = build_cache(fl.load_model(model), cfg)
+    from futurelens.data.states import INDEX, StateCache, build_cache
+
+    meta = _check_cache(cfg)
+    index = Path(cfg.out) / INDEX
+    if index.is_file() and not json.loads(index.read_text()).get("complete", True):
+        done = len(_kept(cfg.out, "*/shard-*.safetensors"))
+        typer.echo(f"Resuming the cache in {cfg.out}: {done} shard(s) already written are kept.", err=True)
+    out = build_cache(_load(cfg.model or meta["model"], remote), cfg)
     cache = StateCache(out)
     sizes = ", ".join(f"{cache.size(s)} {s}" for s in cfg.splits)
     typer.echo(f"Cached layers {cache.layers[0]}..{cache.layers[-1]} ({len(cache.layers)}) for {sizes} prefixes in {out}.")
 
 
-def _train(cfg) -> None:
+def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
+    """What `train` will reuse in ``cfg.out``: finished prompts and checkpoints to resume from."""
+    notes = []
+    for layer in layers:
+        final, ckpt = Path(cfg.out) / f"layer-{layer}.safetensors", Path(cfg.out) / f"layer-{layer}.ckpt.pt"
+        if final.exists():
+            notes.append(f"layer {layer}: already trained ({final}), kept")
+        elif ckpt.exists():
+            where = ""
+            try:
+                import torch
+
+                state = torch.load(ckpt, weights_only=False, map_location="cpu")["state"]
+                where = f" at epoch {state['epoch'] + 1}, batch {state['batch']}"
+            except Exception:  # noqa: BLE001 - a note only; train itself checks the checkpoint
+                pass
+            notes.append(f"layer {layer}: resuming from {ckpt}{where}")
+    return notes
+
+
+def _train(cfg: Any, remote: bool = False) -> None:
     from futurelens.train import train
 
-    prompts = train(cfg)
+    if cfg.loss not in ("kl", "ce"):
+        raise FutureLensError(f"--loss must be 'kl' or 'ce', not {cfg.loss!r}.")
+    if cfg.optimizer not in ("adamw", "adam", "sgd"):
+        raise FutureLensError(f"--optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+    cache = _open_cache(cfg.cache)
+    for note in _resume_notes(cfg, cfg.layers or cache.layers):
+        typer.echo(f"Resuming in {cfg.out}: {note}.", err=True)
+    prompts = train(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
     typer.echo(f"Trained soft prompts for layers {sorted(prompts)} in {cfg.out}.")
 
 
-def _eval(cfg) -> None:
-    from futurelens.evaluate import evaluate
+def _eval(cfg: Any, remote: bool = False) -> None:
+    from futurelens.evaluate import METHODS, evaluate
+    from futurelens.figure import precision_table
 
-    df = evaluate(cfg)
-    p1 = df[(df.metric == "precision") & (df.k == 1)].pivot_table(index=["n", "layer"], columns="method", values="value")
-    typer.echo(p1.round(3).to_string())
+    unknown = sorted(set(cfg.methods) - set(METHODS))
+    if unknown:
+        raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
+    cache = _open_cache(cfg.cache)
+    df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
+    typer.echo(precision_table(df))
     typer.echo(f"Wrote results.csv, precision.png and surprisal.png to {cfg.out}.")
 
 
-def _lens(cfg) -> None:
-    import futurelens as fl
+def _lens(cfg: Any, remote: bool = False) -> None:
     from futurelens.lens.compute import lens_grid
     from futurelens.train import load_prompts
 
-    lm = fl.load_model(cfg.model)
+    if cfg.rollout < 0 or cfg.top_k < 1 or cfg.chunk_size < 1:
+        raise FutureLensError("--rollout must be >= 0, --top-k and --chunk-size >= 1.")
+    if cfg.prompts:
+        load_prompts(cfg.prompts)  # the files exist and are soft prompts, before the model loads
+    lm = _load(cfg.model, remote)
     prompts = load_prompts(cfg.prompts, lm, force=cfg.force) if cfg.prompts else None
     if cfg.shared:
         if prompts is None or len(prompts) != 1:
-            raise fl.FutureLensError(f"--shared needs exactly one learned prompt, got {0 if prompts is None else len(prompts)}.")
+            raise FutureLensError(f"--shared needs exactly one learned prompt, got {0 if prompts is None else len(prompts)}.")
         prompts = next(iter(prompts.values()))
     grid = lens_grid(
         lm,
@@ -76,6 +345,29 @@ def _lens(cfg) -> None:
     typer.echo(f"{grid.method}; wrote {path}")
 
 
+def _demo(cfg: Any, remote: bool = False) -> None:
+    from .pipeline import run
+
+    _check_source(cfg)
+    run(cfg, lm=_load(cfg.model, remote))
+
+
+# What Ctrl-C leaves behind, per command, and how to go on.
+_INTERRUPTED: dict[str, Callable[[Any], str]] = {
+    "data": lambda cfg: f"The dataset is written to {cfg.out} only when labelling finishes, so nothing partial was "
+    "kept; run the same command again to build it.",
+    "cache": lambda cfg: f"Kept {len(_kept(cfg.out, '*/shard-*.safetensors'))} finished shard(s) in {cfg.out}; run the "
+    "same command again to continue at the first missing shard.",
+    "train": lambda cfg: f"Kept in {cfg.out}: {', '.join(_kept(cfg.out, 'layer-*')) or 'nothing yet'} (finished prompts "
+    "*.safetensors, checkpoints *.ckpt.pt); run the same command again to resume from them.",
+    "eval": lambda cfg: f"Nothing was written to {cfg.out} (results are written when every layer is scored); run the "
+    "same command again.",
+    "lens": lambda cfg: f"{cfg.out} was not written; run the same command again.",
+    "demo": lambda cfg: f"Every finished stage is kept under {cfg.out} and the cache and training keep their partial "
+    "progress; run the same command again to resume.",
+}
+
+
 def _text_argument(fn, help: str):
     """Make ``--text`` of a `command` wrapper the first positional argument: `futurelens lens "Marty McFly from"`."""
     import inspect
@@ -90,33 +382,38 @@ def _text_argument(fn, help: str):
 
 
 def _register() -> None:
-    from .config import command, field_docs
+    from .config import command, field_docs, option
     from .data.prefixes import DataConfig
     from .data.states import CacheConfig
     from .evaluate import EvalConfig
-    from .train import TrainConfig
-    from .pipeline import PipelineConfig, run
     from .lens.compute import LensConfig
+    from .pipeline import PipelineConfig
+    from .train import TrainConfig
+
+    remote = [option("remote", bool, False, "--remote", help=REMOTE_HELP)]
+
+    def cmd(cls: type, name: str, run: Callable[..., Any]) -> Callable[..., Any]:
+        return command(cls, _guard(run, _INTERRUPTED[name]), extra=remote)
 
     app.command(
         "demo",
         help="The whole experiment on the embedded default model (offline, CPU, a few minutes): dataset, state cache, "
         "soft prompts, all five methods evaluated, the paper's figure and a lens page.",
-    )(command(PipelineConfig, run))
+    )(cmd(PipelineConfig, "demo", _demo))
     app.command("data", help="Build the Future Lens prefix dataset: prefixes, real next tokens, the model's continuation.")(
-        command(DataConfig, _data)
+        cmd(DataConfig, "data", _data)
     )
     app.command("cache", help="Cache each prefix's hidden states at every layer, in resumable shards.")(
-        command(CacheConfig, _cache)
+        cmd(CacheConfig, "cache", _cache)
     )
     app.command("lens", help="The Future Lens grid of a text: per layer and token, the logit lens and a rolled-out phrase, as HTML.")(
-        _text_argument(command(LensConfig, _lens), field_docs(LensConfig)["text"])
+        _text_argument(cmd(LensConfig, "lens", _lens), field_docs(LensConfig)["text"])
     )
     app.command("train", help="Train a soft prompt per layer (the learned-prompt intervention) on cached states.")(
-        command(TrainConfig, _train)
+        cmd(TrainConfig, "train", _train)
     )
     app.command("eval", help="Score all five methods per layer and N: results.csv and the paper's figure.")(
-        command(EvalConfig, _eval)
+        cmd(EvalConfig, "eval", _eval)
     )
 
 
@@ -124,8 +421,14 @@ _register()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also FUTURELENS_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print futurelens' version and exit."),
+) -> None:
     """Future Lens: decode the tokens a single hidden state anticipates."""
+    global _DEBUG
+    _DEBUG = debug
 
 
 def main() -> None:

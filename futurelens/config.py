@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import textwrap
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -35,8 +35,17 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def command(cls: type, run: Callable[[Any], Any], doc: str | None = None) -> Callable[..., Any]:
-    """A function typer can register: its options are ``cls``'s fields, its help their docstrings."""
+def command(
+    cls: type,
+    run: Callable[..., Any],
+    doc: str | None = None,
+    extra: Sequence[inspect.Parameter] = (),
+) -> Callable[..., Any]:
+    """A function typer can register: its options are ``cls``'s fields, its help their docstrings.
+
+    ``extra`` adds options that are not settings of the config (e.g. ``--remote``: where the model runs);
+    they reach ``run`` as keyword arguments: ``run(cls(**fields), **extras)``.
+    """
     import typer
 
     docs = field_docs(cls)
@@ -52,11 +61,27 @@ def command(cls: type, run: Callable[[Any], Any], doc: str | None = None) -> Cal
                 annotation=hints[f.name],
             )
         )
+    names = {p.name for p in params}
+    clash = [p.name for p in extra if p.name in names]
+    if clash:
+        raise TypeError(f"Extra options {clash} clash with fields of {cls.__name__}.")
+    extra_names = [p.name for p in extra]
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra]
 
     def wrapper(**kwargs: Any) -> Any:
-        return run(cls(**kwargs))
+        extras = {name: kwargs.pop(name) for name in extra_names}
+        return run(cls(**kwargs), **extras)
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__doc__ = doc or cls.__doc__
     wrapper.__name__ = cls.__name__
     return wrapper
+
+
+def option(name: str, annotation: Any, default: Any, *flags: str, help: str = "") -> inspect.Parameter:
+    """An extra option for `command`: ``option("remote", bool, False, "--remote", help=...)``."""
+    import typer
+
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, *flags, help=help), annotation=annotation
+    )

@@ -78,6 +78,35 @@ def rows_from_scores(method: str, layer: int, n: int, scores: Mapping[str, float
     return rows
 
 
+def precision_table(df: pd.DataFrame, k: int = 1, digits: int = 3) -> str:
+    """precision@k as text with no empty cells: each layer-free method on its own line, then N × layer × method.
+
+    A method missing at some layer (e.g. no learned prompt there) shows ``-``, said once below the table.
+    """
+    df = tidy(df.to_dict("records"))
+    sel = df[(df["metric"] == "precision") & df["k"].eq(k).fillna(False).astype(bool)]
+    if sel.empty:
+        raise FutureLensError(f"No precision@{k} rows in the table: score the methods first.")
+    lines = [f"precision@{k} of the token N ahead (N=0 is the next token):"]
+    flat = sel[sel["layer"] == NO_LAYER]
+    for method in dict.fromkeys(flat["method"]):
+        rows = flat[flat["method"] == method].sort_values("n")
+        values = "  ".join(f"N={n} {v:.{digits}f}" for n, v in zip(rows["n"], rows["value"]))
+        lines.append(f"  {method} (no layer): {values}")
+    layered = sel[sel["layer"] != NO_LAYER]
+    if not layered.empty:
+        grid = layered.pivot_table(index=["n", "layer"], columns="method", values="value", sort=True)
+        grid = grid[list(dict.fromkeys(layered["method"]))]  # methods in first-seen order
+        missing = bool(grid.isna().any().any())
+        grid = grid.reset_index().rename(columns={"n": "N"})
+        grid.columns.name = None
+        text = grid.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.{digits}f}")
+        lines += ["  " + line for line in text.splitlines()]
+        if missing:
+            lines.append("  (- = the method was not run at that layer)")
+    return "\n".join(lines)
+
+
 def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the table as ``.csv`` or ``.parquet`` (by suffix), atomically. Returns the path."""
     path = Path(path)
@@ -109,6 +138,7 @@ def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tup
     # A bare Figure (no pyplot) renders with Agg, leaves the user's backend alone and needs no close().
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     df = tidy(df.to_dict("records"))
     sel = df[df["metric"] == metric]
@@ -143,6 +173,12 @@ def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tup
         ax.set_xlabel("layer")
         if not layers.empty:
             ax.set_xlim(layers.min() - 0.5, layers.max() + 0.5)
+            # Layers are integers: tick each one when there are few, else integer ticks only (never 13.8, 14.2).
+            distinct = sorted(int(x) for x in layers.unique())
+            if len(distinct) <= 12:
+                ax.set_xticks(distinct)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     bottom, top = ylim

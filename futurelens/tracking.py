@@ -41,10 +41,11 @@ class Tracker:
             self.run.log(values)
 
     def table(self, key: str, df: Any) -> None:
+        """Log a DataFrame as a wandb Table; missing cells (``<NA>``, NaN, NaT) become empty (None)."""
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(dataframe=df)})
+            self.run.log({key: wandb.Table(dataframe=wandb_frame(df))})
 
     def image(self, key: str, path: str) -> None:
         if self.run is not None:
@@ -55,3 +56,15 @@ class Tracker:
     def html(self, key: str, html: Any) -> None:
         if self.run is not None:
             self.run.log({key: html})
+
+
+def wandb_frame(df: Any) -> Any:
+    """``df`` with every missing cell as ``None`` and numpy scalars as Python ones, which wandb.Table accepts.
+
+    wandb infers one type per column and refuses pandas' ``<NA>`` (the tidy table's ``k`` is a nullable
+    ``Int64``, missing for surprisal rows); an object column of ints and ``None`` is ``Optional[Number]``.
+    """
+    import pandas as pd
+
+    out = df.astype(object)
+    return out.where(pd.notna(df), None)
