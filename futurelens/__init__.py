@@ -2,10 +2,14 @@
 
     >>> import futurelens as fl
     >>> lm = fl.load_model()                      # embedded SmolLM2-135M, offline
-    >>> states = fl.cache(lm, ["The Eiffel Tower is in"], layers=[2, 14])   # [2, 1, 576]
-    >>> out = fl.patch(lm, states[1], layer=14, soft_prompt=prompt, rollout=4)
+    >>> states = fl.cache(lm, ["The Eiffel Tower is in"], layers=[2, 14])
+    >>> tuple(states.shape)                       # [layers, prefixes, d_model]
+    (2, 1, 576)
+    >>> out = fl.patch(lm, states[1], layer=14, target='Hello! Could you please tell me more about "', rollout=4)
+    >>> tuple(out.rollout_ids.shape)              # the phrase the state rolls out: lm.tokenizer.decode(...)
+    (1, 4)
 
-Importing is cheap: torch, transformers and nnsight load on first use.
+``tests/test_readme.py`` runs this example. Importing is cheap: torch, transformers and nnsight load on first use.
 """
 
 from __future__ import annotations
