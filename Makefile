@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build is what the offline demo and CI use; on a GPU machine pip picks the CUDA build of the same version.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test browser
+.PHONY: setup demo test browser ndif-env
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -20,6 +20,20 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/futurelens demo
 
+# The stand-in NDIF server for tests/ndif_executor: NDIF's own server package (PyPI `ndif`, which needs
+# Python 3.12-3.13) in a venv of its own, without futurelens, so remote requests are executed by NDIF's code
+# on another Python exactly as on NDIF. For Python 3.12 the index has only CUDA builds of torch (they run on CPU).
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12) $(shell command -v python3.12))
+NDIF_VENV ?= .ndif-venv
+ndif-env: $(NDIF_VENV)/.installed
+
+$(NDIF_VENV)/.installed: Makefile
+	@test -n "$(PY312)" || { echo "ndif-env needs Python 3.12 (NDIF's server package requires 3.12-3.13): set PY312=/path/to/python3.12"; exit 1; }
+	$(PY312) -m venv $(NDIF_VENV)
+	$(NDIF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NDIF_VENV)/bin/python -m pip install -q "torch==2.14.1" "nnsight==0.8.1" "transformers==5.22.2" accelerate zstandard "ndif==0.1.2"
+	touch $@
+
 # The lens browser tests drive Debian's chromium through playwright (no `playwright install`).
 browser:
 	@if [ ! -x /usr/bin/chromium ]; then \
@@ -27,6 +41,6 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
-test: setup browser
+test: setup browser ndif-env
 	# Two workers on two cores: one torch thread each, or their threads spin-wait on each other.
 	OMP_NUM_THREADS=1 FUTURELENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --durations=15

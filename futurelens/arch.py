@@ -47,6 +47,13 @@ class Arch:
     kv_cache: bool = True
     """Whether the model's past is a key/value cache that a shared context prefix can be computed
     into once and copied to every row (False for recurrent models such as Mamba, which carry a state)."""
+    project_out: str | None = None
+    """Path of a projection between the final norm and the unembedding (OPT-350m's ``model.decoder.project_out``)."""
+    logit_scale: float | None = None
+    """Factor the model multiplies its unembedding's output by (Cohere ``logit_scale``, Granite
+    ``1/logits_scaling``, FalconH1 ``lm_head_multiplier``); None for none."""
+    logit_softcap: float | None = None
+    """Final logit soft cap ``c`` (``logits = c * tanh(logits / c)``, Gemma2's ``final_logit_softcapping``); None for none."""
 
     def replace(self, **changes: Any) -> "Arch":
         return dataclasses.replace(self, **changes)

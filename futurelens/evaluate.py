@@ -71,11 +71,12 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
 
     from .data.states import StateCache
     from .figure import plot_precision, plot_surprisal, rows_from_scores, save_table, tidy
-    from .methods.base import Prediction
+    from .methods.base import Prediction, plain_batch
     from .methods.linear import LinearApprox, VocabProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
     from .metrics import Tally, target_nll
-    from .remote import run_job
+    from .remote import request_spans, run_job
+    from .server import jobs
     from .tracking import Tracker
     from .train import load_prompts
 
@@ -113,7 +114,13 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
                 preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
             local.append(preds)
         top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
-        for i, name, n, top_ids, surprisals, nlls in run_job(lm, _score, model_side, batches, layer, cfg.k, top1):
+        methods = [m.describe(layer) for m in model_side]
+        plain = [plain_batch(b) for b in batches]
+        scored = []
+        for start, stop in request_spans(lm, plain, fixed=methods):
+            for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, cfg.k, top1[start:stop]):
+                scored.append((start + i, *rest))
+        for i, name, n, top_ids, surprisals, nlls in scored:
             target = batches[i].target[:, n]
             if top_ids is None:  # a client-side prediction: only its surprisal came back
                 p = local[i][name][n]
@@ -136,31 +143,3 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         tracker.image("eval/precision", out / "precision.png")
         tracker.image("eval/surprisal", out / "surprisal.png")
     return df
-
-
-
-def _score(lm: LensModel, methods: list, batches: list, layer: int, k: int, client_top1: list[dict]) -> list[tuple]:
-    """Score one layer where the model is (locally, or server-side as one remote job).
-
-    For each model-side method: its top-k per N plus per-row surprisal (−log p of its
-    top-1 under the model's own distribution N ahead) and target NLL. For predictions
-    made client-side (``client_top1[i][name] = [top-1 ids per N]``): their surprisal.
-    Only ``[b, k]`` ids and ``[b]`` numbers are returned, never ``[b, vocab]``.
-    """
-    import torch
-
-    from .metrics import surprisal, target_nll
-    from .tracing import decode
-
-    rows = []
-    with torch.no_grad():
-        for i, batch in enumerate(batches):
-            model_lp = decode(lm, batch.final).float().log_softmax(-1)  # [b, n_max + 1, V]
-            for method in methods:
-                for n, p in enumerate(method.predict(batch, layer, k)):
-                    nll = target_nll(p.logprobs, batch.target[:, n]) if p.logprobs is not None else None
-                    rows.append((i, method.name, n, p.top_ids, surprisal(p.top_ids[:, 0], model_lp[:, n]), nll))
-            for name, tops in client_top1[i].items():
-                for n, top in enumerate(tops):
-                    rows.append((i, name, n, None, surprisal(top, model_lp[:, n]), None))
-    return rows

@@ -44,6 +44,9 @@ class LensModel:
     arch: Arch
     name: str
     remote: Remote = False
+    max_request_mb: float = 32.0
+    """Upper bound on one remote request's tensors (payload or result): training, evaluation and
+    caching split their work into requests of at most this size."""
     _envoys: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -80,6 +83,25 @@ class LensModel:
     @property
     def dtype(self) -> Any:
         return self.module(self.arch.embed).weight.dtype
+
+    def spec(self) -> dict:
+        """What the server side (`futurelens.server`) knows of this model: plain paths, sizes and flags."""
+        arch = self.arch
+        return {
+            "embed": arch.embed,
+            "blocks": arch.blocks,
+            "final_norm": arch.final_norm,
+            "project_out": arch.project_out,
+            "unembed": arch.unembed,
+            "logit_scale": arch.logit_scale,
+            "logit_softcap": arch.logit_softcap,
+            "is_tuple": arch.block_output == "tuple",
+            "kv_cache": arch.kv_cache,
+            "n_layers": self.n_layers,
+            "pad_id": self.pad_id,
+            "remote": self.remote,
+            "direct": not self.remote,
+        }
 
     def envoy(self, path: str) -> Any:
         """The nnsight envoy at a dotted module path (cached)."""

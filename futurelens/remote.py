@@ -462,27 +462,67 @@ def ndif_errors(model_id: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- jobs
 
 
-def run_job(lm: Any, fn: Any, *args: Any) -> Any:
-    """Run ``fn(lm, *args)`` as one job: a plain call locally, ONE nnsight session remotely.
+def payload_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested lists, tuples and dicts): what a request carries, to within its framing."""
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):
+        return int(obj.numel() * obj.element_size())
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
 
-    Remotely, every trace ``fn`` opens, and the Python between them (loops, optimizer
-    steps, reductions), runs on the server inside the session; only ``fn``'s return
-    value comes back, so ``fn`` should reduce there (top-k ids, losses, a trained
-    tensor) rather than return activations. futurelens' own source travels with the
-    request (``nnsight.register``), so ``fn`` may call any futurelens function.
+
+def request_spans(lm: Any, items: list, fixed: Any = None) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` spans of ``items`` whose tensors (plus ``fixed``, sent with each) fit one request.
+
+    Locally everything is one span. Remotely each span carries at most ``lm.max_request_mb``;
+    an item that alone exceeds it is a `FutureLensError` naming the setting to lower.
     """
+    if not lm.remote or not items:
+        return [(0, len(items))]
+    limit, base = lm.max_request_mb * 2**20, payload_bytes(fixed)
+    spans, start, size = [], 0, base
+    for i, item in enumerate(items):
+        nbytes = payload_bytes(item)
+        if base + nbytes > limit:
+            raise FutureLensError(
+                f"One item of this job carries {(base + nbytes) / 2**20:.1f} MB, over the request bound "
+                f"lm.max_request_mb={lm.max_request_mb:g}: use a smaller batch_size, or raise lm.max_request_mb."
+            )
+        if i > start and size + nbytes > limit:
+            spans.append((start, i))
+            start, size = i, base
+        size += nbytes
+    spans.append((start, len(items)))
+    return spans
+
+
+def run_job(lm: Any, fn: Any, *args: Any) -> Any:
+    """Run ``fn(lm.nn, lm.spec(), *args)`` as one job: a plain call locally, ONE nnsight session (request) remotely.
+
+    ``fn`` is a function of `futurelens.server` (its rule says what it may be): remotely,
+    every trace it opens and the Python between them (loops, optimizer steps, reductions)
+    run on the server inside the session; only its return value comes back, so it
+    reduces there. futurelens' own source travels with the request (``nnsight.register``).
+    NDIF failures become a `FutureLensError` that says what to do.
+    """
+    model, spec = lm.nn, lm.spec()
     if not lm.remote:
-        return fn(lm, *args)
+        return fn(model, spec, *args)
+    size = payload_bytes(args)
+    if size > lm.max_request_mb * 2**20:
+        raise FutureLensError(
+            f"This request would send {size / 2**20:.1f} MB to NDIF, over lm.max_request_mb={lm.max_request_mb:g}: "
+            "pass fewer or shorter inputs per call (a smaller batch or chunk), or raise lm.max_request_mb."
+        )
     import nnsight
 
     nnsight.register("futurelens")
-    remote = lm.remote
-    try:
-        with ndif_errors(lm.name):
-            with lm.nn.session(remote=remote):
-                # Inside the session, traces are plain: the session itself is the remote request.
-                lm.remote = False
-                result = nnsight.save(fn(lm, *args))
-    finally:
-        lm.remote = remote
+    # Inside the session the traces are plain (the session is the request), and the head
+    # runs inside traces rather than as direct module calls.
+    spec = dict(spec, remote=False, direct=False)
+    with ndif_errors(lm.name):
+        with model.session(remote=lm.remote):
+            result = nnsight.save(fn(model, spec, *args))
     return result

@@ -181,16 +181,7 @@ def load_prompts(
     return prompts
 
 
-def _optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    import torch
-
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise FutureLensError(f"optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+_OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 def prompt_loss(lm: LensModel, prompt: torch.Tensor, batch: Any, layer: int, n: int, loss: str) -> torch.Tensor:
@@ -198,20 +189,17 @@ def prompt_loss(lm: LensModel, prompt: torch.Tensor, batch: Any, layer: int, n: 
 
     KL(original model || patched run) when ``loss='kl'`` (the original distribution is
     the model's head on the cached last-layer state ``batch.final[:, n]``), else
-    cross-entropy on ``batch.target[:, n]``.
+    cross-entropy on ``batch.target[:, n]``. (`futurelens.server.jobs.prompt_loss` where the model is.)
     """
-    import torch
+    from .methods.base import plain_batch
+    from .remote import run_job
+    from .server import jobs
 
-    from .methods.prompts import prompt_logits
-    from .tracing import decode
+    return run_job(lm, jobs.prompt_loss, prompt, plain_batch(batch), layer, n, loss)
 
-    logits = prompt_logits(lm, batch.states, layer, batch.target[:, :n], soft_prompt=prompt)[:, n].float()
-    logprobs = logits.log_softmax(-1)
-    if loss == "ce":
-        return torch.nn.functional.nll_loss(logprobs, batch.target[:, n].to(logprobs.device))
-    with torch.no_grad():
-        reference = decode(lm, batch.final[:, n]).float().log_softmax(-1)
-    return torch.nn.functional.kl_div(logprobs, reference, log_target=True, reduction="batchmean")
+
+def _batch_bytes(batch: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in batch.values() if t is not None)
 
 
 def train_prompt(
@@ -224,18 +212,30 @@ def train_prompt(
 ) -> tuple[torch.Tensor, list[float]]:
     """Train (or resume, or load if finished) the soft prompt for ``layer``. Returns ``(prompt [P, d], losses)``.
 
-    ``losses`` has one entry per optimizer step. ``log(dict)`` is called with each step's loss.
+    ``losses`` has one entry per optimizer step; ``log(dict)`` is called with each step's loss.
+    The steps run in chunks (`futurelens.server.jobs.train_steps`): ``checkpoint_every``
+    batches locally; remotely as many as fit one request of ``lm.max_request_mb``, so a run
+    of any size is many bounded requests. The prompt, optimizer state, accumulated gradient
+    and position are checkpointed after every chunk: an interrupted run resumes where it
+    stopped and ends identical to an uninterrupted one.
     """
     import torch
 
     from tqdm.auto import tqdm
 
+    from .methods.base import plain_batch
+    from .remote import run_job
+    from .server import jobs
+
     if cfg.loss not in ("kl", "ce"):
         raise FutureLensError(f"loss must be 'kl' or 'ce', not {cfg.loss!r}.")
+    if cfg.optimizer not in _OPTIMIZERS:
+        raise FutureLensError(f"optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
     if not 0 <= cfg.target_n <= cache.n_max:
         raise FutureLensError(f"target_n must be in 0..{cache.n_max} (the cache's n_max), got {cfg.target_n}.")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.prompt_len < 1:
-        raise FutureLensError("batch_size, grad_accum and prompt_len must be >= 1.")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.prompt_len < 1 or cfg.checkpoint_every < 1:
+        raise FutureLensError("batch_size, grad_accum, prompt_len and checkpoint_every must be >= 1.")
+    layer = lm.check_layer(layer)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     final_path, ckpt_path = prompt_path(out, layer), out / f"layer-{layer}.ckpt.pt"
@@ -247,92 +247,63 @@ def train_prompt(
         raise FutureLensError(f"{final_path} was trained with other settings: use another --out, or delete it to retrain.")
 
     g = torch.Generator().manual_seed(cfg.seed + layer)
-    prompt = (torch.randn(cfg.prompt_len, lm.d_model, generator=g) * cfg.init_std).requires_grad_(True)
-    opt = _optimizer([prompt], cfg)
-    state = {"epoch": 0, "batch": 0, "losses": [], "pending": []}
+    prompt = torch.randn(cfg.prompt_len, lm.d_model, generator=g) * cfg.init_std
+    carried = {"optimizer": None, "grad": None, "pending": []}
+    state = {"epoch": 0, "batch": 0, "losses": []}
     if ckpt_path.exists():
         saved = torch.load(ckpt_path, weights_only=False)
         if saved["settings"] != settings:
             raise FutureLensError(f"{ckpt_path} is a checkpoint for other settings: use another --out, or delete it.")
-        with torch.no_grad():
-            prompt.copy_(saved["prompt"])
-        prompt.grad = saved["grad"]
-        opt.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        prompt, carried, state = saved["prompt"], saved["carried"], saved["state"]
 
     def checkpoint() -> None:
-        # The gradient is kept too: a checkpoint can fall between the batches of one accumulated step.
-        blob = {"settings": settings, "prompt": prompt.detach().clone(), "grad": prompt.grad, "optimizer": opt.state_dict(),
-                "state": state}
+        blob = {"settings": settings, "prompt": prompt, "carried": carried, "state": state}
         _atomic(lambda tmp: torch.save(blob, tmp), ckpt_path)
 
     n_batches = -(-cache.size("train") // cfg.batch_size)
+    step_settings = {k: settings[k] for k in ("optimizer", "lr", "weight_decay", "target_n", "loss", "grad_accum")}
+    limit = (lm.max_request_mb * 2**20) if lm.remote else float("inf")
 
-    def epoch_batches(epoch: int):
-        return cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
-
-    if lm.remote:
-        # One remote job for the whole layer: the loop runs on the server, the prompt and the losses come back.
-        from .remote import run_job
-
-        epochs = [list(epoch_batches(epoch)) for epoch in range(cfg.epochs)]
-        trained, losses = run_job(lm, _train_job, prompt.detach(), epochs, cfg, layer)
-        with torch.no_grad():
-            prompt.copy_(trained)
-        state["losses"] = [float(x) for x in losses]
-    else:
-        bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
-                   disable=not progress, desc=f"Training prompt L{layer}", unit="batch")
+    def remaining():
+        """``(epoch, i, last of its epoch, plain batch)`` from the resume point on; the shuffle is seeded, so the order is the same."""
         for epoch in range(state["epoch"], cfg.epochs):
-            for i, batch in enumerate(epoch_batches(epoch)):
-                if i < state["batch"]:
-                    continue  # already seen before the resume; the shuffle is seeded, so the order is the same
-                step_loss = _accumulate(lm, prompt, opt, batch, layer, cfg, state, i, n_batches)
-                if step_loss is not None:
-                    bar.set_postfix(loss=f"{step_loss:.3f}")
-                    if log is not None:
-                        log({f"train/loss_L{layer}": step_loss})
-                bar.update(1)
-                if state["batch"] % cfg.checkpoint_every == 0:
-                    checkpoint()
-            state.update(epoch=epoch + 1, batch=0)
-        bar.close()
+            batches = cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
+            for i, batch in enumerate(batches):
+                if epoch == state["epoch"] and i < state["batch"]:
+                    continue
+                yield epoch, i, i == n_batches - 1, plain_batch(batch)
+
+    def chunks():
+        chunk, size = [], 0
+        for item in remaining():
+            nbytes = _batch_bytes(item[3])
+            if chunk and (len(chunk) >= cfg.checkpoint_every or size + nbytes > limit):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(item)
+            size += nbytes
+        if chunk:
+            yield chunk
+
+    bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
+               disable=not progress, desc=f"Training prompt L{layer}", unit="batch")
+    for chunk in chunks():
+        prompt, carried["optimizer"], carried["grad"], carried["pending"], steps = run_job(
+            lm, jobs.train_steps, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, layer
+        )
+        for _, _, step_loss in steps:
+            state["losses"].append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if log is not None:
+                log({f"train/loss_L{layer}": step_loss})
+        epoch, i, last, _ = chunk[-1]
+        state.update(epoch=epoch + 1, batch=0) if last else state.update(epoch=epoch, batch=i + 1)
+        bar.update(len(chunk))
+        checkpoint()
+    bar.close()
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"])
     ckpt_path.unlink(missing_ok=True)
-    return prompt.detach(), state["losses"]
-
-
-def _accumulate(lm: LensModel, prompt: torch.Tensor, opt: Any, batch: Any, layer: int, cfg: TrainConfig,
-                state: dict, i: int, n_batches: int) -> float | None:
-    """Backward on batch ``i``; an optimizer step every ``grad_accum`` batches (and at the epoch's end).
-
-    Returns the step's mean loss when a step was taken, else None.
-    """
-    loss = prompt_loss(lm, prompt, batch, layer, cfg.target_n, cfg.loss)
-    (loss / cfg.grad_accum).backward()
-    state["pending"].append(loss.item())
-    state["batch"] = i + 1
-    if len(state["pending"]) < cfg.grad_accum and state["batch"] < n_batches:
-        return None
-    opt.step()
-    opt.zero_grad()
-    step_loss = sum(state["pending"]) / len(state["pending"])
-    state["losses"].append(step_loss)
-    state["pending"] = []
-    return step_loss
-
-
-def _train_job(lm: LensModel, init: torch.Tensor, epochs: list[list[Any]], cfg: TrainConfig, layer: int):
-    """The whole training loop as one function, so a remote session can run it server-side."""
-    import torch
-
-    prompt = init.clone().requires_grad_(True)
-    opt = _optimizer([prompt], cfg)
-    state = {"losses": [], "pending": []}
-    for batches in epochs:
-        for i, batch in enumerate(batches):
-            _accumulate(lm, prompt, opt, batch, layer, cfg, state, i, len(batches))
-    return prompt.detach(), torch.tensor(state["losses"])
+    return prompt, state["losses"]
 
 
 def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict[int, torch.Tensor]:

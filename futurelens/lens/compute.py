@@ -10,7 +10,7 @@ For a text of ``T`` tokens and ``L`` layers:
    ``chunk_size`` rows at a time: one forward per rollout step per chunk.
 
 The authors' demo ran one ``generate`` per cell; here a 10-token text over 31 layers is
-one chunk (a few seconds on a 2-core CPU, ~23x faster). Everything goes through `futurelens.tracing`, so ``remote=True`` works too.
+one chunk (a few seconds on a 2-core CPU, ~23x faster). The work is one job of `futurelens.server.jobs`, so remotely the grid is one request.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from ..methods import PAPER_PROMPT
 from ..errors import FutureLensError
+from ..methods import PAPER_PROMPT
+from ..remote import run_job
+from ..server import jobs
 from .grid import LensGrid
 
 if TYPE_CHECKING:
@@ -125,13 +127,21 @@ def lens_grid(
             raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
         method = f"fixed prompt {fixed_prompt!r}"
 
-    from ..remote import run_job
-
-    # Remotely the whole grid is one request; only ids and probabilities come back.
-    top_probs, top_ids, phrase_ids, phrase_probs = run_job(
-        lm, _compute, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, None if lm.remote else progress
-    )
     L, T = len(rows), len(ids) - n_pre
+    bar = None
+    if progress is True and rollout:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=L * T, desc="lens", unit="cell")
+    step = None if lm.remote else (bar.update if bar is not None else (progress if callable(progress) else None))
+    try:
+        # Remotely the whole grid is one request; only ids and probabilities come back.
+        top_probs, top_ids, phrase_ids, phrase_probs = run_job(
+            lm, jobs.lens_job, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, step
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
     names = _Decoder(lm.tokenizer)
     return LensGrid(
@@ -145,25 +155,6 @@ def lens_grid(
         model=lm.name,
         method=method,
     )
-
-
-def _compute(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int], soft: Any, target: Any, top_k: int,
-             rollout: int, chunk_size: int, progress: Progress) -> tuple:
-    """Logit lens and phrases for every (layer, token) cell: ``[L*T, top_k]`` and ``[L*T, rollout]`` ids/probs."""
-    import torch
-
-    from ..tracing import token_states
-
-    with torch.no_grad():
-        states = token_states(lm, ids, rows)[:, n_pre:]  # [L, T, d]
-        L, T, d = states.shape
-        flat = states.reshape(L * T, d)
-        top_probs, top_ids = _logit_lens(lm, flat, top_k, chunk_size)
-        phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
-        phrase_probs = torch.zeros(L * T, rollout)
-        if rollout:
-            _phrases(lm, flat, rows, T, soft, target, rollout, chunk_size, progress, phrase_ids, phrase_probs)
-    return top_probs, top_ids, phrase_ids, phrase_probs
 
 
 def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
@@ -244,72 +235,6 @@ def _check_prompt(lm: "LensModel", prompt: Any, what: str) -> "torch.Tensor":
         shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
         raise FutureLensError(f"{what} must be a [P, {lm.d_model}] soft prompt for {lm.name}, got {shape}.")
     return prompt.detach()
-
-
-def _logit_lens(lm: "LensModel", flat: "torch.Tensor", top_k: int, chunk_size: int) -> "tuple[torch.Tensor, torch.Tensor]":
-    """``flat [N, d]`` -> ``(probs [N, k], ids [N, k])`` on the CPU, decoded ``chunk_size`` states at a time."""
-    import torch
-
-    from ..tracing import decode
-
-    probs, ids = [], []
-    for start in range(0, flat.shape[0], chunk_size):
-        p = torch.softmax(decode(lm, flat[start : start + chunk_size]).float(), dim=-1)
-        top_p, top_i = p.topk(top_k, dim=-1)
-        probs.append(top_p.cpu())
-        ids.append(top_i.cpu())
-    return torch.cat(probs), torch.cat(ids)
-
-
-def _phrases(
-    lm: "LensModel",
-    flat: "torch.Tensor",
-    rows: list[int],
-    T: int,
-    soft: "dict[int, torch.Tensor] | None",
-    target: list[int] | None,
-    rollout: int,
-    chunk_size: int,
-    progress: Progress,
-    out_ids: "torch.Tensor",
-    out_probs: "torch.Tensor",
-) -> None:
-    """Roll out a phrase for every cell of ``flat [L*T, d]`` (row ``i*T + t``), filling ``out_* [L*T, R]``.
-
-    Cells of all layers share each batch: `rollout` gets a per-row layer and, for learned
-    prompts, a per-row ``[B, P, d]`` soft prompt. The prompt before the patched position is
-    the same for every cell of a layer (of every layer, with a shared or fixed prompt), so
-    `rollout` runs it once per distinct prompt and each cell costs only its ``rollout``
-    positions. Only prompts of different lengths cannot share a rectangular batch, so cells
-    are grouped by prompt length first (one group in practice).
-    """
-    import torch
-
-    from ..tracing import rollout as roll
-
-    groups: dict[int, list[int]] = {}  # prompt length -> grid rows
-    for i, layer in enumerate(rows):
-        groups.setdefault(0 if soft is None else soft[layer].shape[0], []).append(i)
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=flat.shape[0], desc="lens", unit="cell")
-    step = bar.update if bar is not None else (progress if callable(progress) else None)
-    try:
-        for members in groups.values():
-            cells = torch.tensor([i * T + t for i in members for t in range(T)])
-            grid_rows = (cells // T).tolist()
-            kwargs: dict[str, Any] = {"target": [target]} if soft is None else {
-                "soft_prompt": torch.stack([soft[rows[i]] for i in grid_rows])  # [B, P, d]
-            }
-            ids, probs = roll(
-                lm, flat[cells], [rows[i] for i in grid_rows], n=rollout, chunk_size=chunk_size, progress=step, **kwargs
-            )
-            out_ids[cells], out_probs[cells] = ids, probs
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 class _Decoder:

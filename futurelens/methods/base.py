@@ -34,6 +34,11 @@ class Method(Protocol):
         ...
 
 
+def plain_batch(batch: StateBatch) -> dict:
+    """A `StateBatch` as the plain dict of tensors the server side takes (no dataclass crosses the wire)."""
+    return {"states": batch.states, "target": batch.target, "final": batch.final}
+
+
 def from_logits(logits: torch.Tensor, k: int) -> Prediction:
     """``logits [b, vocab]`` -> the top ``k`` ids and the log-distribution."""
     logprobs = logits.float().log_softmax(-1)

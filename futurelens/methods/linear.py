@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import Prediction, from_logits
+from .base import Prediction, from_logits, plain_batch
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch, StateCache
@@ -80,12 +80,16 @@ class LinearApprox:
                 opt.step()
         return maps.detach()
 
-    def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
-        from ..tracing import decode
+    def describe(self, layer: int) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
+        return ("linear", self.name, self.maps[layer])
 
-        x = _with_bias(batch.states.float())
+    def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
+        from ..remote import run_job
+        from ..server import jobs
+
         with torch.no_grad():
-            logits = decode(self.lm, torch.einsum("bd,nde->bne", x, self.maps[layer]))
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..remote import run_job
+from ..server import jobs
 from . import PAPER_PROMPTS
-from .base import Prediction, from_logits
+from .base import Prediction, from_logits, plain_batch
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch
@@ -41,17 +43,7 @@ def prompt_logits(
     goes to the prompt's last position. Returns ``logits [b, n + 1, vocab]``: entry N is
     the prediction of the token N ahead.
     """
-    from ..tracing import patch
-
-    teacher = teacher.long().cpu()
-    if prompt_ids is not None:
-        n_prompt = len(prompt_ids)
-        target = torch.cat([torch.tensor(prompt_ids).expand(len(states), -1), teacher], 1)
-    else:
-        n_prompt = soft_prompt.shape[-2]
-        target = teacher if teacher.shape[1] else None
-    reads = list(range(n_prompt - 1, n_prompt + teacher.shape[1]))
-    return patch(lm, states, layer, target=target, soft_prompt=soft_prompt, position=n_prompt - 1, read=reads).logits
+    return run_job(lm, jobs.prompt_logits, states, lm.check_layer(layer), teacher, prompt_ids, soft_prompt)
 
 
 @dataclass
@@ -63,9 +55,13 @@ class FixedPrompt:
     def __post_init__(self) -> None:
         self.prompt_ids = self.lm.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
 
+    def describe(self, layer: int) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
+        return ("fixed", self.name, self.prompt_ids)
+
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
         with torch.no_grad():
-            logits = prompt_logits(self.lm, batch.states, layer, batch.target[:, :-1], prompt_ids=self.prompt_ids)
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 
@@ -77,10 +73,14 @@ class LearnedPrompt:
     name: str = "learned prompt"
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
+        with torch.no_grad():
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
+        return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
+
+    def describe(self, layer: int) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
         from ..errors import FutureLensError
 
         if layer not in self.prompts:
             raise FutureLensError(f"No soft prompt for layer {layer}; trained layers: {sorted(self.prompts)}.")
-        with torch.no_grad():
-            logits = prompt_logits(self.lm, batch.states, layer, batch.target[:, :-1], soft_prompt=self.prompts[layer])
-        return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
+        return ("learned", self.name, self.prompts[layer].float())

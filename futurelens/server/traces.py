@@ -1,0 +1,339 @@
+"""Trace bodies: read states, write patches, decode with the model's own head, roll out. Ships to NDIF (see the rule in
+`futurelens.server`).
+
+Layers: 0 is the embedding output, ``L`` the output of block ``L-1`` (before the final norm).
+``spec`` keys used here: ``embed``, ``blocks``, ``final_norm``, ``project_out``, ``unembed``
+(module paths), ``is_tuple``, ``n_layers``, ``pad_id``, ``kv_cache``, ``logit_scale``,
+``logit_softcap``, ``direct`` (call head modules directly: a local run) and ``remote``
+(what a trace opened here passes as ``remote=``: False inside a session).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import DynamicCache
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+def envoy_at(model, path):
+    """The envoy at a dotted module path (``"model.layers"``)."""
+    obj = model
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def device_of(model):
+    """Where inputs must go. A weightless model (NDIF's sandbox runner) reports meta: inputs stay on the CPU there."""
+    device = model.device
+    return torch.device("cpu") if device is None or device.type == "meta" else device
+
+
+def dtype_of(model, spec):
+    return envoy_at(model, spec["embed"])._module.weight.dtype
+
+
+def hidden_of(out, is_tuple):
+    return out[0] if is_tuple else out
+
+
+def layer_hidden(embed, blocks, layer, is_tuple):
+    """Inside a trace: the hidden state at ``layer``."""
+    if layer == 0:
+        return embed.output
+    return hidden_of(blocks[layer - 1].output, is_tuple)
+
+
+def apply_logit_transform(logits, spec):
+    """What a model does to its unembedding's output (a scale, a soft cap), in the model's own order."""
+    if spec["logit_scale"] is not None:
+        logits = logits * spec["logit_scale"]
+    if spec["logit_softcap"] is not None:
+        cap = spec["logit_softcap"]
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def head_after_norm(model, spec, x):
+    """Final-normed states -> logits: ``project_out``, the unembedding, then the logit transform."""
+    if spec["project_out"] is not None:
+        x = envoy_at(model, spec["project_out"])(x)
+    return apply_logit_transform(envoy_at(model, spec["unembed"])(x), spec)
+
+
+def head_modules(model, spec, hidden):
+    """The model's whole head on ``hidden [..., d]`` by direct module calls (local runs: gradients flow)."""
+    modules = model._module
+    x = hidden
+    if spec["final_norm"] is not None:
+        x = modules.get_submodule(spec["final_norm"])(x)
+    if spec["project_out"] is not None:
+        x = modules.get_submodule(spec["project_out"])(x)
+    return apply_logit_transform(modules.get_submodule(spec["unembed"])(x), spec)
+
+
+def decode(model, spec, hidden):
+    """``hidden [..., d]`` (last-layer-style states) -> the model's own ``logits [..., vocab]``."""
+    hidden = hidden.to(device_of(model), dtype_of(model, spec))
+    if spec["direct"]:
+        return head_modules(model, spec, hidden)
+    # Remotely the head runs inside a one-token trace, the way NDIF runs module calls.
+    with model.trace(input_ids=torch.full((1, 1), spec["pad_id"], dtype=torch.long, device=device_of(model)),
+                     remote=spec["remote"]) as tracer:
+        x = envoy_at(model, spec["final_norm"])(hidden) if spec["final_norm"] is not None else hidden
+        logits = head_after_norm(model, spec, x).save()
+        tracer.stop()
+    return logits
+
+
+# --------------------------------------------------------------------------- reading states
+
+
+def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
+    """One forward over right-padded ``ids [B, T]``: ``(states [len(wanted), B, d], final [B, ahead + 1, d] | None)``.
+
+    ``states`` are read at each row's last prefix token (``lengths - 1 - ahead``); with
+    ``with_final``, ``final`` holds the last layer over that token and the ``ahead``
+    continuation tokens after it.
+    """
+    device = device_of(model)
+    ids = ids.to(device)
+    lengths = lengths.to(device)
+    mask = (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).long()
+    batch = torch.arange(ids.shape[0], device=device)
+    last = lengths - 1 - ahead
+    span = last[:, None] + torch.arange(ahead + 1, device=device)
+    n_layers = spec["n_layers"]
+    read = sorted(set(wanted) | ({n_layers} if with_final else set()))
+    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    final = None
+    with model.trace(input_ids=ids, attention_mask=mask, remote=spec["remote"]) as tracer:
+        states = []
+        # nnsight serves module outputs in execution order, so read layers ascending, each once.
+        for layer in read:
+            hidden = layer_hidden(embed, blocks, layer, spec["is_tuple"])
+            if layer in wanted:
+                states.append(hidden[batch, last])
+            if with_final and layer == n_layers:
+                final = hidden[batch[:, None], span].save()
+        stacked = torch.stack(states).save()
+        tracer.stop()
+    order = sorted(set(wanted))
+    index = torch.tensor([order.index(layer) for layer in wanted], device=stacked.device)
+    return stacked.index_select(0, index).cpu(), None if final is None else final.cpu()
+
+
+def row_states(model, spec, ids, wanted):
+    """Hidden states at every position of one unpadded row ``ids [1, T]``: ``[len(wanted), T, d]``."""
+    ids = ids.to(device_of(model))
+    read = sorted(set(wanted))
+    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
+        states = [layer_hidden(embed, blocks, layer, spec["is_tuple"])[0] for layer in read]
+        stacked = torch.stack(states).save()
+        tracer.stop()
+    index = torch.tensor([read.index(layer) for layer in wanted], device=stacked.device)
+    return stacked.index_select(0, index)
+
+
+# --------------------------------------------------------------------------- patching
+
+
+def patch_groups(layer, state):
+    """``(layer, rows, state[rows])`` per distinct layer, ascending; ``rows`` is None for "every row".
+
+    ``layer`` is an int or a list of per-row ints. Ascending because nnsight serves
+    module outputs in execution order: a block's output is written before any later block's.
+    """
+    if isinstance(layer, int):
+        return [(layer, None, state)]
+    groups = []
+    for value in sorted(set(layer)):
+        rows = torch.tensor([b for b, x in enumerate(layer) if x == value], device=state.device)
+        groups.append((value, rows, state.index_select(0, rows)))
+    return groups
+
+
+def write_patch(embed, blocks, groups, position, soft_prompt, is_tuple):
+    """Inside a trace: the soft prompt over the embedding output, then each group's states over its layer's output."""
+    n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
+    at_embed = [g for g in groups if g[0] == 0]
+    if n_soft or at_embed:
+        emb = embed.output
+        if n_soft:
+            emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
+        if at_embed:
+            emb = emb.clone()
+            for _, rows, value in at_embed:
+                if rows is None:
+                    emb[:, position] = value
+                else:
+                    emb[rows, position] = value
+        embed.output = emb
+    for layer, rows, value in (g for g in groups if g[0] > 0):
+        block = blocks[layer - 1]
+        out = block.output
+        hidden = hidden_of(out, is_tuple).clone()
+        if rows is None:
+            hidden[:, position] = value
+        else:
+            hidden[rows, position] = value
+        block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
+
+
+def to_model(model, spec, ids, state, soft_prompt):
+    """Move a patch's inputs to the model: ``(ids, state, soft_prompt)`` on its device, states in its dtype."""
+    device, dtype = device_of(model), dtype_of(model, spec)
+    ids = ids.to(device)
+    state = state.to(device, dtype)
+    if soft_prompt is not None:
+        soft_prompt = soft_prompt.to(device, dtype)
+    return ids, state, soft_prompt
+
+
+def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads):
+    """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads`` (the model's own head)."""
+    ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
+    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    read_index = torch.tensor(reads, device=ids.device)
+    groups = patch_groups(layer, state)
+    with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
+        write_patch(embed, blocks, groups, position, soft_prompt, spec["is_tuple"])
+        if spec["final_norm"] is not None:
+            final = envoy_at(model, spec["final_norm"]).output
+        else:
+            final = hidden_of(blocks[spec["n_layers"] - 1].output, spec["is_tuple"])
+        # Unembed only the read positions, then stop: the model's own head would
+        # materialise [B, T, vocab] logits, most of them never read.
+        logits = head_after_norm(model, spec, final[:, read_index]).save()
+        tracer.stop()
+    return logits
+
+
+def greedy_kwargs(spec, ids, n):
+    """``generate`` arguments for ``n`` greedy tokens after unpadded ``ids [B, T]``."""
+    return dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        # Greedy means argmax at every step: no stopping (or suppression) at end-of-text.
+        eos_token_id=None,
+        pad_token_id=spec["pad_id"],
+        remote=spec["remote"],
+    )
+
+
+def greedy_rows(model, spec, ids, n):
+    """The model's greedy continuation of unpadded ``ids [B, T]`` (one length): ``[B, n]`` on the CPU."""
+    ids = ids.to(device_of(model))
+    with model.generate(**greedy_kwargs(spec, ids, n)) as tracer:
+        result = tracer.result.save()
+    return result[:, ids.shape[1]:].cpu()
+
+
+def chosen_probs(step_logits, tokens):
+    """``p(chosen)`` per step: the greedy token has the largest logit, so p = 1 / sum(exp(logits - chosen))."""
+    probs = []
+    for i, step in enumerate(step_logits):
+        chosen = step.gather(1, tokens[:, i, None].to(step.device)).float()
+        probs.append(1.0 / (step.float() - chosen).exp_().sum(-1))
+    return torch.stack(probs, 1)
+
+
+def patched_rollout(model, spec, ids, groups, position, soft_prompt, n, past):
+    """Greedy continuation of a patched context with the model's KV cache: ``(tokens [B, n], probs [B, n])``.
+
+    The patch is written in the first (prefill) step only; later steps feed one token each and
+    attend to the cached, patched past, as a full re-run of the growing context with the patch
+    held in place would. With ``past`` (a cache of the context's first ``p`` positions) the
+    prefill runs only ``ids[:, p:]``, and ``position`` / ``soft_prompt`` are relative to ``p``.
+    """
+    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    extra = {} if past is None else {"past_key_values": past}
+    with model.generate(**greedy_kwargs(spec, ids, n), output_logits=True, return_dict_in_generate=True, **extra) as tracer:
+        write_patch(embed, blocks, groups, position, soft_prompt, spec["is_tuple"])
+        result = tracer.result.save()
+    tokens = result.sequences[:, ids.shape[1]:]
+    # generate's logits are the model's own (its forward applies any scale or soft cap).
+    return tokens, chosen_probs(result.logits, tokens)
+
+
+def prefix_cache(model, spec, ids, soft_prompt):
+    """The model's key/value cache after ``ids [G, p]`` (a soft prompt written over the first positions)."""
+    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    # The model's own cache class for its config (sliding-window layers and all); filled in place.
+    past = DynamicCache(config=model.config)
+    with model.trace(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=past, use_cache=True,
+                     remote=spec["remote"]) as tracer:
+        write_patch(embed, blocks, [], 0, soft_prompt, spec["is_tuple"])
+        # The cache is complete once the last block has run: skip the final norm and the head.
+        blocks[spec["n_layers"] - 1].output
+        tracer.stop()
+    return past
+
+
+def shared_prefix(model, spec, ids, soft_prompt, position, chunk_size):
+    """``(key/value cache of the G distinct contexts before position, [B] row -> context)``, or None.
+
+    None when nothing is shared, there is no prefix, the model has no key/value cache, or
+    the distinct prefixes would not fit one chunk.
+    """
+    if position == 0 or not spec["kv_cache"]:
+        return None
+    batch = ids.shape[0]
+    key = ids[:, :position]
+    if soft_prompt is not None:
+        soft = soft_prompt[:, :position].reshape(batch, -1)
+        # Compare the vectors bit for bit: rows share a prefix only if it is exactly the same.
+        bits = soft.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[soft.element_size()])
+        which = torch.unique(bits, dim=0, return_inverse=True)[1]
+        key = torch.cat([key, which[:, None].to(key.dtype)], dim=1)
+    index = torch.unique(key, dim=0, return_inverse=True)[1]
+    n_prefixes = int(index.max()) + 1
+    if n_prefixes == batch or n_prefixes > chunk_size:
+        return None
+    first = torch.full((n_prefixes,), batch, device=ids.device).scatter_reduce(
+        0, index, torch.arange(batch, device=ids.device), "amin"
+    )
+    soft = None if soft_prompt is None else soft_prompt[first, :position]
+    return prefix_cache(model, spec, ids[first, :position], soft), index
+
+
+def rollout(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size, progress):
+    """Greedy phrases of patched contexts, ``chunk_size`` rows at a time: ``(ids [B, n], probs [B, n])`` on the CPU.
+
+    ``ids [B, P+T]`` hold placeholders where ``soft_prompt [B, P, d]`` goes; ``layer`` is an
+    int or per-row ints. Rows whose context before ``position`` is the same share it: that
+    prefix runs once and its key/value cache is copied to each chunk.
+    """
+    ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
+    batch = ids.shape[0]
+    shared = shared_prefix(model, spec, ids, soft_prompt, position, chunk_size)
+    out_ids = torch.empty(batch, n, dtype=torch.long)
+    out_probs = torch.empty(batch, n)
+    # Equal chunks: 310 rows at chunk_size 256 run as 155 + 155, not 256 + a slow, small 54.
+    n_chunks = -(-batch // chunk_size)
+    size = -(-batch // n_chunks)
+    for start in range(0, batch, size):
+        rows = torch.arange(start, min(start + size, batch), device=ids.device)
+        layers = layer if isinstance(layer, int) else [layer[i] for i in rows.tolist()]
+        groups = patch_groups(layers, state[rows])
+        soft = None if soft_prompt is None else soft_prompt[rows]
+        if shared is None:
+            got = patched_rollout(model, spec, ids[rows], groups, position, soft, n, None)
+        else:
+            # Only positions from `position` on are run: the patch lands on the step's first one.
+            cache, index = shared
+            past = copy.deepcopy(cache)
+            past.reorder_cache(index[rows])
+            rest = None if soft is None or position >= soft.shape[1] else soft[:, position:]
+            got = patched_rollout(model, spec, ids[rows], groups, 0, rest, n, past)
+        out_ids[rows.cpu()], out_probs[rows.cpu()] = got[0].cpu(), got[1].float().cpu()
+        if progress is not None:
+            progress(len(rows))
+    return out_ids, out_probs

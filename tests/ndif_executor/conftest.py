@@ -1,0 +1,71 @@
+"""Fixtures for tests that run futurelens' remote requests through NDIF's own server code.
+
+``ndif_pair(kind, mode)`` gives ``(remote LensModel, local LensModel)`` over the same tiny
+checkpoint saved to disk: the remote one is what ``load_model(folder, remote=True)``
+builds (a weightless client model), its requests executed by the stand-in server
+(`server.py`: Python 3.12, the ``ndif`` package, futurelens not importable); the local
+one is the reference every result must equal.
+"""
+
+from __future__ import annotations
+
+import nnsight
+import pytest
+from nnsight.modeling import huggingface
+from nnsight.modeling.mixins.remotable import Remotable
+
+import futurelens as fl
+
+from conftest import build_tiny
+from ndif_executor.backend import ExecutorBackend, Server
+
+KEY = "ndif-executor-test-key-5e1f"
+
+
+@pytest.fixture(scope="session")
+def ndif_server():
+    server = Server()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tokenizer):
+    """``checkpoints(kind)`` -> folder of a tiny random model of that architecture (built once)."""
+    made: dict[str, str] = {}
+
+    def make(kind: str) -> str:
+        if kind not in made:
+            folder = tmp_path_factory.mktemp(f"ckpt-{kind}")
+            build_tiny(kind, tokenizer).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            made[kind] = str(folder)
+        return made[kind]
+
+    return make
+
+
+@pytest.fixture
+def ndif_pair(ndif_server, checkpoints, monkeypatch):
+    """``ndif_pair(kind, mode="trusted")`` -> (lm on the stand-in NDIF, the same model run here)."""
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", KEY)
+    monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
+    modes: dict[str, str] = {}
+    original = Remotable._remote_backend
+
+    def backend(self, remote, blocking, job_id, verbose):
+        if remote is True and self.repo_id in modes:
+            return ExecutorBackend(ndif_server, self.to_model_key(), modes[self.repo_id], env=self._remoteable_get_env())
+        return original(self, remote, blocking, job_id, verbose)
+
+    monkeypatch.setattr(Remotable, "_remote_backend", backend)
+
+    def make(kind: str, mode: str = "trusted"):
+        folder = checkpoints(kind)
+        # nnsight canonicalises a repo id through the hub; a folder is its own id.
+        huggingface._ID_CACHE[folder] = folder
+        modes[folder] = mode
+        ndif_server.requests.clear()
+        return fl.load_model(folder, remote=True), fl.load_model(folder)
+
+    return make
