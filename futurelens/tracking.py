@@ -7,6 +7,7 @@ synced later.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -27,8 +28,10 @@ class Tracker:
             from .remote import install_redaction, safe_config
 
             install_redaction()
+            # wandb reads WANDB_DIR / WANDB_MODE once per process; read them again for every run.
             self.run = wandb.init(project=self.project, job_type=self.job or None, config=safe_config(self.config),
-                                  reinit="finish_previous")
+                                  reinit="finish_previous", dir=os.environ.get("WANDB_DIR") or None,
+                                  mode=os.environ.get("WANDB_MODE") or None)
         return self
 
     def __exit__(self, *exc: Any) -> None:

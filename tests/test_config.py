@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from typer.testing import CliRunner
 
 from futurelens.cli import app
@@ -48,3 +49,20 @@ def test_demo_command_help_comes_from_pipelineconfig_docs():
     result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "--layers" in result.output and "Layers to train prompts for and evaluate" in result.output
+
+
+def test_extra_options_reach_run_as_keywords():
+    import typer
+
+    from futurelens.config import option
+
+    seen = []
+    demo_app = typer.Typer()
+    demo_app.command()(command(_Example, lambda cfg, remote: seen.append((cfg, remote)),
+                               extra=[option("remote", bool, False, "--remote", help="Run it elsewhere.")]))
+    assert CliRunner().invoke(demo_app, ["--size", "2", "--remote"]).exit_code == 0
+    assert CliRunner().invoke(demo_app, []).exit_code == 0
+    assert seen == [(_Example(size=2), True), (_Example(), False)]
+    assert "Run it elsewhere." in CliRunner().invoke(demo_app, ["--help"], env={"COLUMNS": "200"}).output
+    with pytest.raises(TypeError, match="clash"):
+        command(_Example, print, extra=[option("size", int, 1, "--size")])

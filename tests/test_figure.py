@@ -115,3 +115,34 @@ def test_plot_files_are_pngs(tmp_path):
 def test_missing_rows_give_a_clear_error():
     with pytest.raises(FutureLensError, match="k=5"):
         precision_figure(_results(n_max=0), k=5)
+
+
+def test_one_layer_figure_has_integer_ticks():
+    many = tidy([row for layer in range(20) for row in rows_from_scores("probe", layer, 0, {"precision@1": 0.01 * layer})])
+    for fig in [precision_figure(_results(n_max=1, layers=(14,))), precision_figure(_results(n_max=1, layers=(2, 3))),
+                precision_figure(many)]:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert list(precision_figure(_results(n_max=0, layers=(14,))).axes[0].get_xticks()) == [14]
+
+
+def test_precision_table_has_the_baseline_on_its_own_line_and_no_nan():
+    from futurelens.figure import precision_table
+
+    df = _results(n_max=1, layers=(2, 14))
+    df = df[~((df.method == "learned prompt") & (df.layer == 14))]  # e.g. no prompt trained there
+    text = precision_table(df)
+    lines = text.splitlines()
+    assert lines[0] == "precision@1 of the token N ahead (N=0 is the next token):"
+    assert lines[1] == "  bigram (no layer): N=0 0.340  N=1 0.270"
+    assert lines[2].split() == ["N", "layer", "learned", "prompt", "fixed", "prompt"]
+    assert [line.split() for line in lines[3:7]] == [
+        ["0", "2", "0.200", "0.100"], ["0", "14", "-", "0.120"], ["1", "2", "0.200", "0.100"], ["1", "14", "-", "0.120"]
+    ]
+    assert lines[-1] == "  (- = the method was not run at that layer)"
+    assert "nan" not in text.lower() and "-1" not in text
+    assert "precision@2" in precision_table(df, k=2)
+    with pytest.raises(FutureLensError, match="No precision@7"):
+        precision_table(df, k=7)

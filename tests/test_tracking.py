@@ -31,3 +31,29 @@ def test_disabled_tracker_does_nothing():
     with Tracker(False) as t:
         t.log({"x": 1})
         assert t.run is None
+
+
+def test_tidy_table_with_missing_k_logs_offline(tmp_path, monkeypatch):
+    """The tidy results table has k = <NA> on surprisal rows; wandb.Table refuses <NA>, so it goes in as null."""
+    import json
+
+    from futurelens.figure import rows_from_scores, tidy
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    df = tidy(rows_from_scores("bigram", -1, 0, {"precision@1": 0.25, "surprisal": 3.5})
+              + rows_from_scores("learned prompt", 14, 1, {"precision@1": 0.5, "precision@2": 0.75, "surprisal": 2.0}))
+    assert df["k"].isna().sum() == 2
+    with Tracker(True, "futurelens-test", job="eval") as t:
+        t.table("eval/results", df)
+    (table,) = tmp_path.rglob("*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == list(df.columns)
+    assert logged["data"] == [
+        ["bigram", -1, 0, "precision", 1, 0.25],
+        ["bigram", -1, 0, "surprisal", None, 3.5],
+        ["learned prompt", 14, 1, "precision", 1, 0.5],
+        ["learned prompt", 14, 1, "precision", 2, 0.75],
+        ["learned prompt", 14, 1, "surprisal", None, 2.0],
+    ]
