@@ -1,7 +1,10 @@
 """Where documents come from: the embedded Python docs, local files, or a (streamed) HF dataset.
 
 Every source yields `Document`s with a stable id, so a prefix can always be traced
-back to (document id, token offset) and recomputed.
+back to (document id, token offset) and recomputed. Every source is a stream: documents are
+read one at a time (JSONL line by line, Parquet in record batches, ``hf:`` datasets with
+``streaming=True``), so reading a corpus never holds more than one document's text; each call
+of `documents` starts a new pass from the beginning, in the same order.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ def _files(path: Path, text_field: str) -> Iterator[Document]:
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(file)
-            if text_field not in table.column_names:
-                raise FutureLensError(f"{file} has no {text_field!r} column (has {table.column_names}); pass --text-field.")
-            for i, text in enumerate(table.column(text_field).to_pylist()):
-                yield Document(f"{file.name}:{i}", text)
+            parquet = pq.ParquetFile(file)
+            names = parquet.schema_arrow.names
+            if text_field not in names:
+                raise FutureLensError(f"{file} has no {text_field!r} column (has {names}); pass --text-field.")
+            i = 0  # read in record batches: a large file is never in memory whole
+            for batch in parquet.iter_batches(batch_size=256, columns=[text_field]):
+                for text in batch.column(0).to_pylist():
+                    yield Document(f"{file.name}:{i}", text)
+                    i += 1
         elif suffix in (".txt", ".md", ".rst", ""):
             yield Document(str(file.relative_to(path) if path.is_dir() else file.name), file.read_text(encoding="utf-8"))
 
@@ -65,7 +72,9 @@ def _hub(spec: str, text_field: str, split: str) -> Iterator[Document]:
             f"Could not stream the dataset {name!r} from the Hugging Face hub ({type(err).__name__}). "
             f"Check the name and network, or use local files or the embedded corpus ({EMBEDDED!r})."
         ) from err
-    for i, record in enumerate(stream):
+    for i, record in enumerate(stream):  # streamed: records arrive one at a time, the dataset is never downloaded whole
+        if text_field not in record:
+            raise FutureLensError(f"Records of {name!r} have no {text_field!r} field (they have {sorted(record)}); pass --text-field.")
         yield Document(f"{name}:{record.get('id', i)}", record[text_field])
 
 

@@ -4,26 +4,61 @@ One row per prefix: provenance (document id, token offset), the prefix ids, the
 real next ``n_max + 1`` tokens, and the model's greedy continuation of the same
 length — the targets for N = 0..n_max. Stored as an Arrow dataset with a
 ``futurelens.json`` beside it recording the model, tokenizer hash and settings.
+
+How `build_prefixes` gets there, at any corpus size:
+
+- **Streaming.** Documents are read, tokenized and sampled as they stream from the source
+  (`corpus.documents`). A seeded shuffle buffer holds at most ``buffer_tokens`` tokens of
+  documents; once it is full, a randomly chosen document leaves it for each one that arrives and
+  gives one candidate prefix (random length and offset). When the source ends, the buffer empties
+  in random order and the next pass over the source begins. A corpus that fits in the buffer is
+  kept after its first pass and sampled round-robin in memory (one seeded permutation of its
+  documents per pass). Memory is bounded by the buffer, never by the corpus; the same seed gives
+  the same candidates.
+- **Labelling in shards.** Candidates are labelled (the model's greedy continuation,
+  `futurelens.tracing.greedy`) in shards of at most ``shard_size``, each written atomically to
+  ``<out>.partial/`` as it finishes. A re-run with the same settings after a kill or Ctrl-C draws the
+  same candidates again, reuses every finished shard (checking that it holds exactly those
+  candidates) and labels from the first missing one, so it ends bit-identical to an uninterrupted
+  build. ``<out>`` is written atomically at the end, then ``<out>.partial`` is removed.
+- **Counts.** ``futurelens.json`` records ``n_candidates`` (labelled) = ``n_kept`` (in the dataset)
+  + ``n_dropped`` (failed the correctness filter) + ``n_unused`` (passed it after the dataset was
+  full: the spare candidates of the last shard).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ..atomic import atomic_path
 from ..errors import FutureLensError
 from .corpus import EMBEDDED, documents
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..models import LensModel
 
 META_FILE = "futurelens.json"
+PARTIAL_SUFFIX = ".partial"
+"""``<out><PARTIAL_SUFFIX>`` holds an unfinished build's labelled shards."""
+BUILD_FILE = "build.json"
+"""The settings of an unfinished build, in its partial folder: a resume must use the same ones."""
+COLUMNS = ("doc_id", "offset", "prefix_ids", "next_ids", "target_ids", "split")
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `build_prefixes`: the labelled shards are kept; the message says where and how to resume."""
 
 
 @dataclass
@@ -57,7 +92,13 @@ class DataConfig:
     text_field: str = "text"
     """Field holding the text in .jsonl/.parquet/hub records."""
     max_documents: int = 0
-    """Read at most this many documents (0 = all; set it for a streamed hub corpus)."""
+    """Read at most this many documents of the source per pass (0 = all). Memory does not depend on it: documents stream."""
+    buffer_tokens: int = 1_000_000
+    """Tokens of streamed documents held at once for shuffling (4 bytes each): bounds memory whatever the corpus size.
+    A corpus that fits is kept in memory after one pass."""
+    shard_size: int = 4096
+    """Most candidates labelled per shard: the unit of resumption (a killed build resumes after its last finished
+    shard). Larger shards fill the equal-length decoding batches better."""
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
@@ -72,90 +113,291 @@ def is_test(doc_id: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _candidates(docs: list[tuple[str, list[int]]], cfg: DataConfig) -> Iterator[tuple[str, int, list[int], list[int]]]:
-    """An endless, seeded stream of (doc id, offset, prefix, real next tokens), round-robin over documents."""
-    import numpy as np
-
-    rng = np.random.default_rng(cfg.seed)
-    need = cfg.n_max + 1
-    usable = [(d, t) for d, t in docs if len(t) >= cfg.min_len + need]
-    if not usable:
-        raise FutureLensError(
-            f"No document has the {cfg.min_len + need} tokens a prefix of min_len={cfg.min_len} plus "
-            f"{need} next tokens needs: lower --min-len or use a larger corpus."
-        )
-    seen: set[tuple[str, int, int]] = set()
-    misses = 0  # consecutive repeats; a small corpus can run out of distinct prefixes
-    while True:
-        if misses > 100 * len(usable):
-            raise FutureLensError(
-                f"The corpus has run out of new prefixes after {len(seen)}: lower --n-prefixes, widen "
-                "--min-len/--max-len, or use a larger corpus."
-            )
-        for i in rng.permutation(len(usable)):
-            doc_id, tokens = usable[i]
-            hi = min(cfg.max_len, len(tokens) - need)
-            if cfg.length_dist == "loguniform":
-                length = int(round(np.exp(rng.uniform(np.log(cfg.min_len), np.log(hi))))) if hi > cfg.min_len else hi
-            else:
-                length = int(rng.integers(cfg.min_len, hi + 1))
-            offset = int(rng.integers(0, len(tokens) - length - need + 1))
-            if (doc_id, offset, length) in seen:
-                misses += 1
-                continue
-            misses = 0
-            seen.add((doc_id, offset, length))
-            yield doc_id, offset, tokens[offset : offset + length], tokens[offset + length : offset + length + need]
-
-
-def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> Path:
-    """Cut, label and filter prefixes; write the dataset to ``cfg.out`` atomically. Returns the folder."""
-    from tqdm.auto import tqdm
-
+def check_config(cfg: DataConfig) -> None:
+    """Refuse bad settings with a message that names the fix, before anything is loaded or read."""
     if cfg.length_dist not in ("uniform", "loguniform"):
         raise FutureLensError(f"length_dist must be 'uniform' or 'loguniform', not {cfg.length_dist!r}.")
     if not 1 <= cfg.min_len <= cfg.max_len:
         raise FutureLensError(f"Need 1 <= min_len <= max_len, got min_len={cfg.min_len}, max_len={cfg.max_len}.")
     if not 0 <= cfg.test_fraction < 1:
         raise FutureLensError(f"test_fraction must be in [0, 1), got {cfg.test_fraction}.")
+    for name in ("n_prefixes", "batch_size", "shard_size", "buffer_tokens"):
+        if getattr(cfg, name) < 1:
+            raise FutureLensError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+    if cfg.n_max < 0 or cfg.max_documents < 0:
+        raise FutureLensError(f"n_max and max_documents must be >= 0, got {cfg.n_max} and {cfg.max_documents}.")
+    documents(cfg.source, cfg.text_field)  # a missing file or folder says so now ('hf:' is checked as it streams)
 
-    docs = []
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where an unfinished build of ``out`` keeps its labelled shards: ``<out>.partial`` beside it."""
+    out = Path(out)
+    out = out if out.name else out.resolve()  # "." has no name to extend
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def _pieces(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, "np.ndarray"]]:
+    """One pass over the source, in its order: ``(doc id, token offset, int32 tokens)`` per usable piece.
+
+    Documents are tokenized one at a time as they stream. One longer than a sixteenth of the
+    buffer is cut into pieces of that size (a prefix never crosses a cut), so no single
+    document can outgrow the buffer; the offset stays the offset in the whole document.
+    """
+    import numpy as np
+
+    need = cfg.n_max + 1
+    cap = max(cfg.buffer_tokens // 16, cfg.max_len + need)
     for i, doc in enumerate(documents(cfg.source, cfg.text_field)):
         if cfg.max_documents and i >= cfg.max_documents:
             break
-        docs.append((doc.id, lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]))
-    stream = _candidates(docs, cfg)
-    columns: dict[str, list] = {k: [] for k in ("doc_id", "offset", "prefix_ids", "next_ids", "target_ids", "split")}
-    n_candidates = n_dropped = 0
-    max_candidates = 50 * cfg.n_prefixes  # a model that never predicts right would otherwise loop forever
-    # Candidates are decoded in groups of equal length, so a pool must be large enough to fill them.
-    pool_size = 128 * cfg.batch_size
-    bar = tqdm(total=0, desc="Labelling candidates", unit="prefix", disable=not progress)
-    while len(columns["doc_id"]) < cfg.n_prefixes:
-        if n_candidates >= max_candidates:
+        ids = np.asarray(tokenizer(doc.text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        for a in range(0, len(ids), cap):
+            piece = ids if len(ids) <= cap else ids[a : a + cap].copy()  # a copy: a view would keep the whole document
+            if len(piece) >= cfg.min_len + need:
+                yield doc.id, a, piece
+
+
+def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, list[int], list[int]]]:
+    """An endless, seeded stream of ``(doc id, offset, prefix, real next tokens)``; see the module docstring.
+
+    Each document (piece) that leaves the shuffle buffer gives one candidate; a candidate seen
+    before (same document, offset and length) is skipped. A corpus that fits in the buffer is
+    sampled exactly as a round-robin over its documents in a fresh seeded order per pass.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(cfg.seed)
+    need = cfg.n_max + 1
+    seen: set[tuple[str, int, int]] = set()
+    misses = 0  # consecutive repeats; a small corpus can run out of distinct prefixes
+    n_pieces = 0  # usable document pieces in one pass
+    corpus: list | None = None  # the whole corpus, once a pass has shown that it fits in the buffer
+
+    def cut(doc_id: str, base: int, tokens: "np.ndarray"):
+        nonlocal misses
+        hi = min(cfg.max_len, len(tokens) - need)
+        if cfg.length_dist == "loguniform":
+            length = int(round(np.exp(rng.uniform(np.log(cfg.min_len), np.log(hi))))) if hi > cfg.min_len else hi
+        else:
+            length = int(rng.integers(cfg.min_len, hi + 1))
+        offset = int(rng.integers(0, len(tokens) - length - need + 1))
+        if (doc_id, base + offset, length) in seen:
+            misses += 1
+            return None
+        misses = 0
+        seen.add((doc_id, base + offset, length))
+        end = offset + length
+        return doc_id, base + offset, tokens[offset:end].tolist(), tokens[end : end + need].tolist()
+
+    while True:
+        if misses > 100 * max(n_pieces, 1):
             raise FutureLensError(
-                f"Only {len(columns['doc_id'])} of {n_candidates} candidate prefixes passed the correctness filter; "
-                "use --no-filter-correct or a corpus the model knows better."
+                f"The corpus has run out of new prefixes after {len(seen)}: lower --n-prefixes, widen "
+                "--min-len/--max-len, or use a larger corpus."
             )
-        # Size the pool from the keep rate seen so far, so a small dataset labels few spare candidates.
-        rate = (n_candidates - n_dropped) / n_candidates if n_candidates else 0.5
-        wanted = int(1.2 * (cfg.n_prefixes - len(columns["doc_id"])) / max(rate, 0.05)) + 1
-        pool = [next(stream) for _ in range(min(pool_size, max(cfg.batch_size, wanted)))]
-        n_candidates += len(pool)
-        bar.total += len(pool)
-        keep = _label(lm, pool, cfg, bar.update)
-        n_dropped += len(pool) - len(keep)
-        for (doc_id, offset, prefix, nxt), target in keep:
-            if len(columns["doc_id"]) == cfg.n_prefixes:
-                break
-            columns["doc_id"].append(doc_id)
-            columns["offset"].append(offset)
-            columns["prefix_ids"].append(prefix)
-            columns["next_ids"].append(nxt)
-            columns["target_ids"].append(target)
-            columns["split"].append("test" if is_test(doc_id, cfg.seed, cfg.test_fraction) else "train")
-        bar.set_postfix(kept=f"{len(columns['doc_id'])}/{cfg.n_prefixes}")
-    bar.close()
+        if corpus is not None:
+            order = [corpus[i] for i in rng.permutation(len(corpus))]
+        else:
+            buffer: list = []
+            held = n_pieces = 0
+            spilled = False
+            for piece in _pieces(cfg, tokenizer):
+                n_pieces += 1
+                buffer.append(piece)
+                held += len(piece[2])
+                while held > cfg.buffer_tokens:  # full: a random document leaves and gives a candidate
+                    j = int(rng.integers(len(buffer)))
+                    leaving, buffer[j] = buffer[j], buffer[-1]
+                    buffer.pop()
+                    held -= len(leaving[2])
+                    spilled = True
+                    candidate = cut(*leaving)
+                    if candidate is not None:
+                        yield candidate
+            if not n_pieces:
+                raise FutureLensError(
+                    f"No document has the {cfg.min_len + need} tokens a prefix of min_len={cfg.min_len} plus "
+                    f"{need} next tokens needs: lower --min-len or use a larger corpus."
+                )
+            if not spilled:  # the whole corpus is in the buffer: keep it, and sample it in memory from now on
+                corpus = buffer
+                continue
+            order = [buffer[i] for i in rng.permutation(len(buffer))]
+            buffer = []
+        for piece in order:
+            candidate = cut(*piece)
+            if candidate is not None:
+                yield candidate
+
+
+def _settings(lm: "LensModel", cfg: DataConfig) -> dict:
+    """What the labelled shards depend on: a resume under other settings would mix two builds."""
+    config = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    return json.loads(json.dumps({"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": config}))
+
+
+def _open_partial(work: Path, settings: dict) -> None:
+    """Create ``work`` for a new build, or check that an interrupted one there used the same settings."""
+    path = work / BUILD_FILE
+    if path.exists() and any(work.glob("shard-*.parquet")):  # without a finished shard there is nothing to keep
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = [k for k in ("model", "tokenizer_hash") if previous.get(k) != settings[k]]
+            old = previous.get("config", {})
+            changed += sorted(k for k in set(old) | set(settings["config"]) if old.get(k) != settings["config"].get(k))
+            raise FutureLensError(
+                f"{work} holds an interrupted build with other settings ({', '.join(changed)} differ): re-run with "
+                f"the settings it was started with to resume it, or delete {work} to start over."
+            )
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(settings, indent=2))
+    for stale in work.glob(".*.tmp"):  # left by a kill in the middle of a write
+        stale.unlink()
+
+
+def _shard_path(work: Path, k: int) -> Path:
+    return work / f"shard-{k:05d}.parquet"
+
+
+def _write_shard(path: Path, pool: list, targets: list[list[int]]) -> None:
+    """One labelled shard: every candidate of the pool with its greedy continuation, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.list_(pa.int64())
+    table = pa.table({
+        "doc_id": pa.array([c[0] for c in pool], pa.string()),
+        "offset": pa.array([c[1] for c in pool], pa.int64()),
+        "prefix_ids": pa.array([c[2] for c in pool], ids),
+        "next_ids": pa.array([c[3] for c in pool], ids),
+        "target_ids": pa.array(targets, ids),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read_shard(path: Path, pool: list) -> list[list[int]] | None:
+    """The targets of a finished shard of exactly these candidates; None when there is none (or it is unreadable)."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path).to_pydict()
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        log.warning("%s is unreadable (%s: %s); labelling it again.", path, type(err).__name__, err)
+        path.unlink()
+        return None
+    stored = list(zip(table["doc_id"], table["offset"], table["prefix_ids"], table["next_ids"]))
+    if stored != [tuple(c) for c in pool]:
+        raise FutureLensError(
+            f"{path} holds other candidates than this build draws: the corpus has changed since the interrupted "
+            f"build. Delete {path.parent} to start over."
+        )
+    return table["target_ids"]
+
+
+def resume_note(out: str | os.PathLike) -> str:
+    """What an interrupted build of ``out`` has kept and how to go on (for a Ctrl-C message)."""
+    import pyarrow.parquet as pq
+
+    work = partial_dir(out)
+    shards = sorted(work.glob("shard-*.parquet")) if work.is_dir() else []
+    if not shards:
+        return f"No labelled shard was finished yet ({work} holds none); run the same command again to start over."
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    return (f"Kept {len(shards)} labelled shard(s) ({n} candidates) in {work}; run the same command again to "
+            "resume after them (with the same settings).")
+
+
+def _advance(bar: Any, n: int) -> None:
+    if n != bar.n:
+        bar.update(n - bar.n)
+
+
+def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> Path:
+    """Cut, label and filter prefixes; write the dataset to ``cfg.out`` atomically. Returns the folder.
+
+    Streams the corpus and labels in resumable shards (see the module docstring): after a kill or
+    Ctrl-C (`Interrupted`), the same call resumes after the last finished shard. The progress bar
+    counts kept prefixes against ``n_prefixes`` (within a shard, estimated from the keep rate so
+    far), with the candidates labelled, the rate and the time left; its total stays the same across
+    a resume.
+    """
+    from tqdm.auto import tqdm
+
+    check_config(cfg)
+    work = partial_dir(cfg.out)
+    _open_partial(work, _settings(lm, cfg))
+    stream = _candidates(cfg, lm.tokenizer)
+    columns: dict[str, list] = {k: [] for k in COLUMNS}
+    n_candidates = n_passed = 0
+    max_candidates = 50 * cfg.n_prefixes  # a model that never predicts right would otherwise loop forever
+    bar = None
+    k = 0
+    try:
+        while len(columns["doc_id"]) < cfg.n_prefixes:
+            kept = len(columns["doc_id"])
+            # Size the shard from the keep rate seen so far, so a small dataset labels few spare candidates;
+            # candidates are decoded in groups of equal length, so a shard must be large enough to fill them.
+            rate = n_passed / n_candidates if n_candidates else 0.5
+            wanted = int(1.2 * (cfg.n_prefixes - kept) / max(rate, 0.05)) + 1
+            try:
+                if n_candidates >= max_candidates:
+                    raise FutureLensError(
+                        f"Only {kept} of {n_candidates} candidate prefixes passed the correctness filter; "
+                        "use --no-filter-correct or a corpus the model knows better."
+                    )
+                pool = [next(stream) for _ in range(min(cfg.shard_size, max(cfg.batch_size, wanted)))]
+            except FutureLensError:  # the build is deterministic: a re-run would fail alike, so keep nothing
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+            path = _shard_path(work, k)
+            targets = _read_shard(path, pool)
+            if targets is None:
+                if bar is None:
+                    if k and progress:
+                        tqdm.write(f"Resuming the build in {work}: {k} labelled shard(s) kept.")
+                    bar = tqdm(total=cfg.n_prefixes, initial=kept, desc="Labelling (kept)", unit="prefix",
+                               disable=not progress, smoothing=0.1)
+                estimate = 1.0 if not cfg.filter_correct else rate
+                done = [0]
+
+                def labelled(rows: int, kept=kept, estimate=estimate) -> None:
+                    done[0] += rows
+                    _advance(bar, min(kept + int(done[0] * estimate), cfg.n_prefixes))
+                    bar.set_postfix_str(f"{n_candidates + done[0]} candidates", refresh=False)
+
+                targets = _label(lm, pool, cfg, labelled)
+                _write_shard(path, pool, targets)
+            k += 1
+            n_candidates += len(pool)
+            for (doc_id, offset, prefix, nxt), target in zip(pool, targets):
+                if cfg.filter_correct and target[0] != nxt[0]:
+                    continue
+                n_passed += 1
+                if len(columns["doc_id"]) == cfg.n_prefixes:
+                    continue  # a spare: labelled and correct, but the dataset is full
+                columns["doc_id"].append(doc_id)
+                columns["offset"].append(offset)
+                columns["prefix_ids"].append(prefix)
+                columns["next_ids"].append(nxt)
+                columns["target_ids"].append(target)
+                columns["split"].append("test" if is_test(doc_id, cfg.seed, cfg.test_fraction) else "train")
+            if bar is not None:
+                _advance(bar, len(columns["doc_id"]))
+                bar.set_postfix_str(f"{n_candidates} candidates")
+    except KeyboardInterrupt as err:
+        if bar is not None:
+            bar.close()
+            bar = None
+        raise Interrupted(f"Interrupted. {resume_note(cfg.out)}") from err
+    finally:
+        if bar is not None:
+            bar.close()
 
     meta = {
         "model": lm.name,
@@ -163,11 +405,14 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
         "config": asdict(cfg),
         "n_candidates": n_candidates,
         "n_kept": len(columns["doc_id"]),
-        "n_dropped": n_dropped,
+        "n_dropped": n_candidates - n_passed,
+        "n_unused": n_passed - len(columns["doc_id"]),
         "n_train": columns["split"].count("train"),
         "n_test": columns["split"].count("test"),
     }
-    return save_prefixes(columns, meta, cfg.out)
+    out = save_prefixes(columns, meta, cfg.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def save_prefixes(columns: dict[str, list], meta: dict, out: str | os.PathLike) -> Path:
@@ -188,17 +433,16 @@ def save_prefixes(columns: dict[str, list], meta: dict, out: str | os.PathLike) 
     return out
 
 
-def _label(lm: "LensModel", pool: list, cfg: DataConfig, progress=None) -> list:
-    """Greedy targets for a pool of candidates, in pool order, dropping wrong ones when filtering.
+def _label(lm: "LensModel", pool: list, cfg: DataConfig, progress: Callable[[int], Any] | None = None) -> list[list[int]]:
+    """The greedy continuation (``n_max + 1`` tokens) of every candidate of a pool, in pool order.
 
-    The whole continuation is decoded for every candidate: with the KV cache the
-    extra ``n_max`` tokens cost far less than the prefix itself, and one call per
-    length group beats a second pass over the kept ones.
+    The whole continuation is decoded for every candidate, kept or not: with the KV cache the
+    extra ``n_max`` tokens cost far less than the prefix itself, and one call per length group
+    beats a second pass over the kept ones.
     """
     from ..tracing import greedy
 
-    targets = greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size, progress=progress).tolist()
-    return [(c, t) for c, t in zip(pool, targets) if not cfg.filter_correct or t[0] == c[3][0]]
+    return greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size, progress=progress).tolist()
 
 
 def load_prefixes(path: str | os.PathLike, tokenizer: Any = None) -> tuple[Any, dict]:
