@@ -57,8 +57,9 @@ def _guard(run: Callable[..., Any], interrupted: Callable[[Any], str]) -> Callab
                 raise
             typer.echo(f"Error: {err}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo(f"\nInterrupted. {interrupted(cfg)}", err=True)
+        except KeyboardInterrupt as err:
+            # A library step may say itself what it kept (futurelens.data.prefixes.Interrupted); else the command does.
+            typer.echo(f"\n{err}" if str(err) else f"\nInterrupted. {interrupted(cfg)}", err=True)
             if _debug():
                 raise
             raise typer.Exit(130) from None
@@ -199,13 +200,9 @@ def _check_source(cfg: Any) -> None:
 
 
 def _check_data(cfg: Any) -> None:
-    _check_source(cfg)
-    if cfg.length_dist not in ("uniform", "loguniform"):
-        raise FutureLensError(f"--length-dist must be 'uniform' or 'loguniform', not {cfg.length_dist!r}.")
-    if not 0 <= cfg.test_fraction < 1:
-        raise FutureLensError(f"--test-fraction must be in [0, 1), got {cfg.test_fraction}.")
-    if cfg.batch_size < 1 or cfg.n_max < 0:
-        raise FutureLensError("--batch-size must be >= 1 and --n-max >= 0.")
+    from .data.prefixes import check_config
+
+    check_config(cfg)  # every setting, and the source (a missing file says so; 'hf:' streams, checked later)
 
 
 def _check_cache(cfg: Any) -> dict:
@@ -246,10 +243,19 @@ def _data(cfg: Any, remote: bool = False) -> None:
     _check_data(cfg)
     out = build_prefixes(_load(cfg.model, remote), cfg)
     meta = json.loads((out / META_FILE).read_text())
+    unused = meta.get("n_unused", 0)
     typer.echo(
         f"Wrote {meta['n_kept']} prefixes ({meta['n_train']} train / {meta['n_test']} test) to {out}; "
-        f"the correctness filter dropped {meta['n_dropped']} of {meta['n_candidates']} candidates."
+        f"the correctness filter dropped {meta['n_dropped']} of {meta['n_candidates']} candidates labelled"
+        + (f" ({unused} more passed it but were not needed)." if unused else ".")
     )
+
+
+def _data_note(cfg: Any) -> str:
+    from .data import prefixes
+
+    note = getattr(prefixes, "resume_note", None)
+    return note(cfg.out) if note is not None else f"{cfg.out} was not written; run the same command again."
 
 
 def _cache(cfg: Any, remote: bool = False) -> None:
@@ -354,8 +360,7 @@ def _demo(cfg: Any, remote: bool = False) -> None:
 
 # What Ctrl-C leaves behind, per command, and how to go on.
 _INTERRUPTED: dict[str, Callable[[Any], str]] = {
-    "data": lambda cfg: f"The dataset is written to {cfg.out} only when labelling finishes, so nothing partial was "
-    "kept; run the same command again to build it.",
+    "data": lambda cfg: _data_note(cfg),
     "cache": lambda cfg: f"Kept {len(_kept(cfg.out, '*/shard-*.safetensors'))} finished shard(s) in {cfg.out}; run the "
     "same command again to continue at the first missing shard.",
     "train": lambda cfg: f"Kept in {cfg.out}: {', '.join(_kept(cfg.out, 'layer-*')) or 'nothing yet'} (finished prompts "

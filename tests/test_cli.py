@@ -74,7 +74,7 @@ def test_version_comes_from_the_installed_metadata():
     "args, message",
     [
         (["data", "--source", "no-such-corpus.txt"], "Corpus 'no-such-corpus.txt' is neither"),
-        (["data", "--length-dist", "zipf"], "--length-dist must be"),
+        (["data", "--length-dist", "zipf"], "length_dist must be 'uniform' or 'loguniform'"),
         (["demo", "--source", "missing/"], "Corpus 'missing/' is neither"),
         (["cache", "--dtype", "float8"], "--dtype must be one of float32, float16, bfloat16"),
         (["cache", "--data", "no-such-data"], "No dataset at no-such-data"),
@@ -242,7 +242,7 @@ def test_ctrl_c_during_data_and_cache(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(prefixes, "build_prefixes", interrupt)
     monkeypatch.setattr(states, "build_cache", interrupt)
     result = invoke("data", "--model", tiny_run["model"], "--out", str(tmp_path / "data"))
-    assert_clean_error(result, "Interrupted. The dataset is written", code=130)
+    assert_clean_error(result, "Interrupted. No labelled shard was finished yet", code=130)
     assert "run the same command again" in result.stderr
     result = invoke("cache", "--data", tiny_run["data"], "--out", str(tmp_path / "cache"))
     assert_clean_error(result, "Interrupted. Kept 0 finished shard(s)", code=130)
@@ -301,3 +301,44 @@ def test_train_and_eval_with_wandb_offline_log_the_table_and_no_secret(tiny_run,
     logs = {run: b"".join(p.read_bytes() for p in run.glob("*.wandb")) for run in runs}
     assert any(b"train/loss_L2" in log for log in logs.values())
     assert all(b"eval/results" in log or b"train/loss_L2" in log for log in logs.values())
+
+
+def test_a_partial_cache_resumes_and_says_so(tiny_run, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_run["cache"], cache)
+    index = json.loads((cache / "cache.json").read_text())
+    index["complete"] = False  # as a killed build leaves it, with its last shard missing
+    (cache / "cache.json").write_text(json.dumps(index))
+    last = sorted(cache.glob("*/shard-*.safetensors"))[-1]
+    last.unlink()
+    result = invoke("cache", "--data", tiny_run["data"], "--out", str(cache), "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert f"Resuming the cache in {cache}" in result.stderr and last.exists()
+
+
+def test_data_on_a_folder_model_interrupted_and_resumed(tiny_run, tmp_path, monkeypatch):
+    import futurelens.tracing as tracing
+
+    real, calls = tracing.greedy, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracing, "greedy", interrupt_second)
+    out = tmp_path / "data"
+    args = ["data", "--model", tiny_run["model"], "--out", str(out), "--n-prefixes", "12", "--no-filter-correct",
+            "--min-len", "4", "--max-len", "12", "--batch-size", "4", "--shard-size", "8", "--n-max", "2"]
+    result = invoke(*args)
+    assert_clean_error(result, "Interrupted. Kept 1 labelled shard(s) (8 candidates)", code=130)
+    assert "run the same command again to resume" in result.stderr and not out.exists()
+    monkeypatch.undo()
+    resumed = invoke(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming the build" in resumed.output and "1 labelled shard(s) kept" in resumed.output
+    assert "Wrote 12 prefixes" in resumed.stdout and str(out) in resumed.stdout
+    assert "Loading weights" not in resumed.output
