@@ -14,12 +14,23 @@ Shards are computed from their own rows only (length-sorted batches inside a
 shard), written to a temporary file and renamed, so a killed build resumes at the
 first missing shard and ends bit-identical to an uninterrupted one. Memory holds
 one shard at a time, whatever the number of samples.
+
+A shard is never trusted blindly: the index records each one's size in bytes and its
+sha256 as it is written. `build_cache` verifies every existing shard before it resumes
+(or re-runs over a complete cache) and rebuilds, alone, any shard that is missing, truncated
+or altered; a shard written just before a kill, whose checksum the index had no time to
+record, is checked structurally and then recorded. `StateCache` checks each shard's size
+when it opens a cache and turns a failed read into a `FutureLensError` that names the
+shard and the `futurelens cache` command that repairs it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -34,6 +45,10 @@ if TYPE_CHECKING:
 
 INDEX = "cache.json"
 DTYPES = ("float32", "float16", "bfloat16")
+FORMAT = 2
+"""Index format: 2 records each shard's ``bytes`` and ``sha256`` (format 1 caches are read and verified structurally)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,11 +73,86 @@ class CacheConfig:
     """Dataset splits to cache."""
 
 
-def _atomic_save(tensors: dict[str, "torch.Tensor"], path: Path) -> None:
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_save(tensors: dict[str, "torch.Tensor"], path: Path) -> dict:
+    """Write a shard atomically; returns its ``{"bytes", "sha256"}`` record for the index."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        record = {"bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
+    return record
+
+
+def _check_structure(path: Path, rows: list[int], keys: set[str]) -> str | None:
+    """Why a shard without a recorded checksum is unusable (None if it is whole): header, tensors, row ids."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            if set(f.keys()) != keys:
+                return f"it holds tensors {sorted(f.keys())}, not {sorted(keys)}"
+            bad = [k for k in f.keys() if f.get_slice(k).get_shape()[:1] != [len(rows)]]
+            if bad:
+                return f"tensors {bad} do not have {len(rows)} rows"
+            if f.get_tensor("row").tolist() != rows:
+                return "it holds other rows of the dataset"
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type, and OSError
+        return f"it cannot be read ({type(err).__name__}: {err})"
+    return None
+
+
+def _verify(path: Path, shard: dict, rows: list[int], keys: set[str]) -> str | None:
+    """Why an existing shard file fails its index record (None if it passes); records a checksum it lacked."""
+    size = path.stat().st_size
+    if "sha256" in shard:
+        if size != shard["bytes"]:
+            return f"it is {size} bytes, the index records {shard['bytes']}"
+        if _sha256(path) != shard["sha256"]:
+            return "its sha256 differs from the one the index records"
+        return None
+    problem = _check_structure(path, rows, keys)
+    if problem is None:  # whole, written just before a kill (or by format 1): record it now
+        shard.update(bytes=size, sha256=_sha256(path))
+    return problem
+
+
+def check_config(cfg: CacheConfig) -> None:
+    """Refuse bad settings with a message that names the fix, before anything is loaded or read."""
+    if cfg.dtype not in DTYPES:
+        raise FutureLensError(f"dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise FutureLensError("shard_size and batch_size must be >= 1.")
+    unknown = set(cfg.splits) - {"train", "test"}
+    if unknown:
+        raise FutureLensError(f"Unknown split(s) {sorted(unknown)}: choose from train, test.")
+
+
+def repair_command(path: str | os.PathLike, index: dict) -> str:
+    """The `futurelens cache` command that re-runs (and so verifies and repairs) the cache at ``path``."""
+    settings = index["settings"]
+    defaults = CacheConfig()
+    cmd = ["futurelens", "cache", "--data", index["data"], "--out", str(path)]
+    if settings["model"] != settings["dataset"]["model"]:
+        cmd += ["--model", settings["model"]]
+    layers = settings["layers"]
+    if layers != list(range(len(layers))):  # a contiguous 0..L is what "all layers" resolves to
+        for layer in layers:
+            cmd += ["--layers", str(layer)]
+    for name in ("dtype", "shard_size", "batch_size"):
+        if settings[name] != getattr(defaults, name):
+            cmd += [f"--{name.replace('_', '-')}", str(settings[name])]
+    if sorted(index["splits"]) != sorted(defaults.splits):
+        for split in index["splits"]:
+            cmd += ["--splits", split]
+    return shlex.join(cmd)
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
@@ -94,22 +184,18 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
 
     from .prefixes import load_prefixes
 
-    if cfg.dtype not in DTYPES:
-        raise FutureLensError(f"dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
-    if cfg.shard_size < 1 or cfg.batch_size < 1:
-        raise FutureLensError("shard_size and batch_size must be >= 1.")
+    check_config(cfg)
     table, meta = load_prefixes(cfg.data, tokenizer=lm.tokenizer)
     layers = sorted({lm.check_layer(layer) for layer in cfg.layers}) if cfg.layers else list(range(lm.n_layers + 1))
-    unknown = set(cfg.splits) - {"train", "test"}
-    if unknown:
-        raise FutureLensError(f"Unknown split(s) {sorted(unknown)}: choose from train, test.")
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(lm, cfg, meta, layers)
     index_path = out / INDEX
+    records: dict[str, dict] = {}  # what the previous index recorded of each shard file
     if index_path.exists():
         previous = json.loads(index_path.read_text())
+        records = {s["file"]: s for split in previous["splits"].values() for s in split}
         if previous["settings"] != settings:
             changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
             raise FutureLensError(
@@ -120,27 +206,49 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
     plan = {s: [i for i, x in enumerate(split_col) if x == s] for s in cfg.splits}
     shards: dict[str, list[dict]] = {}
     for split, rows in plan.items():
-        shards[split] = [
-            {"file": f"{split}/shard-{k:05d}.safetensors", "rows": len(rows[a : a + cfg.shard_size])}
-            for k, a in enumerate(range(0, len(rows), cfg.shard_size))
-        ]
+        shards[split] = []
+        for k, a in enumerate(range(0, len(rows), cfg.shard_size)):
+            shard = {"file": f"{split}/shard-{k:05d}.safetensors", "rows": len(rows[a : a + cfg.shard_size])}
+            old = records.get(shard["file"], {})
+            if old.get("rows") == shard["rows"] and "sha256" in old:
+                shard.update(bytes=old["bytes"], sha256=old["sha256"])
+            shards[split].append(shard)
         (out / split).mkdir(exist_ok=True)
         for stale in (out / split).glob(".shard-*.tmp"):  # left by a killed build mid-write
             stale.unlink()
-    index = {"format": 1, "settings": settings, "data": str(Path(cfg.data).resolve()), "complete": False, "splits": shards}
+
+    # Verify what is there before trusting it: a damaged shard is rebuilt, alone.
+    keys = {f"layer.{layer}" for layer in layers} | {"final", "target", "last_token", "row"}
+    done = 0
+    for split in shards:
+        for k, shard in enumerate(shards[split]):
+            path = out / shard["file"]
+            chunk = plan[split][k * cfg.shard_size : (k + 1) * cfg.shard_size]
+            problem = _verify(path, shard, chunk, keys) if path.exists() else "missing"
+            if problem is None:
+                done += shard["rows"]
+                continue
+            if problem != "missing" or "sha256" in shard:
+                log.warning("Cache shard %s is damaged (%s): rebuilding it.", path, problem)
+            path.unlink(missing_ok=True)
+            shard.pop("bytes", None)
+            shard.pop("sha256", None)
+    index = {"format": FORMAT, "settings": settings, "data": str(Path(cfg.data).resolve()), "complete": False,
+             "splits": shards}
     _atomic_json(index, index_path)
 
     dtype = getattr(torch, cfg.dtype)
     total = sum(len(r) for r in plan.values())
-    done = sum(s["rows"] for split in shards for s in shards[split] if (out / s["file"]).exists())
     bar = tqdm(total=total, initial=done, desc="Caching states", unit="prefix", disable=not progress, smoothing=0.1)
     for split, rows in plan.items():
         for k, shard in enumerate(shards[split]):
-            path = out / shard["file"]
-            if path.exists():
+            if "sha256" in shard:
                 continue
             chunk = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-            _atomic_save(_shard(lm, table.select(chunk), chunk, layers, cfg.batch_size, dtype, bar), path)
+            tensors = _shard(lm, table.select(chunk), chunk, layers, cfg.batch_size, dtype, bar)
+            shard.update(_atomic_save(tensors, out / shard["file"]))
+            del tensors
+            _atomic_json(index, index_path)  # the shard's size and checksum, recorded as soon as it exists
     bar.close()
     index["complete"] = True
     _atomic_json(index, index_path)
@@ -222,9 +330,55 @@ class StateCache:
         if not self.index["complete"]:
             raise FutureLensError(
                 f"The cache in {self.path} is incomplete (the build was interrupted): re-run `futurelens cache` "
-                "with the same settings to finish it."
+                f"with the same settings to finish it: {repair_command(self.path, self.index)}"
             )
         self.settings = self.index["settings"]
+        bad = [(s, problem) for split in self.index["splits"] for s in self.index["splits"][split]
+               if (problem := self._size_problem(s)) is not None]
+        if bad:
+            shard, problem = bad[0]
+            more = f" (and {len(bad) - 1} other shard(s))" if len(bad) > 1 else ""
+            raise self._damaged(shard, problem + more)
+
+    def _size_problem(self, shard: dict) -> str | None:
+        """A cheap check of a shard file against its index record: present, and of the recorded size."""
+        path = self.path / shard["file"]
+        if not path.exists():
+            return "it is missing"
+        size = path.stat().st_size
+        if "bytes" in shard and size != shard["bytes"]:
+            return f"it is {size} bytes, the index records {shard['bytes']}: truncated or overwritten"
+        return None
+
+    def _damaged(self, shard: dict, problem: str) -> FutureLensError:
+        return FutureLensError(
+            f"Cache shard {self.path / shard['file']} is damaged ({problem}). Repair it (the command verifies every "
+            f"shard and rebuilds only the damaged ones): {repair_command(self.path, self.index)}"
+        )
+
+    def _read(self, shard: dict, key: str | None, final: bool) -> dict[str, "torch.Tensor"]:
+        """One shard's tensors, or a `FutureLensError` naming the shard and its repair."""
+        import torch
+        from safetensors import safe_open
+
+        problem = self._size_problem(shard)
+        if problem is not None:
+            raise self._damaged(shard, problem)
+        try:
+            with safe_open(self.path / shard["file"], framework="pt") as f:
+                part = {
+                    "states": f.get_tensor(key) if key else torch.empty(shard["rows"], 0),
+                    "target": f.get_tensor("target"),
+                    "last_token": f.get_tensor("last_token"),
+                    "row": f.get_tensor("row"),
+                }
+                if final:
+                    part["final"] = f.get_tensor("final")
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, a missing tensor: all mean a bad shard
+            raise self._damaged(shard, f"{type(err).__name__}: {err}") from err
+        if len(part["row"]) != shard["rows"]:
+            raise self._damaged(shard, f"it holds {len(part['row'])} rows, the index records {shard['rows']}")
+        return part
 
     @property
     def layers(self) -> list[int]:
@@ -269,7 +423,6 @@ class StateCache:
         enough mixing for SGD while only one shard is read at a time.
         """
         import torch
-        from safetensors import safe_open
 
         key = self._check_layer(layer) if layer is not None else None
         shards = self._shards(split)
@@ -277,15 +430,7 @@ class StateCache:
         order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
         carry: list[dict] = []
         for k in order:
-            with safe_open(self.path / shards[k]["file"], framework="pt") as f:
-                part = {
-                    "states": f.get_tensor(key) if key else torch.empty(shards[k]["rows"], 0),
-                    "target": f.get_tensor("target"),
-                    "last_token": f.get_tensor("last_token"),
-                    "row": f.get_tensor("row"),
-                }
-                if final:
-                    part["final"] = f.get_tensor("final")
+            part = self._read(shards[k], key, final)
             if shuffle:
                 perm = torch.randperm(len(part["row"]), generator=g)
                 part = {name: t[perm] for name, t in part.items()}
