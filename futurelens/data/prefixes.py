@@ -341,10 +341,11 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     try:
         while len(columns["doc_id"]) < cfg.n_prefixes:
             kept = len(columns["doc_id"])
-            # Size the shard from the keep rate seen so far, so a small dataset labels few spare candidates;
-            # candidates are decoded in groups of equal length, so a shard must be large enough to fill them.
+            # Size the shard from the keep rate seen so far, so a small dataset labels few spare candidates
+            # (none without the filter); candidates are decoded in groups of equal length, so a shard must be
+            # large enough to fill them.
             rate = n_passed / n_candidates if n_candidates else 0.5
-            wanted = int(1.2 * (cfg.n_prefixes - kept) / max(rate, 0.05)) + 1
+            wanted = int(1.2 * (cfg.n_prefixes - kept) / max(rate, 0.05)) + 1 if cfg.filter_correct else cfg.n_prefixes - kept
             try:
                 if n_candidates >= max_candidates:
                     raise FutureLensError(
