@@ -314,7 +314,7 @@ def resume_note(out: str | os.PathLike) -> str:
 
 
 def _advance(bar: Any, n: int) -> None:
-    if n != bar.n:
+    if n > bar.n:
         bar.update(n - bar.n)
 
 
@@ -323,9 +323,9 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
 
     Streams the corpus and labels in resumable shards (see the module docstring): after a kill or
     Ctrl-C (`Interrupted`), the same call resumes after the last finished shard. The progress bar
-    counts kept prefixes against ``n_prefixes`` (within a shard, estimated from the keep rate so
-    far), with the candidates labelled, the rate and the time left; its total stays the same across
-    a resume.
+    counts kept prefixes against ``n_prefixes`` (exactly, as each group of equal-length candidates
+    is labelled), with the candidates labelled, the rate and the time left; its total stays the
+    same across a resume.
     """
     from tqdm.auto import tqdm
 
@@ -364,15 +364,17 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
                         tqdm.write(f"Resuming the build in {work}: {k} labelled shard(s) kept.")
                     bar = tqdm(total=cfg.n_prefixes, initial=kept, desc="Labelling (kept)", unit="prefix",
                                disable=not progress, smoothing=0.1)
-                estimate = 1.0 if not cfg.filter_correct else rate
-                done = [0]
+                labelled, passed = [0], [0]
 
-                def labelled(rows: int, kept=kept, estimate=estimate) -> None:
-                    done[0] += rows
-                    _advance(bar, min(kept + int(done[0] * estimate), cfg.n_prefixes))
-                    bar.set_postfix_str(f"{n_candidates + done[0]} candidates", refresh=False)
+                def chunk_done(rows: int) -> None:
+                    labelled[0] += rows
+                    bar.set_postfix_str(f"{n_candidates + labelled[0]} candidates")
 
-                targets = _label(lm, pool, cfg, labelled)
+                def group_done(candidates: list, group: list, kept=kept) -> None:
+                    passed[0] += sum(not cfg.filter_correct or t[0] == c[3][0] for c, t in zip(candidates, group))
+                    _advance(bar, min(kept + passed[0], cfg.n_prefixes))
+
+                targets = _label(lm, pool, cfg, chunk_done, group_done)
                 _write_shard(path, pool, targets)
             k += 1
             n_candidates += len(pool)
@@ -434,16 +436,42 @@ def save_prefixes(columns: dict[str, list], meta: dict, out: str | os.PathLike) 
     return out
 
 
-def _label(lm: "LensModel", pool: list, cfg: DataConfig, progress: Callable[[int], Any] | None = None) -> list[list[int]]:
+def _label(
+    lm: "LensModel",
+    pool: list,
+    cfg: DataConfig,
+    progress: Callable[[int], Any] | None = None,
+    finished: Callable[[list, list], Any] | None = None,
+) -> list[list[int]]:
     """The greedy continuation (``n_max + 1`` tokens) of every candidate of a pool, in pool order.
 
     The whole continuation is decoded for every candidate, kept or not: with the KV cache the
     extra ``n_max`` tokens cost far less than the prefix itself, and one call per length group
-    beats a second pass over the kept ones.
+    beats a second pass over the kept ones. Locally, `greedy` is called once per group of equal
+    length — exactly the batches it would form over the whole pool, so the same results — and
+    ``finished(candidates, targets)`` hears of each group as it is done (the progress bar's kept
+    count); remotely the pool is one request.
     """
     from ..tracing import greedy
 
-    return greedy(lm, [c[2] for c in pool], cfg.n_max + 1, batch_size=cfg.batch_size, progress=progress).tolist()
+    prefixes = [c[2] for c in pool]
+    n = cfg.n_max + 1
+    if lm.remote:
+        targets = greedy(lm, prefixes, n, batch_size=cfg.batch_size, progress=progress).tolist()
+        if finished is not None:
+            finished(pool, targets)
+        return targets
+    groups: dict[int, list[int]] = {}
+    for i, prefix in enumerate(prefixes):
+        groups.setdefault(len(prefix), []).append(i)
+    out: list[list[int]] = [[] for _ in pool]
+    for members in groups.values():
+        part = greedy(lm, [prefixes[i] for i in members], n, batch_size=cfg.batch_size, progress=progress).tolist()
+        for i, target in zip(members, part):
+            out[i] = target
+        if finished is not None:
+            finished([pool[i] for i in members], part)
+    return out
 
 
 def load_prefixes(path: str | os.PathLike, tokenizer: Any = None) -> tuple[Any, dict]:

@@ -48,6 +48,14 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _same_but_out(a: Path, b: Path) -> bool:
+    """Two datasets with the same bytes, but for the output folder recorded in futurelens.json."""
+    fa, fb = _files(a), _files(b)
+    ma, mb = json.loads(fa.pop(P.META_FILE)), json.loads(fb.pop(P.META_FILE))
+    ma["config"].pop("out"), mb["config"].pop("out")
+    return fa == fb and ma == mb
+
+
 # --------------------------------------------------------------------------- streaming
 
 
@@ -182,13 +190,13 @@ def test_ctrl_c_keeps_the_shards_and_the_resume_is_bit_identical(tiny, tmp_path,
     lm, _ = tiny("llama")
     whole = build_prefixes(lm, _cfg(tmp_path / "whole", corpus, n_prefixes=40), progress=False)
 
-    calls = []
+    rows = []  # candidates labelled (greedy runs once per group of equal length)
     real = futurelens.tracing.greedy
 
     def interrupted_greedy(*a, **kw):
-        calls.append(len(a[1]))
-        if len(calls) == 3:
+        if sum(rows) >= 19:  # some groups into the third shard of 8
             raise KeyboardInterrupt
+        rows.append(len(a[1]))
         return real(*a, **kw)
 
     monkeypatch.setattr(futurelens.tracing, "greedy", interrupted_greedy)
@@ -198,17 +206,21 @@ def test_ctrl_c_keeps_the_shards_and_the_resume_is_bit_identical(tiny, tmp_path,
         build_prefixes(lm, _cfg(out, corpus, n_prefixes=40), progress=True)
     assert not out.exists() and len(list(partial_dir(out).glob("shard-*.parquet"))) == 2
     assert "Kept 2 labelled shard(s)" in P.resume_note(out)
+    labelled = sum(rows)
 
-    calls.clear()
-    monkeypatch.setattr(futurelens.tracing, "greedy", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
+    rows.clear()
+    monkeypatch.setattr(futurelens.tracing, "greedy", lambda *a, **kw: rows.append(len(a[1])) or real(*a, **kw))
     with pytest.raises(fl.FutureLensError, match="other settings .*n_prefixes.* differ"):
         build_prefixes(lm, _cfg(out, corpus, n_prefixes=41), progress=False)
     build_prefixes(lm, _cfg(out, corpus, n_prefixes=40), progress=True)
-    assert calls == [8, 8, 8], "only the three missing shards are labelled again"
-    assert _files(out) == {k: v.replace(b"whole", b"resumed") if k == P.META_FILE else v for k, v in _files(whole).items()}
+    assert sum(rows) == 24, "only the three missing shards are labelled again"
+    assert _same_but_out(out, whole)
     first, second = bars.bars
     assert first["total"] == second["total"] == 40  # a stable total across the resume
-    assert first["initial"] == 0 and second["initial"] == 16 and second["final"] == 40
+    # Within a shard the kept count moves as each group of equal length is labelled (no filter: all are kept).
+    assert first["initial"] == 0 and first["final"] == labelled > 16
+    assert first["postfix"][-1] == f"{labelled} candidates"
+    assert second["initial"] == 16 and second["final"] == 40
     assert second["postfix"][-1] == "40 candidates"
     assert not partial_dir(out).exists()
 
@@ -218,13 +230,13 @@ def test_corrupt_or_foreign_shards_are_not_trusted(tiny, tmp_path, corpus, monke
     cfg = _cfg(tmp_path / "x", corpus, n_prefixes=16)
     whole = _files(build_prefixes(lm, cfg, progress=False))
     work = partial_dir(cfg.out)
-    calls = []
+    rows = []
     real = futurelens.tracing.greedy
 
     def stop_after_two(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
+        if sum(rows) >= 16:
             raise KeyboardInterrupt
+        rows.append(len(a[1]))
         return real(*a, **kw)
 
     monkeypatch.setattr(futurelens.tracing, "greedy", stop_after_two)
@@ -276,20 +288,32 @@ def test_killed_build_resumes_to_a_bit_identical_dataset(tiny, tokenizer, tmp_pa
     # The uninterrupted build and the resume run in this process, on the same saved weights.
     lm = fl.load_model(str(model_dir))
     args = dict(source=corpus, out="data", n_prefixes=96, batch_size=4, shard_size=8, buffer_tokens=600)
-    calls = {"whole": 0, "killed": 0}
+    rows = {"whole": 0, "killed": 0}  # candidates labelled by each run
     real = futurelens.tracing.greedy
     cwd = os.getcwd()
     try:
         for folder in ("whole", "killed"):
-            monkeypatch.setattr(futurelens.tracing, "greedy", lambda *a, folder=folder, **kw: calls.__setitem__(
-                folder, calls[folder] + 1) or real(*a, **kw))
+            monkeypatch.setattr(futurelens.tracing, "greedy", lambda *a, folder=folder, **kw: rows.__setitem__(
+                folder, rows[folder] + len(a[1])) or real(*a, **kw))
             os.chdir(tmp_path / folder)
             cfg = DataConfig(model=str(model_dir), min_len=4, max_len=12, n_max=2, filter_correct=False,
                              test_fraction=0.3, **args)
             build_prefixes(lm, cfg, progress=False)
     finally:
         os.chdir(cwd)
-    assert calls == {"whole": 12, "killed": 12 - done}, "the re-run labels only the shards the kill lost"
+    assert rows == {"whole": 96, "killed": 8 * (12 - done)}, "the re-run labels only the shards the kill lost"
     whole, resumed = _files(tmp_path / "whole" / "data"), _files(tmp_path / "killed" / "data")
     assert whole == resumed and len(load_prefixes(tmp_path / "whole" / "data")[0]) == 96
     assert not work.exists()
+
+
+def test_remote_labels_a_shard_in_one_request_and_matches_local(tiny, tmp_path, corpus, monkeypatch):
+    lm, _ = tiny("gptj")
+    local = build_prefixes(lm, _cfg(tmp_path / "local", corpus, n_prefixes=16), progress=False)
+    calls = []
+    real = futurelens.tracing.greedy
+    monkeypatch.setattr(futurelens.tracing, "greedy", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
+    lm.remote = "local"  # NDIF's serialisation path, in this process
+    remote = build_prefixes(lm, _cfg(tmp_path / "remote", corpus, n_prefixes=16), progress=True)
+    assert calls == [8, 8]  # one request per shard, not one per length group
+    assert _same_but_out(remote, local)
