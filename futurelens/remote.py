@@ -272,6 +272,8 @@ _SERVED_TEXT = re.compile(
     r"|model .{0,80}not (currently )?(deployed|running|served|available|found)",
     re.IGNORECASE,
 )
+# A job of futurelens.server refusing what it cannot do where it runs (e.g. training in NDIF's sandbox).
+_OWN_TEXT = re.compile(r"\[futurelens\] ([^\n]+)")
 _UNAVAILABLE_TEXT = re.compile(r"service (temporarily )?unavailable|bad gateway|not ready yet", re.IGNORECASE)
 _LIMIT_TEXT = re.compile(
     r"longer than timeout|time ?limit|timed? ?out|too large|exceed(s|ed)? (the )?(max|limit)|out of memory|\boom\b",
@@ -400,6 +402,9 @@ def translate(exc: BaseException, model_id: str) -> FutureLensError | None:
     detail = _detail(exc)
     key = api_key()
 
+    own = _OWN_TEXT.search(text)
+    if own:  # futurelens' own server-side refusal: its sentence is the message
+        return FutureLensError(redact(f"{own.group(1).strip()} (model {model_id!r})"))
     # Order matters: the hub answers 401 for unknown repos, and an auth or version
     # refusal can mention timeouts or sizes, so the specific causes go first.
     if any(_from(e, "huggingface_hub") and not _is_network(e) for e in chain):

@@ -74,9 +74,9 @@ def test_interrupted_training_resumes_to_the_same_prompt(tiny_cache, tmp_path, m
     lm, _, cache = tiny_cache("llama", n=40)
     whole, whole_losses = train_prompt(lm, cache, 2, _cfg(tmp_path, out=str(tmp_path / "a"), grad_accum=2,
                                                           checkpoint_every=1), progress=False)
-    import futurelens.train as train_mod
+    import futurelens.server.jobs as jobs
 
-    real, calls = train_mod.prompt_loss, {"n": 0}
+    real, calls = jobs.prompt_loss, {"n": 0}
 
     def dies_after_five(*args, **kw):
         calls["n"] += 1
@@ -85,11 +85,11 @@ def test_interrupted_training_resumes_to_the_same_prompt(tiny_cache, tmp_path, m
         return real(*args, **kw)
 
     cfg = _cfg(tmp_path, out=str(tmp_path / "b"), grad_accum=2, checkpoint_every=1)
-    monkeypatch.setattr(train_mod, "prompt_loss", dies_after_five)
+    monkeypatch.setattr(jobs, "prompt_loss", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         train_prompt(lm, cache, 2, cfg, progress=False)
     assert (tmp_path / "b" / "layer-2.ckpt.pt").exists() and not (tmp_path / "b" / "layer-2.safetensors").exists()
-    monkeypatch.setattr(train_mod, "prompt_loss", real)
+    monkeypatch.setattr(jobs, "prompt_loss", real)
     resumed, resumed_losses = train_prompt(lm, cache, 2, cfg, progress=False)
     assert torch.equal(resumed, whole) and resumed_losses == whole_losses
     assert not (tmp_path / "b" / "layer-2.ckpt.pt").exists()

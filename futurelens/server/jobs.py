@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .traces import decode, device_of, greedy_rows, patched_logits, read_states, rollout, row_states
+from .traces import decode, device_of, greedy_rows, patched_logits, read_states, rollout, row_states, weightless
 
 
 # --------------------------------------------------------------------------- inputs
@@ -192,6 +192,14 @@ def train_steps(model, spec, prompt, optimizer_state, grad, pending, batches, se
     out, so a run split into many requests takes exactly the steps one request would.
     Returns ``(prompt, optimizer_state, grad, pending, [(epoch, i, step loss)])``.
     """
+    if weightless(model):
+        # NDIF's sandbox runs the block in a process of its own and passes activations over a socket: no gradient
+        # comes back to the prompt, so training there would silently not train.
+        raise RuntimeError(
+            "[futurelens] Soft-prompt training needs gradients through the model, which NDIF's sandbox (the way NDIF "
+            "runs requests from keys it does not trust) cannot provide. Ask NDIF for a trusted key, or train locally "
+            "(remote=False) and evaluate remotely."
+        )
     device = device_of(model)
     param = prompt.detach().clone().to(device).requires_grad_(True)
     optimizer = make_optimizer([param], settings)

@@ -27,10 +27,23 @@ def envoy_at(model, path):
     return obj
 
 
-def device_of(model):
-    """Where inputs must go. A weightless model (NDIF's sandbox runner) reports meta: inputs stay on the CPU there."""
+def weightless(model):
+    """Whether this process holds the model without weights: NDIF's sandbox runner (untrusted keys), where the
+    block runs in a process of its own and the real model is driven over a socket."""
     device = model.device
-    return torch.device("cpu") if device is None or device.type == "meta" else device
+    return device is None or device.type == "meta"
+
+
+def device_of(model):
+    """Where inputs must go: the model's device; the CPU in NDIF's sandbox runner (its model is on meta)."""
+    return torch.device("cpu") if weightless(model) else model.device
+
+
+def stop(tracer, model):
+    """End a trace once what it reads is read. Not in NDIF's sandbox runner: there a session cannot run
+    another trace after a stopped one, so the forward runs to its end."""
+    if not weightless(model):
+        tracer.stop()
 
 
 def dtype_of(model, spec):
@@ -86,7 +99,7 @@ def decode(model, spec, hidden):
                      remote=spec["remote"]) as tracer:
         x = envoy_at(model, spec["final_norm"])(hidden) if spec["final_norm"] is not None else hidden
         logits = head_after_norm(model, spec, x).save()
-        tracer.stop()
+        stop(tracer, model)
     return logits
 
 
@@ -121,7 +134,7 @@ def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
             if with_final and layer == n_layers:
                 final = hidden[batch[:, None], span].save()
         stacked = torch.stack(states).save()
-        tracer.stop()
+        stop(tracer, model)
     order = sorted(set(wanted))
     index = torch.tensor([order.index(layer) for layer in wanted], device=stacked.device)
     return stacked.index_select(0, index).cpu(), None if final is None else final.cpu()
@@ -135,7 +148,7 @@ def row_states(model, spec, ids, wanted):
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
         states = [layer_hidden(embed, blocks, layer, spec["is_tuple"])[0] for layer in read]
         stacked = torch.stack(states).save()
-        tracer.stop()
+        stop(tracer, model)
     index = torch.tensor([read.index(layer) for layer in wanted], device=stacked.device)
     return stacked.index_select(0, index)
 
@@ -210,7 +223,7 @@ def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads)
         # Unembed only the read positions, then stop: the model's own head would
         # materialise [B, T, vocab] logits, most of them never read.
         logits = head_after_norm(model, spec, final[:, read_index]).save()
-        tracer.stop()
+        stop(tracer, model)
     return logits
 
 
@@ -273,7 +286,7 @@ def prefix_cache(model, spec, ids, soft_prompt):
         write_patch(embed, blocks, [], 0, soft_prompt, spec["is_tuple"])
         # The cache is complete once the last block has run: skip the final norm and the head.
         blocks[spec["n_layers"] - 1].output
-        tracer.stop()
+        stop(tracer, model)
     return past
 
 
@@ -311,6 +324,8 @@ def rollout(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size
     int or per-row ints. Rows whose context before ``position`` is the same share it: that
     prefix runs once and its key/value cache is copied to each chunk.
     """
+    if weightless(model):
+        return rollout_by_forwards(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size, progress)
     ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
     batch = ids.shape[0]
     shared = shared_prefix(model, spec, ids, soft_prompt, position, chunk_size)
@@ -334,6 +349,32 @@ def rollout(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size
             rest = None if soft is None or position >= soft.shape[1] else soft[:, position:]
             got = patched_rollout(model, spec, ids[rows], groups, 0, rest, n, past)
         out_ids[rows.cpu()], out_probs[rows.cpu()] = got[0].cpu(), got[1].float().cpu()
+        if progress is not None:
+            progress(len(rows))
+    return out_ids, out_probs
+
+
+def rollout_by_forwards(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size, progress):
+    """`rollout` as ``n`` full patched forwards of the growing context, without ``generate``.
+
+    For NDIF's sandbox runner, where a patch written inside ``generate`` does not reach the
+    tokens it picks (measured against NDIF's sandbox code): greedy decoding of a re-run of
+    the whole context with the patch held in place is the same computation, without the cache.
+    """
+    batch = ids.shape[0]
+    out_ids = torch.empty(batch, n, dtype=torch.long)
+    out_probs = torch.empty(batch, n)
+    for start in range(0, batch, chunk_size):
+        rows = list(range(start, min(start + chunk_size, batch)))
+        layers = layer if isinstance(layer, int) else [layer[i] for i in rows]
+        context = ids[rows]
+        soft = None if soft_prompt is None else soft_prompt[rows]
+        for step in range(n):
+            logits = patched_logits(model, spec, context, layers, state[rows], soft, position, [context.shape[1] - 1])[:, 0]
+            probs = torch.softmax(logits.float(), dim=-1)
+            top_p, top_i = probs.max(dim=-1)
+            out_ids[rows, step], out_probs[rows, step] = top_i.cpu(), top_p.cpu()
+            context = torch.cat([context, top_i.cpu()[:, None]], dim=1)
         if progress is not None:
             progress(len(rows))
     return out_ids, out_probs
