@@ -257,46 +257,34 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
 
 def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_size: int, dtype, bar) -> dict:
     """All tensors of one shard; batches are length-sorted within the shard only, so a shard never
-    depends on what was computed before it (the basis of bit-identical resumption). Remotely the
-    shard is one request (`futurelens.remote.run_job`)."""
+    depends on what was computed before it (the basis of bit-identical resumption). Remotely a
+    shard is as many requests as keep each result under ``lm.max_request_mb``."""
     import torch
 
     from ..remote import run_job
+    from ..server import jobs
 
     columns = rows.to_dict()  # plain lists: they travel with a remote request, datasets' lazy columns would not
     prefixes, targets = columns["prefix_ids"], columns["target_ids"]
     n_max = len(targets[0]) - 1
     conts = [t[:n_max] for t in targets]
-    states, final = run_job(lm, _shard_states, prefixes, conts, layers, batch_size, dtype, None if lm.remote else bar.update)
     if lm.remote:
-        bar.update(len(ids))
+        # Results are the big part of a cache request: rows per request so each stays under lm.max_request_mb.
+        row_bytes = (len(layers) + n_max + 1) * lm.d_model * torch.empty(0, dtype=dtype).element_size()
+        step = max(1, int(lm.max_request_mb * 2**20 // row_bytes))
+        parts = []
+        for a in range(0, len(prefixes), step):
+            parts.append(run_job(lm, jobs.cache_shard, prefixes[a : a + step], conts[a : a + step], layers, batch_size, dtype, None))
+            bar.update(len(parts[-1][1]))
+        states, final = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 0)
+    else:
+        states, final = run_job(lm, jobs.cache_shard, prefixes, conts, layers, batch_size, dtype, bar.update)
     tensors = {f"layer.{layer}": states[i] for i, layer in enumerate(layers)}
     tensors["final"] = final
     tensors["target"] = torch.tensor(targets, dtype=torch.long)
     tensors["last_token"] = torch.tensor([p[-1] for p in prefixes], dtype=torch.long)
     tensors["row"] = torch.tensor(ids, dtype=torch.long)
     return tensors
-
-
-def _shard_states(lm: "LensModel", prefixes: list, conts: list, layers: list[int], batch_size: int, dtype, progress):
-    """``states [len(layers), n, d]`` and ``final [n, n_max + 1, d]`` for one shard's rows, in row order."""
-    import torch
-
-    from ..tracing import cache_ahead
-
-    n = len(prefixes)
-    states = torch.empty(len(layers), n, lm.d_model, dtype=dtype)
-    final = torch.empty(n, len(conts[0]) + 1, lm.d_model, dtype=dtype)
-    order = sorted(range(n), key=lambda i: len(prefixes[i]))
-    with torch.no_grad():
-        for a in range(0, n, batch_size):
-            batch = order[a : a + batch_size]
-            s, f = cache_ahead(lm, [prefixes[i] for i in batch], [conts[i] for i in batch], layers)
-            states[:, batch] = s.to("cpu", dtype)
-            final[batch] = f.to("cpu", dtype)
-            if progress is not None:
-                progress(len(batch))
-    return states, final
 
 
 # --------------------------------------------------------------------------- reading
