@@ -492,7 +492,7 @@ def request_spans(lm: Any, items: list, fixed: Any = None) -> list[tuple[int, in
         nbytes = payload_bytes(item)
         if base + nbytes > limit:
             raise FutureLensError(
-                f"One item of this job carries {(base + nbytes) / 2**20:.1f} MB, over the request bound "
+                f"One item of this job carries {(base + nbytes) / 2**20:.3g} MB, over the request bound "
                 f"lm.max_request_mb={lm.max_request_mb:g}: use a smaller batch_size, or raise lm.max_request_mb."
             )
         if i > start and size + nbytes > limit:
@@ -518,7 +518,7 @@ def run_job(lm: Any, fn: Any, *args: Any) -> Any:
     size = payload_bytes(args)
     if size > lm.max_request_mb * 2**20:
         raise FutureLensError(
-            f"This request would send {size / 2**20:.1f} MB to NDIF, over lm.max_request_mb={lm.max_request_mb:g}: "
+            f"This request would send {size / 2**20:.3g} MB to NDIF, over lm.max_request_mb={lm.max_request_mb:g}: "
             "pass fewer or shorter inputs per call (a smaller batch or chunk), or raise lm.max_request_mb."
         )
     import nnsight

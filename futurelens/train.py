@@ -224,7 +224,7 @@ def train_prompt(
     from tqdm.auto import tqdm
 
     from .methods.base import plain_batch
-    from .remote import run_job
+    from .remote import payload_bytes, run_job
     from .server import jobs
 
     if cfg.loss not in ("kl", "ce"):
@@ -274,12 +274,13 @@ def train_prompt(
                 yield epoch, i, i == n_batches - 1, plain_batch(batch)
 
     def chunks():
-        chunk, size = [], 0
+        # What travels with every request besides its batches: the prompt and the optimizer's carried state.
+        chunk, size = [], payload_bytes((prompt, carried))
         for item in remaining():
             nbytes = _batch_bytes(item[3])
             if chunk and (len(chunk) >= cfg.checkpoint_every or size + nbytes > limit):
-                yield chunk
-                chunk, size = [], 0
+                yield chunk  # the caller runs it and updates prompt and carried before the next one starts
+                chunk, size = [], payload_bytes((prompt, carried))
             chunk.append(item)
             size += nbytes
         if chunk:
@@ -291,15 +292,15 @@ def train_prompt(
         prompt, carried["optimizer"], carried["grad"], carried["pending"], steps = run_job(
             lm, jobs.train_steps, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, layer
         )
+        state["losses"] += [step_loss for _, _, step_loss in steps]
+        epoch, i, last, _ = chunk[-1]
+        state.update(epoch=epoch + 1, batch=0) if last else state.update(epoch=epoch, batch=i + 1)
+        checkpoint()  # before anything else can be interrupted: a finished request is never lost
         for _, _, step_loss in steps:
-            state["losses"].append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if log is not None:
                 log({f"train/loss_L{layer}": step_loss})
-        epoch, i, last, _ = chunk[-1]
-        state.update(epoch=epoch + 1, batch=0) if last else state.update(epoch=epoch, batch=i + 1)
         bar.update(len(chunk))
-        checkpoint()
     bar.close()
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"])
     ckpt_path.unlink(missing_ok=True)

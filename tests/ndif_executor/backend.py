@@ -41,7 +41,7 @@ class Server:
         )
         self.lock = threading.Lock()
         self.requests: list[dict] = []
-        """Every request sent: ``{"mode", "bytes"}``, for payload-size and request-count assertions."""
+        """Every request sent: ``{"mode", "bytes", "result"}`` (payload and result sizes), for bound and count assertions."""
 
     def call(self, message: dict) -> dict:
         data = pickle.dumps(message, protocol=4)
@@ -80,4 +80,5 @@ class ExecutorBackend(RemoteBackend):
         )
         if not reply["ok"]:
             raise RemoteError(reply["error"])
+        self.server.requests[-1]["result"] = len(reply["data"])
         return self.finalize(reply["data"])
