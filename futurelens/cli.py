@@ -368,28 +368,55 @@ _INTERRUPTED: dict[str, Callable[[Any], str]] = {
     "eval": lambda cfg: f"Nothing was written to {cfg.out} (results are written when every layer is scored); run the "
     "same command again.",
     "lens": lambda cfg: f"{cfg.out} was not written; run the same command again.",
+    "doctor": lambda cfg: "Nothing is kept by the checks; run the same command again.",
     "demo": lambda cfg: f"Every finished stage is kept under {cfg.out} and the cache and training keep their partial "
     "progress; run the same command again to resume.",
 }
 
 
-def _text_argument(fn, help: str):
-    """Make ``--text`` of a `command` wrapper the first positional argument: `futurelens lens "Marty McFly from"`."""
+def _doctor(cfg: Any, remote: bool = False) -> None:
+    from rich.console import Console
+
+    from . import doctor
+
+    if not remote:
+        raise FutureLensError(
+            "futurelens doctor checks the remote operations on NDIF: run it as `futurelens doctor MODEL --remote` "
+            "(with an NDIF API key set)."
+        )
+    console = Console()
+    lm = _load(cfg.model, remote=True)
+    results = doctor.run(lm, cfg.only, progress=lambda r: console.print(f"{'pass' if r.ok else 'FAIL'}  {r.name}"))
+    console.print(doctor.table(results, cfg.model))
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise FutureLensError(f"{len(failed)} of {len(results)} remote checks failed: {', '.join(failed)}.")
+    typer.echo(f"All {len(results)} remote checks passed on {cfg.model}.")
+
+
+def _positional(fn, name: str, help: str):
+    """Make option ``--<name>`` of a `command` wrapper its first positional argument."""
     import inspect
 
     sig = inspect.signature(fn)
     params = [
-        p.replace(default=typer.Argument(p.default.default, help=help, show_default=True)) if p.name == "text" else p
+        p.replace(default=typer.Argument(p.default.default, help=help, show_default=True)) if p.name == name else p
         for p in sig.parameters.values()
     ]
     fn.__signature__ = sig.replace(parameters=params)
     return fn
 
 
+def _text_argument(fn, help: str):
+    """Make ``--text`` of a `command` wrapper the first positional argument: `futurelens lens "Marty McFly from"`."""
+    return _positional(fn, "text", help)
+
+
 def _register() -> None:
     from .config import command, field_docs, option
     from .data.prefixes import DataConfig
     from .data.states import CacheConfig
+    from .doctor import DoctorConfig
     from .evaluate import EvalConfig
     from .lens.compute import LensConfig
     from .pipeline import PipelineConfig
@@ -419,6 +446,10 @@ def _register() -> None:
     )
     app.command("eval", help="Score all five methods per layer and N: results.csv and the paper's figure.")(
         cmd(EvalConfig, "eval", _eval)
+    )
+    app.command("doctor", help="Check every remote operation against NDIF on a served model (--remote): a pass/fail "
+                "table with request counts and bytes.")(
+        _positional(cmd(DoctorConfig, "doctor", _doctor), "model", field_docs(DoctorConfig)["model"])
     )
 
 

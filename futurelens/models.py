@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -259,9 +260,11 @@ def load_model(
         if remote is True:
             import nnsight
 
-            from .remote import check_remote_ready, install_redaction
+            from .remote import check_remote_ready, check_versions, install_redaction
 
             check_remote_ready(name)  # no key: say how to set one now, not after the first request
+            for message in check_versions():
+                warnings.warn(message, stacklevel=2)
             install_redaction()
             nnsight.register("futurelens")  # trace bodies call futurelens helpers: their source travels
         tok_kwargs = {k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")}

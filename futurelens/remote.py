@@ -103,6 +103,50 @@ def check_remote_ready(model_id: str, *, check_served: bool = False) -> None:
             raise FutureLensError(f"NDIF is not running {model_id!r} right now (running: {listed}). {_SERVED_HELP}")
 
 
+SERVER_PYTHON = "3.12-3.13"
+"""The Python NDIF's server package (``ndif`` 0.1.2, serving nnsight 0.8.x) runs on."""
+
+
+def check_versions(env: dict | None = None) -> list[str]:
+    """Compare this client's nnsight and Python with the NDIF server's (``nnsight.ndif.get_remote_env()``).
+
+    Raises a `FutureLensError` when the server's nnsight minor version differs from the
+    client's (requests would be refused or misread); returns warnings for skews that
+    futurelens' own requests survive (a different Python: they ship as source, but a
+    function of the caller's without source would ship as bytecode). An unreachable
+    server returns no warnings: the first request reports it.
+    """
+    import nnsight
+
+    if env is None:
+        try:
+            from nnsight import ndif
+
+            env = ndif.get_remote_env()
+        except Exception:  # noqa: BLE001 - offline or an older server: nothing to compare against here
+            return []
+    server = str((env.get("packages") or {}).get("nnsight") or "")
+    local = nnsight.__version__
+    if server and server.split(".")[:2] != local.split(".")[:2]:
+        raise FutureLensError(
+            f"NDIF serves nnsight {server}, this client has nnsight {local}: requests from one minor version are not "
+            f"read by another. futurelens supports nnsight 0.8.x: "
+            + ("upgrade futurelens to a release for that nnsight (or wait for NDIF to serve 0.8 again)."
+               if server.split(".")[:2] > local.split(".")[:2]
+               else "pip install -U 'nnsight>=0.8.1,<0.9'.")
+        )
+    warnings = []
+    remote_python = str(env.get("python_version") or "").split()[0]
+    local_python = sys.version.split()[0]
+    if remote_python and remote_python.split(".")[:2] != local_python.split(".")[:2]:
+        warnings.append(
+            f"NDIF runs Python {remote_python}, this client {local_python}. futurelens' own requests ship as source and "
+            "run there, but a function of yours without source (a dataclass method, code made by exec) would ship as "
+            f"CPython bytecode and can fail there: for your own code in remote traces use Python {SERVER_PYTHON}."
+        )
+    return warnings
+
+
 def _same_model(model_id: str, repo_id: str) -> bool:
     # nnsight canonicalises ids on the hub ("gpt2" -> "openai-community/gpt2"); without
     # asking the hub, accept an exact or owner-less match.

@@ -386,3 +386,33 @@ def test_safe_config_drops_secrets_recursively(with_key):
     assert safe["model"] == MODEL and safe["wandb"]["project"] == "futurelens" and safe["auth"][0]["user"] == "me"
     assert safe["tokenizer"] == {"pad_token": "<pad>", "max_new_tokens": 4}
     assert config["api_key"] == KEY  # the input is not modified
+
+
+# --------------------------------------------------------------------------- version skew
+
+
+def test_server_nnsight_of_another_minor_version_is_refused_with_what_to_do():
+    local = nnsight.__version__
+    newer = {"python_version": "3.12.1 (main)", "packages": {"nnsight": "0.9.0"}}
+    with pytest.raises(fl.FutureLensError, match=rf"NDIF serves nnsight 0.9.0, this client has nnsight {local}.*upgrade futurelens"):
+        remote.check_versions(newer)
+    older = {"python_version": "3.12.1", "packages": {"nnsight": "0.7.4"}}
+    with pytest.raises(fl.FutureLensError, match=r"pip install -U 'nnsight>=0.8.1,<0.9'"):
+        remote.check_versions(older)
+
+
+def test_same_nnsight_other_python_is_a_warning_naming_the_server_python(monkeypatch):
+    same = nnsight.__version__
+    monkeypatch.setattr(remote.sys, "version", "3.11.7 (main, Oct 1 2026)")
+    warnings = remote.check_versions({"python_version": "3.12.1 (main)", "packages": {"nnsight": same}})
+    assert len(warnings) == 1 and "NDIF runs Python 3.12.1, this client 3.11.7" in warnings[0] and "3.12-3.13" in warnings[0]
+    monkeypatch.setattr(remote.sys, "version", "3.12.4 (main)")
+    assert remote.check_versions({"python_version": "3.12.1 (main)", "packages": {"nnsight": same}}) == []
+
+
+def test_unreachable_env_endpoint_skips_the_check(monkeypatch):
+    def down(force_refresh=False):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(nnsight.ndif, "get_remote_env", down)
+    assert remote.check_versions() == []

@@ -9,7 +9,10 @@ one is the reference every result must equal.
 
 from __future__ import annotations
 
+import warnings
+
 import nnsight
+import nnsight.ndif
 import pytest
 from nnsight.modeling import huggingface
 from nnsight.modeling.mixins.remotable import Remotable
@@ -59,6 +62,9 @@ def ndif_pair(ndif_server, checkpoints, monkeypatch):
         return original(self, remote, blocking, job_id, verbose)
 
     monkeypatch.setattr(Remotable, "_remote_backend", backend)
+    served = ndif_server.env()  # what NDIF's GET /env reports, from the stand-in server's own interpreter
+    monkeypatch.setattr(nnsight.ndif, "get_remote_env", lambda force_refresh=False: {
+        "python_version": served["python"], "packages": {"nnsight": served["nnsight"], "torch": served["torch"]}})
 
     def make(kind: str, mode: str = "trusted"):
         folder = checkpoints(kind)
@@ -66,6 +72,10 @@ def ndif_pair(ndif_server, checkpoints, monkeypatch):
         huggingface._ID_CACHE[folder] = folder
         modes[folder] = mode
         ndif_server.requests.clear()
-        return fl.load_model(folder, remote=True), fl.load_model(folder)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            remote = fl.load_model(folder, remote=True)
+        remote.load_warnings = [str(w.message) for w in caught if "NDIF runs Python" in str(w.message)]
+        return remote, fl.load_model(folder)
 
     return make

@@ -8,6 +8,8 @@ requests are nnsight's real payloads, run by the ``ndif`` package's in-process e
 
 from __future__ import annotations
 
+import sys
+
 import cloudpickle
 import pytest
 import torch
@@ -46,6 +48,8 @@ def bytecode_functions(monkeypatch):
 def test_primitives_match_local(ndif_pair, ndif_server, bytecode_functions, kind):
     remote, local = ndif_pair(kind)
     assert remote.device.type == "meta"  # nothing of the model is here: the server has it
+    # The server's Python is 3.12: a client on another Python is told what that means for its own code.
+    assert bool(remote.load_warnings) == (sys.version_info[:2] != (3, 12))
 
     close(fl.cache(remote, PREFIXES, layers=[0, 2, 3]), fl.cache(local, PREFIXES, layers=[0, 2, 3]))
     (s_r, f_r), (s_l, f_l) = fl.cache_ahead(remote, PREFIXES, CONTS, layers=[1]), fl.cache_ahead(local, PREFIXES, CONTS, layers=[1])
