@@ -9,6 +9,7 @@ one is the reference every result must equal.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import nnsight
@@ -18,6 +19,7 @@ from nnsight.modeling import huggingface
 from nnsight.modeling.mixins.remotable import Remotable
 
 import futurelens as fl
+from futurelens import remote as remote_module
 
 from conftest import build_tiny
 from ndif_executor.backend import ExecutorBackend, Server
@@ -49,7 +51,18 @@ def checkpoints(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture
-def ndif_pair(ndif_server, checkpoints, monkeypatch):
+def restore_log_filters():
+    """load_model(remote=True) installs secret redaction on the root logger and its handlers: undo it afterwards."""
+    targets = [logging.getLogger(n) for n in remote_module._LOGGERS]
+    targets += [h for t in list(targets) for h in t.handlers]
+    saved = {id(t): list(t.filters) for t in targets}
+    yield
+    for t in targets:
+        t.filters[:] = saved[id(t)]
+
+
+@pytest.fixture
+def ndif_pair(ndif_server, checkpoints, monkeypatch, restore_log_filters):
     """``ndif_pair(kind, mode="trusted")`` -> (lm on the stand-in NDIF, the same model run here)."""
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", KEY)
     monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
