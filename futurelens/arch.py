@@ -1,20 +1,25 @@
 """Where an architecture keeps its pieces — the only module that knows architectures.
 
-Every decoder-only causal LM has the same four parts Future Lens needs: a token
-embedding, a stack of blocks, a final norm and an unembedding. They live under
-different names (``transformer.h`` in GPT-J, ``model.layers`` in Llama,
-``backbone.layers`` in Mamba ...), and some blocks return a tuple whose first
-element is the hidden state while others return the tensor itself. `detect`
-finds all of this from the module tree; `Arch` is the answer, and a user who
-knows better passes their own (``load_model(..., arch=Arch(...))`` or a dict of
-the fields to override).
+Every decoder-only causal LM has the same parts Future Lens needs: a token
+embedding, a stack of blocks, and a head that turns the residual stream into
+logits (a final norm, sometimes a projection, the unembedding, sometimes a
+scale or a soft cap on the logits). They live under different names
+(``transformer.h`` in GPT-J, ``model.layers`` in Llama, ``backbone.layers`` in
+Mamba ...), and some blocks return a tuple whose first element is the hidden
+state while others return the tensor itself. `detect` finds the paths from the
+module tree and the head's transform from the config; `probe` runs one forward
+to answer what only a forward can (tuple or tensor, how block 0 receives the
+residual stream, the residual width) and, on real weights, `check_head`
+verifies that the head futurelens applies reproduces the model's own logits.
+`Arch` is the answer; a user who knows better passes their own
+(``load_model(..., arch=Arch(...))`` or a dict of the fields to override).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from .errors import FutureLensError
 
@@ -24,20 +29,56 @@ BlockOutput = Literal["tensor", "tuple"]
 # siblings of the block list, so a per-block norm is never mistaken for it.
 _FINAL_NORM_NAMES = ("norm_f", "ln_f", "final_layer_norm", "final_layernorm", "norm", "final_norm")
 
+# A projection between the final norm and the unembedding, a sibling of the block list
+# (OPT with word_embed_proj_dim != hidden_size: ``model.decoder.project_out``).
+_PROJECT_OUT_NAMES = ("project_out",)
+
+# What a causal LM's forward multiplies its unembedding's output by, read from each model's
+# ``ForCausalLM.forward`` in transformers 5.22: model_type -> (config field, "mul" | "div").
+# Keyed by model type because one field name means opposite things: Granite divides by
+# ``logits_scaling``, HyperCLOVA X multiplies by it.
+_LOGIT_SCALE_FIELDS = {
+    "cohere": ("logit_scale", "mul"),
+    "cohere2": ("logit_scale", "mul"),
+    "cohere2_moe": ("logit_scale", "mul"),
+    "cohere_compass_text": ("logit_scale", "mul"),
+    "granite": ("logits_scaling", "div"),
+    "granite_swa": ("logits_scaling", "div"),
+    "granitemoe": ("logits_scaling", "div"),
+    "granitemoe_swa": ("logits_scaling", "div"),
+    "granitemoehybrid": ("logits_scaling", "div"),
+    "granitemoeshared": ("logits_scaling", "div"),
+    "falcon_h1": ("lm_head_multiplier", "mul"),
+    "hyperclovax": ("logits_scaling", "mul"),
+    # MiniCPM3 divides the hidden state before its bias-free lm_head: the same as dividing the logits.
+    "minicpm3": ("logits_scaling", "div"),
+}
+
+# Config fields that are a final logit soft cap ``c`` (logits = c * tanh(logits / c)) wherever they
+# appear: Gemma2/3/3n/4, VaultGemma, nanochat, Beam (``final_logit_softcapping``), RecurrentGemma
+# (``logits_soft_cap``), xLSTM (``output_logit_soft_cap``). None means no cap.
+_SOFTCAP_FIELDS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+
 
 @dataclass(frozen=True)
 class Arch:
-    """Dotted module paths (as in ``model.named_modules()``) of the four parts.
+    """Dotted module paths (as in ``model.named_modules()``) of the parts, and the head's transform.
 
-    Layer convention used everywhere in futurelens: layer ``0`` is the output of
-    ``embed``; layer ``L`` (1 ≤ L ≤ ``n_layers``) is the output of block ``L-1``,
-    i.e. the residual stream after ``L`` blocks, *before* the final norm.
+    Layer convention used everywhere in futurelens: layer ``0`` is the residual stream
+    that enters block 0 (block 0's input hidden state: after position embeddings, an
+    embedding norm or scale, OPT's ``project_in`` — what ``output_hidden_states[0]``
+    holds); layer ``L`` (1 ≤ L ≤ ``n_layers``) is the output of block ``L-1``, i.e. the
+    residual stream after ``L`` blocks, *before* the final norm. A soft prompt is written
+    where the model embeds tokens: over the output of ``embed``.
+
+    The head, from a layer-``L`` state to logits, is ``final_norm`` → ``project_out`` →
+    ``unembed`` → ``* logit_scale`` → ``logit_softcap``, each step only where the model has it.
     """
 
     blocks: str
     """Path of the ``ModuleList`` holding the decoder blocks (e.g. ``model.layers``)."""
     embed: str
-    """Path of the token embedding (e.g. ``model.embed_tokens``)."""
+    """Path of the token embedding (e.g. ``model.embed_tokens``); the soft prompt replaces its output."""
     final_norm: str | None
     """Path of the norm applied after the last block (``None`` if the model has none)."""
     unembed: str
@@ -54,6 +95,8 @@ class Arch:
     ``1/logits_scaling``, FalconH1 ``lm_head_multiplier``); None for none."""
     logit_softcap: float | None = None
     """Final logit soft cap ``c`` (``logits = c * tanh(logits / c)``, Gemma2's ``final_logit_softcapping``); None for none."""
+    block_input: Union[int, str] = 0
+    """Where block 0 receives the residual stream (layer 0): a positional index, or a keyword name."""
 
     def replace(self, **changes: Any) -> "Arch":
         return dataclasses.replace(self, **changes)
@@ -90,26 +133,70 @@ def _n_layers_from_config(config: Any) -> int | None:
     return None
 
 
-def _find_final_norm(modules: dict[str, Any], blocks: str) -> str | None:
+def _parent(model: Any, blocks: str) -> tuple[Any, str]:
     parent = blocks.rpartition(".")[0]
-    prefix = f"{parent}." if parent else ""
+    return (model.get_submodule(parent) if parent else model), (f"{parent}." if parent else "")
+
+
+def _find_final_norm(model: Any, modules: dict[str, Any], blocks: str) -> tuple[str | None, bool]:
+    """``(path of the final norm, whether the model says it has none)``.
+
+    A model without one says so by holding ``None`` under a final-norm name next to its
+    blocks (OPT with ``do_layer_norm_before=False``, the opt-350m layout: ``final_layer_norm = None``).
+    """
+    parent, prefix = _parent(model, blocks)
     for name in _FINAL_NORM_NAMES:
         if prefix + name in modules:
-            return prefix + name
+            return prefix + name, False
     # Fall back on any norm-like sibling of the block list.
     for name, module in modules.items():
-        if name.rpartition(".")[0] == parent and "norm" in type(module).__name__.lower():
-            return name
-    return None
+        if name.rpartition(".")[0] == prefix.rstrip(".") and "norm" in type(module).__name__.lower():
+            return name, False
+    return None, any(getattr(parent, name, 0) is None for name in _FINAL_NORM_NAMES)
+
+
+def _find_project_out(model: Any, modules: dict[str, Any], blocks: str) -> str | None:
+    _, prefix = _parent(model, blocks)
+    return next((prefix + n for n in _PROJECT_OUT_NAMES if prefix + n in modules), None)
+
+
+def _text_config(model: Any) -> Any:
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    return get_text() if callable(get_text) else config
+
+
+def logit_transform(config: Any) -> dict[str, float | None]:
+    """``{"logit_scale": s, "logit_softcap": c}`` that a model's forward applies after its unembedding, from its config.
+
+    Read from each model's ``ForCausalLM.forward`` in transformers 5.22 (see ``_LOGIT_SCALE_FIELDS``,
+    ``_SOFTCAP_FIELDS``); None where the model applies none. A scale of exactly 1 is None.
+    """
+    scale = None
+    field = _LOGIT_SCALE_FIELDS.get(getattr(config, "model_type", None))
+    if field is not None:
+        value = getattr(config, field[0], None)
+        if value is not None:
+            value = float(value) if field[1] == "mul" else 1.0 / float(value)
+            scale = None if value == 1.0 else value
+    cap = None
+    for name in _SOFTCAP_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None:
+            cap = float(value)
+            break
+    return {"logit_scale": scale, "logit_softcap": cap}
 
 
 def detect(model: Any, override: Arch | dict | None = None) -> Arch:
-    """Find the four parts of ``model`` (a ``transformers`` causal LM, possibly on the meta device).
+    """Find the parts of ``model`` (a ``transformers`` causal LM, possibly on the meta device).
 
-    ``override`` is either a complete `Arch` (used as is, after validation) or a
-    dict of fields that replace what detection found. The tuple-or-tensor
-    question needs a forward pass, so it is answered by `probe_block_output`;
-    here it defaults to ``"tensor"`` unless overridden.
+    Paths come from the module tree (``get_input_embeddings``, ``get_output_embeddings``, the
+    block list and its siblings), the logit scale and soft cap from the config (`logit_transform`).
+    ``override`` is either a complete `Arch` (used as is, after validation) or a dict of fields
+    that replace what detection found. The questions that need a forward pass (tuple or tensor,
+    how block 0 takes its input) are answered by `probe`; here they keep their defaults unless
+    overridden.
 
     Raises:
         FutureLensError: naming the part that could not be found and the override that supplies it.
@@ -132,16 +219,29 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
     get_out = getattr(model, "get_output_embeddings", None)
     found["embed"] = override.get("embed") or (_path_of(modules, get_in()) if get_in else None)
     found["unembed"] = override.get("unembed") or (_path_of(modules, get_out()) if get_out else None)
+    no_final_norm = False
     if "final_norm" in override:
         found["final_norm"] = override["final_norm"]
+    elif found["blocks"]:
+        found["final_norm"], no_final_norm = _find_final_norm(model, modules, found["blocks"])
     else:
-        found["final_norm"] = _find_final_norm(modules, found["blocks"]) if found["blocks"] else None
+        found["final_norm"] = None
+    if "project_out" in override:
+        found["project_out"] = override["project_out"]
+    else:
+        found["project_out"] = _find_project_out(model, modules, found["blocks"]) if found["blocks"] else None
+    transform = logit_transform(_text_config(model))
+    for key in ("logit_scale", "logit_softcap"):
+        found[key] = override[key] if key in override else transform[key]
     found["block_output"] = override.get("block_output", "tensor")
+    found["block_input"] = override.get("block_input", 0)
     # transformers marks models whose past is a recurrent state (Mamba, Jamba, ...) as stateful.
     found["kv_cache"] = override.get("kv_cache", not getattr(model, "_is_stateful", False))
 
-    # A final norm of None is fine only when the user said so explicitly.
+    # A final norm of None is fine when the user said so, or the model says it has none.
     missing = [k for k in ("blocks", "embed", "final_norm", "unembed") if not found[k] and k not in override]
+    if no_final_norm:
+        missing.remove("final_norm")
     if missing:
         raise FutureLensError(
             f"Could not find the {', '.join(missing)} of {type(model).__name__}: "
@@ -157,12 +257,12 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
 
 
 def validate(arch: Arch, modules: dict[str, Any]) -> None:
-    """Check every path in ``arch`` names a module; raise a FutureLensError naming the bad one."""
+    """Check every path in ``arch`` names a module and every flag is valid; raise a FutureLensError naming the bad one."""
     import torch
 
-    for field in ("blocks", "embed", "final_norm", "unembed"):
+    for field in ("blocks", "embed", "final_norm", "unembed", "project_out"):
         path = getattr(arch, field)
-        if path is None and field == "final_norm":
+        if path is None and field in ("final_norm", "project_out"):
             continue
         if path not in modules:
             near = [n for n in modules if n and n.rsplit(".", 1)[-1] == str(path).rsplit(".", 1)[-1]]
@@ -177,22 +277,168 @@ def validate(arch: Arch, modules: dict[str, Any]) -> None:
         raise FutureLensError(f"arch.kv_cache must be True or False, not {arch.kv_cache!r}.")
     if arch.block_output not in ("tensor", "tuple"):
         raise FutureLensError(f"arch.block_output must be 'tensor' or 'tuple', not {arch.block_output!r}.")
+    if isinstance(arch.block_input, bool) or not isinstance(arch.block_input, (int, str)):
+        raise FutureLensError(f"arch.block_input must be a positional index or a keyword name, not {arch.block_input!r}.")
+    for field in ("logit_scale", "logit_softcap"):
+        value = getattr(arch, field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0):
+            raise FutureLensError(f"arch.{field} must be a nonzero number or None, not {value!r}.")
 
 
-def probe_block_output(model: Any, arch: Arch) -> BlockOutput:
-    """Run one token through ``model`` with a forward hook on block 0 and report its output type.
+# --------------------------------------------------------------------------- what a forward tells
 
-    Works on real weights and on the meta device alike (a meta forward computes shapes only).
+
+@dataclass
+class Probe:
+    """What one short forward of the model shows (`probe`)."""
+
+    block_output: BlockOutput
+    """Whether block 0 returned a tuple or a tensor."""
+    block_input: Union[int, str] | None
+    """Where block 0 received the residual stream (positional index or keyword), None if no argument was it."""
+    d_model: int
+    """Width of the residual stream: of the blocks' hidden states."""
+    embed_dim: int
+    """Width of the embedding output (what a soft prompt is made of); differs from d_model in OPT-350m."""
+    widths: tuple[int, int, int]
+    """Widths of block 0's input, block 0's output and the last block's output."""
+    last_hidden: Any
+    """The last block's hidden state ``[1, T, d]`` (what the head turns into the logits)."""
+    logits: Any
+    """The model's own logits ``[1, T, vocab]``."""
+
+
+def _hidden_arg(args: tuple, kwargs: dict, n_tokens: int) -> Union[int, str] | None:
+    """Which argument of a block call is the ``[1, T, d]`` hidden state: an index, a keyword, or None."""
+    import torch
+
+    def is_hidden(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.dim() == 3 and tuple(x.shape[:2]) == (1, n_tokens) and x.is_floating_point()
+
+    if args and is_hidden(args[0]):
+        return 0
+    if is_hidden(kwargs.get("hidden_states")):
+        return "hidden_states"
+    for i, a in enumerate(args):
+        if is_hidden(a):
+            return i
+    return next((k for k, v in kwargs.items() if is_hidden(v)), None)
+
+
+def probe(model: Any, arch: Arch) -> Probe:
+    """Run two tokens through ``model`` with hooks on the embedding and the blocks; report what they saw.
+
+    Works on real weights and on the meta device alike (a meta forward computes shapes only;
+    then ``logits`` and ``last_hidden`` hold no values).
     """
     import torch
 
-    seen: list[Any] = []
-    block = _named(model)[arch.blocks][0]
-    handle = block.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    modules = _named(model)
+    blocks = modules[arch.blocks]
+    seen: dict[str, Any] = {}
+    n_tokens = 2
+
+    def on_input(_m: Any, args: tuple, kwargs: dict) -> None:
+        seen.setdefault("input", (args, kwargs))
+
+    def first(key: str):
+        return lambda _m, _i, out: seen.setdefault(key, out)
+
+    handles = [
+        modules[arch.embed].register_forward_hook(first("embed")),
+        blocks[0].register_forward_pre_hook(on_input, with_kwargs=True),
+        blocks[0].register_forward_hook(first("block0")),
+        blocks[len(blocks) - 1].register_forward_hook(first("last")),
+    ]
     try:
         device = next(model.parameters()).device
+        vocab = int(modules[arch.unembed].weight.shape[0]) if hasattr(modules[arch.unembed], "weight") else 2
+        ids = (torch.arange(1, n_tokens + 1) % max(vocab, 1))[None].to(device)
         with torch.no_grad():
-            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
+            logits = model(input_ids=ids).logits
     finally:
-        handle.remove()
-    return "tuple" if isinstance(seen[0], tuple) else "tensor"
+        for h in handles:
+            h.remove()
+    missing = [k for k in ("embed", "input", "block0", "last") if k not in seen]
+    if missing:
+        raise FutureLensError(
+            f"{type(model).__name__}: a forward pass never ran {', '.join(missing)} "
+            f"(arch.embed={arch.embed!r}, arch.blocks={arch.blocks!r}): futurelens needs a token embedding "
+            "and a block list that every forward runs through. Pass the right paths with load_model(..., arch={...})."
+        )
+    args, kwargs = seen["input"]
+    where = _hidden_arg(args, kwargs, n_tokens)
+    out0 = seen["block0"]
+    hidden0 = out0[0] if isinstance(out0, tuple) else out0
+    last = seen["last"][0] if isinstance(seen["last"], tuple) else seen["last"]
+    embed_out = seen["embed"]
+    if not (isinstance(hidden0, torch.Tensor) and isinstance(last, torch.Tensor) and isinstance(embed_out, torch.Tensor)):
+        raise FutureLensError(
+            f"{type(model).__name__}: block 0 or the embedding returns {type(out0).__name__}, not a hidden-state tensor "
+            "(or a tuple starting with one): futurelens cannot read or patch its residual stream."
+        )
+    in_width = None
+    if where is not None:
+        x = args[where] if isinstance(where, int) else kwargs[where]
+        in_width = int(x.shape[-1])
+    return Probe(
+        block_output="tuple" if isinstance(out0, tuple) else "tensor",
+        block_input=where,
+        d_model=int(hidden0.shape[-1]),
+        embed_dim=int(embed_out.shape[-1]),
+        widths=(in_width or 0, int(hidden0.shape[-1]), int(last.shape[-1])),
+        last_hidden=last.detach(),
+        logits=logits.detach(),
+    )
+
+
+def check_probe(model: Any, arch: Arch, seen: Probe) -> None:
+    """Refuse what futurelens cannot read or patch exactly, naming the missing piece."""
+    name = type(model).__name__
+    if seen.block_input is None:
+        raise FutureLensError(
+            f"{name}: block 0 ({arch.blocks}.0) receives no [batch, tokens, d] hidden state among its arguments, "
+            "so layer 0 (the residual stream entering block 0) cannot be read or patched. "
+            "Pass arch={'block_input': <index or keyword of its hidden-state argument>}."
+        )
+    if len(set(seen.widths)) != 1:
+        raise FutureLensError(
+            f"{name}: its blocks do not keep one residual width (block 0 takes {seen.widths[0]}, returns "
+            f"{seen.widths[1]}, the last block returns {seen.widths[2]}): futurelens needs one d_model for every layer."
+        )
+
+
+def check_head(name: str, arch: Arch, logits: Any, ours: Any) -> None:
+    """Refuse a model whose own logits futurelens' head (``ours``, from the last block's state) does not reproduce.
+
+    Tolerance: relative to the logits' size, 1e-4 in float32, 2e-2 in 16-bit types (their rounding).
+    """
+    import torch
+
+    theirs = logits[:, -1].float()
+    mine = ours[:, -1].float().to(theirs.device)
+    if mine.shape != theirs.shape:
+        raise FutureLensError(
+            f"{name}: the head futurelens found gives {tuple(mine.shape)[-1]} logits, the model {tuple(theirs.shape)[-1]} "
+            f"(arch.unembed={arch.unembed!r}): pass the model's own unembedding with load_model(..., arch={{'unembed': ...}})."
+        )
+    tol = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 2e-2
+    err = float((mine - theirs).abs().max())
+    size = float(theirs.abs().max()) + 1e-6
+    if not err <= tol * size:
+        head = " -> ".join(p for p in (arch.final_norm, arch.project_out, arch.unembed) if p is not None)
+        extra = (f", * {arch.logit_scale}" if arch.logit_scale is not None else "") + (
+            f", soft cap {arch.logit_softcap}" if arch.logit_softcap is not None else ""
+        )
+        raise FutureLensError(
+            f"{name}: the head futurelens found ({head}{extra}) does not reproduce the model's own logits "
+            f"from its last block's state (largest difference {err:.3g}, logits up to {size:.3g}): the model applies "
+            "something else between its last block and its logits (a final norm, a projection, a logit scale or soft cap "
+            "futurelens does not know). Pass the missing piece with load_model(..., arch={'final_norm': ..., "
+            "'project_out': ..., 'logit_scale': ..., 'logit_softcap': ...}), or check_head=False to load it anyway."
+        )
+
+
+def probe_block_output(model: Any, arch: Arch) -> BlockOutput:
+    """Whether block 0 returns a tuple or a tensor (`probe`'s ``block_output``)."""
+    return probe(model, arch).block_output

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from .arch import Arch, detect, probe_block_output
+from .arch import Arch, check_head, check_probe, detect, probe
 from .errors import FutureLensError
 
 Remote = Union[bool, Literal["local"]]
@@ -34,7 +34,7 @@ class LensModel:
     Attributes:
         nn: the ``nnsight.TransformersModel`` every trace runs on.
         tokenizer: its tokenizer.
-        arch: where the blocks, embedding, final norm and unembedding live.
+        arch: where the blocks, embedding and head live (`futurelens.arch.Arch`).
         name: what the model was loaded from (hub id, folder, or class name).
         remote: ``False`` (run here), ``True`` (run on NDIF) or ``"local"`` (NDIF's
             serialisation path, executed in-process).
@@ -49,6 +49,8 @@ class LensModel:
     """Upper bound on one remote request's tensors (payload or result): training, evaluation and
     caching split their work into requests of at most this size."""
     _envoys: dict = field(default_factory=dict, repr=False)
+    _d_model: int | None = field(default=None, repr=False)
+    _embed_dim: int | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Any:
@@ -56,11 +58,20 @@ class LensModel:
 
     @property
     def n_layers(self) -> int:
-        """Number of blocks; valid layers are ``0..n_layers`` (0 = embedding output)."""
+        """Number of blocks; valid layers are ``0..n_layers`` (0 = the residual stream entering block 0)."""
         return len(self.envoy(self.arch.blocks))
 
     @property
     def d_model(self) -> int:
+        """Width of the residual stream (the blocks' hidden states): every cached or patched state is this wide."""
+        return self._d_model if self._d_model is not None else self.embed_dim
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding output, which a soft prompt replaces: ``d_model`` except where the model
+        projects its embeddings in (OPT-350m: 512 wide embeddings, a 1024 wide residual stream)."""
+        if self._embed_dim is not None:
+            return self._embed_dim
         return int(self.module(self.arch.embed).weight.shape[-1])
 
     @property
@@ -97,6 +108,7 @@ class LensModel:
             "logit_scale": arch.logit_scale,
             "logit_softcap": arch.logit_softcap,
             "is_tuple": arch.block_output == "tuple",
+            "block_input": arch.block_input,
             "kv_cache": arch.kv_cache,
             "n_layers": self.n_layers,
             "pad_id": self.pad_id,
@@ -126,7 +138,7 @@ class LensModel:
         if not 0 <= resolved <= n:
             raise FutureLensError(
                 f"{what}={layer} is out of range for {self.name}, which has {n} blocks: "
-                f"use 0..{n} (0 = embedding output, {n} = last block) or -1..-{n + 1}."
+                f"use 0..{n} (0 = the input of block 0, {n} = the last block's output) or -1..-{n + 1}."
             )
         return resolved
 
@@ -214,6 +226,7 @@ def load_model(
     tokenizer: Any = None,
     dtype: Any = None,
     device: str | None = None,
+    check_head: bool = True,
     **hf_kwargs: Any,
 ) -> LensModel:
     """Load a causal LM for Future Lens work.
@@ -228,6 +241,9 @@ def load_model(
         tokenizer: a tokenizer object or path; defaults to the model's own.
         dtype: torch dtype for the weights (default: the checkpoint's; fp32 on CPU).
         device: e.g. ``"cuda"``; default: first GPU if any, else CPU.
+        check_head: on real weights, verify that futurelens' head (final norm, projection,
+            unembedding, logit scale / soft cap) turns the last block's state into the model's own
+            logits, and refuse the model if it does not (a weightless remote model is not checked).
         **hf_kwargs: passed to ``from_pretrained`` (``revision``, ``trust_remote_code`` ...).
     """
     import torch
@@ -293,7 +309,32 @@ def load_model(
         nn._module.requires_grad_(False)
         nn._module.eval()
 
-    found = detect(nn._module, arch)
-    if not (isinstance(arch, Arch) or (isinstance(arch, dict) and "block_output" in arch)):
-        found = found.replace(block_output=probe_block_output(nn._module, found))
-    return LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote)
+    return _with_arch(nn, tok, name, remote, arch, check_head)
+
+
+def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict | None, check: bool) -> LensModel:
+    """Detect and probe the architecture, refuse what futurelens cannot do exactly, and build the `LensModel`."""
+    import torch
+
+    module = nn._module
+    found = detect(module, arch)
+    seen = probe(module, found)
+    given = arch if isinstance(arch, dict) else {}
+    if not isinstance(arch, Arch):
+        changes: dict[str, Any] = {}
+        if "block_output" not in given:
+            changes["block_output"] = seen.block_output
+        if "block_input" not in given and seen.block_input is not None:
+            changes["block_input"] = seen.block_input
+        found = found.replace(**changes)
+    if isinstance(arch, Arch) or "block_input" in given:
+        seen.block_input = found.block_input
+    check_probe(module, found, seen)
+    lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote, _d_model=seen.d_model, _embed_dim=seen.embed_dim)
+    if check and seen.logits.device.type != "meta":
+        from .server.traces import head_modules
+
+        with torch.no_grad():
+            ours = head_modules(nn, dict(lm.spec(), direct=True), seen.last_hidden)
+        check_head(type(module).__name__, found, seen.logits, ours)
+    return lm

@@ -1,6 +1,12 @@
-"""A plain-PyTorch-hook implementation of the patch, independent of futurelens and nnsight.
+"""A plain-PyTorch-hook implementation of reading and patching, independent of futurelens and nnsight.
 
-Tests compare futurelens' nnsight traces against this; benchmarks time it.
+Tests compare futurelens' nnsight traces against this; benchmarks time it. It shares no code
+with futurelens: the block list's path is given by the caller (written out by hand in the tests),
+the embedding is ``model.get_input_embeddings()`` and logits are the model's own forward.
+
+Layers: 0 is the hidden state block 0 receives (a forward pre-hook on block 0: its first
+positional argument, or its ``hidden_states`` keyword), ``L`` the output of block ``L-1``.
+A soft prompt replaces the embedding module's first ``P`` output vectors.
 """
 
 from __future__ import annotations
@@ -8,50 +14,113 @@ from __future__ import annotations
 import torch
 
 
-def _set_hidden(out, position, value):
-    hidden = out[0] if isinstance(out, tuple) else out
-    hidden = hidden.clone()
-    hidden[:, position] = value
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _set_hidden(out, position, value, rows=None):
+    hidden = _hidden(out).clone()
+    if rows is None:
+        hidden[:, position] = value.to(hidden.dtype)
+    else:
+        hidden[rows, position] = value.to(hidden.dtype)
     return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
 
-def hook_patch_logits(model, blocks_path, ids, state, layer, position, soft_prompt=None):
-    """Logits ``[B, T, V]`` of ``model`` on ``ids`` with the patch done by forward hooks.
+def _block_arg(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
 
-    ``soft_prompt`` ``[P, d]`` replaces the first P embedding outputs; ``state`` ``[B, d]``
-    replaces the output of block ``layer-1`` (or the embedding output for layer 0) at ``position``.
+
+def _with_block_arg(args, kwargs, value):
+    if args:
+        return (value,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": value}
+
+
+def hook_patch_logits(model, blocks_path, ids, state, layer, position, soft_prompt=None, **forward):
+    """Logits ``[B, T, V]`` of ``model`` on ``ids`` with the patch done by hooks.
+
+    ``soft_prompt`` ``[P, d]`` or ``[B, P, d]`` replaces the first P embedding outputs; ``state``
+    ``[B, d]`` replaces block 0's input (layer 0) or the output of block ``layer-1`` at ``position``.
     """
     blocks = model.get_submodule(blocks_path)
     handles = []
 
     def on_embed(_m, _i, out):
-        if soft_prompt is not None:
-            out = torch.cat([soft_prompt.expand(out.shape[0], -1, -1).to(out.dtype), out[:, soft_prompt.shape[-2]:]], 1)
-        if layer == 0:
-            out = _set_hidden(out, position, state)
-        return out
+        sp = soft_prompt.to(out.dtype)
+        sp = sp.expand(out.shape[0], -1, -1) if sp.dim() == 2 else sp
+        return torch.cat([sp, out[:, sp.shape[1]:]], 1)
 
-    handles.append(model.get_input_embeddings().register_forward_hook(on_embed))
-    if layer > 0:
+    def on_input(_m, args, kwargs):
+        hidden = _block_arg(args, kwargs).clone()
+        hidden[:, position] = state.to(hidden.dtype)
+        return _with_block_arg(args, kwargs, hidden)
+
+    if soft_prompt is not None:
+        handles.append(model.get_input_embeddings().register_forward_hook(on_embed))
+    if state is not None and layer == 0:
+        handles.append(blocks[0].register_forward_pre_hook(on_input, with_kwargs=True))
+    elif state is not None:
         handles.append(blocks[layer - 1].register_forward_hook(lambda _m, _i, out: _set_hidden(out, position, state)))
     try:
-        return model(input_ids=ids).logits
+        return model(input_ids=ids, **forward).logits
     finally:
         for h in handles:
             h.remove()
+
+
+def hook_states(model, blocks_path, ids, soft_prompt=None, **forward):
+    """``[n_layers + 1, B, T, d]`` states of a batch (block 0's input, then each block's output)."""
+    blocks = model.get_submodule(blocks_path)
+    seen = {}
+    def on_input(_m, args, kwargs):
+        seen.setdefault(0, _block_arg(args, kwargs))
+
+    def on_output(i):
+        def hook(_m, _i, out):
+            seen.setdefault(i + 1, _hidden(out))
+
+        return hook
+
+    handles = [blocks[0].register_forward_pre_hook(on_input, with_kwargs=True)]
+    handles += [block.register_forward_hook(on_output(i)) for i, block in enumerate(blocks)]
+    if soft_prompt is not None:
+        def on_embed(_m, _i, out):
+            return torch.cat([soft_prompt.to(out.dtype).expand(out.shape[0], -1, -1), out[:, soft_prompt.shape[-2]:]], 1)
+
+        handles.append(model.get_input_embeddings().register_forward_hook(on_embed))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, **forward)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([seen[i] for i in range(len(blocks) + 1)])
 
 
 def hook_last_states(model, blocks_path, ids):
-    """``[n_layers + 1, T, d]`` states of a single unpadded row (embedding output, then each block)."""
-    blocks = model.get_submodule(blocks_path)
-    seen = []
-    handles = [model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: seen.append(out))]
-    for block in blocks:
-        handles.append(block.register_forward_hook(lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out)))
-    try:
+    """``[n_layers + 1, T, d]`` states of a single unpadded row (block 0's input, then each block's output)."""
+    return hook_states(model, blocks_path, ids)[:, 0]
+
+
+def hook_rollout(model, blocks_path, ids, states, layers, position, soft_prompt, n):
+    """Greedy phrase of each row, re-running the whole growing context through hooks: ``(ids [B, n], probs [B, n])``.
+
+    Row ``b`` is patched with ``states[b]`` at ``layers[b]`` and ``position``; ``soft_prompt`` is
+    None, ``[P, d]`` or ``[B, P, d]``.
+    """
+    out_ids, out_p = [], []
+    for b, layer in enumerate(layers):
+        row = ids[b : b + 1]
+        sp = None if soft_prompt is None else (soft_prompt if soft_prompt.dim() == 2 else soft_prompt[b])
+        toks, ps = [], []
         with torch.no_grad():
-            model(input_ids=ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack([s[0] for s in seen])
+            for _ in range(n):
+                logits = hook_patch_logits(model, blocks_path, row, states[b : b + 1], layer, position, sp)[:, -1]
+                p, tok = logits.float().softmax(-1).max(-1)
+                toks.append(tok[0])
+                ps.append(p[0])
+                row = torch.cat([row, tok[:, None]], 1)
+        out_ids.append(torch.stack(toks))
+        out_p.append(torch.stack(ps))
+    return torch.stack(out_ids), torch.stack(out_p)

@@ -1,9 +1,11 @@
 """Trace bodies: read states, write patches, decode with the model's own head, roll out. Ships to NDIF (see the rule in
 `futurelens.server`).
 
-Layers: 0 is the embedding output, ``L`` the output of block ``L-1`` (before the final norm).
+Layers: 0 is the residual stream entering block 0 (block 0's input hidden state), ``L`` the output
+of block ``L-1`` (before the final norm); a soft prompt is written over the embedding output.
 ``spec`` keys used here: ``embed``, ``blocks``, ``final_norm``, ``project_out``, ``unembed``
-(module paths), ``is_tuple``, ``n_layers``, ``pad_id``, ``kv_cache``, ``logit_scale``,
+(module paths), ``is_tuple``, ``block_input`` (block 0's hidden-state argument: a positional
+index or a keyword), ``n_layers``, ``pad_id``, ``kv_cache``, ``logit_scale``,
 ``logit_softcap``, ``direct`` (call head modules directly: a local run) and ``remote``
 (what a trace opened here passes as ``remote=``: False inside a session).
 """
@@ -54,11 +56,27 @@ def hidden_of(out, is_tuple):
     return out[0] if is_tuple else out
 
 
-def layer_hidden(embed, blocks, layer, is_tuple):
-    """Inside a trace: the hidden state at ``layer``."""
+def block_input_of(inputs, where):
+    """Block 0's hidden-state argument in its ``(args, kwargs)``: ``where`` is a positional index or a keyword."""
+    args, kwargs = inputs
+    return args[where] if isinstance(where, int) else kwargs[where]
+
+
+def with_block_input(inputs, where, value):
+    """``(args, kwargs)`` with the hidden-state argument ``where`` replaced by ``value``."""
+    args, kwargs = inputs
+    if isinstance(where, int):
+        return tuple(args[:where]) + (value,) + tuple(args[where + 1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs[where] = value
+    return tuple(args), kwargs
+
+
+def layer_hidden(blocks, layer, spec):
+    """Inside a trace: the hidden state at ``layer`` (0: what enters block 0; L: block L-1's output)."""
     if layer == 0:
-        return embed.output
-    return hidden_of(blocks[layer - 1].output, is_tuple)
+        return block_input_of(blocks[0].inputs, spec["block_input"])
+    return hidden_of(blocks[layer - 1].output, spec["is_tuple"])
 
 
 def apply_logit_transform(logits, spec):
@@ -122,13 +140,13 @@ def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
     span = last[:, None] + torch.arange(ahead + 1, device=device)
     n_layers = spec["n_layers"]
     read = sorted(set(wanted) | ({n_layers} if with_final else set()))
-    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    blocks = envoy_at(model, spec["blocks"])
     final = None
     with model.trace(input_ids=ids, attention_mask=mask, remote=spec["remote"]) as tracer:
         states = []
         # nnsight serves module outputs in execution order, so read layers ascending, each once.
         for layer in read:
-            hidden = layer_hidden(embed, blocks, layer, spec["is_tuple"])
+            hidden = layer_hidden(blocks, layer, spec)
             if layer in wanted:
                 states.append(hidden[batch, last])
             if with_final and layer == n_layers:
@@ -144,9 +162,9 @@ def row_states(model, spec, ids, wanted):
     """Hidden states at every position of one unpadded row ``ids [1, T]``: ``[len(wanted), T, d]``."""
     ids = ids.to(device_of(model))
     read = sorted(set(wanted))
-    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
+    blocks = envoy_at(model, spec["blocks"])
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
-        states = [layer_hidden(embed, blocks, layer, spec["is_tuple"])[0] for layer in read]
+        states = [layer_hidden(blocks, layer, spec)[0] for layer in read]
         stacked = torch.stack(states).save()
         stop(tracer, model)
     index = torch.tensor([read.index(layer) for layer in wanted], device=stacked.device)
@@ -171,22 +189,26 @@ def patch_groups(layer, state):
     return groups
 
 
-def write_patch(embed, blocks, groups, position, soft_prompt, is_tuple):
-    """Inside a trace: the soft prompt over the embedding output, then each group's states over its layer's output."""
-    n_soft = 0 if soft_prompt is None else soft_prompt.shape[1]
-    at_embed = [g for g in groups if g[0] == 0]
-    if n_soft or at_embed:
-        emb = embed.output
-        if n_soft:
-            emb = torch.cat([soft_prompt, emb[:, n_soft:]], dim=1)
-        if at_embed:
-            emb = emb.clone()
-            for _, rows, value in at_embed:
-                if rows is None:
-                    emb[:, position] = value
-                else:
-                    emb[rows, position] = value
-        embed.output = emb
+def write_patch(embed, blocks, groups, position, soft_prompt, spec):
+    """Inside a trace: the soft prompt over the embedding output, then each group's states at its layer.
+
+    In execution order, as nnsight serves them: the embedding's output, block 0's input (layer 0),
+    then each block's output (layer L > 0).
+    """
+    is_tuple = spec["is_tuple"]
+    if soft_prompt is not None:
+        n_soft = soft_prompt.shape[1]
+        embed.output = torch.cat([soft_prompt, embed.output[:, n_soft:]], dim=1)
+    at_input = [g for g in groups if g[0] == 0]
+    if at_input:
+        inputs = blocks[0].inputs
+        hidden = block_input_of(inputs, spec["block_input"]).clone()
+        for _, rows, value in at_input:
+            if rows is None:
+                hidden[:, position] = value
+            else:
+                hidden[rows, position] = value
+        blocks[0].inputs = with_block_input(inputs, spec["block_input"], hidden)
     for layer, rows, value in (g for g in groups if g[0] > 0):
         block = blocks[layer - 1]
         out = block.output
@@ -215,7 +237,7 @@ def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads)
     read_index = torch.tensor(reads, device=ids.device)
     groups = patch_groups(layer, state)
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
-        write_patch(embed, blocks, groups, position, soft_prompt, spec["is_tuple"])
+        write_patch(embed, blocks, groups, position, soft_prompt, spec)
         if spec["final_norm"] is not None:
             final = envoy_at(model, spec["final_norm"]).output
         else:
@@ -269,7 +291,7 @@ def patched_rollout(model, spec, ids, groups, position, soft_prompt, n, past):
     embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
     extra = {} if past is None else {"past_key_values": past}
     with model.generate(**greedy_kwargs(spec, ids, n), output_logits=True, return_dict_in_generate=True, **extra) as tracer:
-        write_patch(embed, blocks, groups, position, soft_prompt, spec["is_tuple"])
+        write_patch(embed, blocks, groups, position, soft_prompt, spec)
         result = tracer.result.save()
     tokens = result.sequences[:, ids.shape[1]:]
     # generate's logits are the model's own (its forward applies any scale or soft cap).
@@ -283,7 +305,7 @@ def prefix_cache(model, spec, ids, soft_prompt):
     past = DynamicCache(config=model.config)
     with model.trace(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=past, use_cache=True,
                      remote=spec["remote"]) as tracer:
-        write_patch(embed, blocks, [], 0, soft_prompt, spec["is_tuple"])
+        write_patch(embed, blocks, [], 0, soft_prompt, spec)
         # The cache is complete once the last block has run: skip the final norm and the head.
         blocks[spec["n_layers"] - 1].output
         stop(tracer, model)
