@@ -87,7 +87,7 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
         build_prefixes(lm, data_cfg, progress=progress)
     meta = json.loads(meta_path.read_text())
     console.print(f"{meta['n_train']} train / {meta['n_test']} test prefixes; the filter dropped "
-                  f"{meta['n_dropped']} of {meta['n_candidates']} candidates.")
+                  f"{meta['n_dropped']} of {meta['n_kept'] + meta['n_dropped']} labelled candidates.")
     times["data"] = time.perf_counter() - t
 
     t = stage("State cache: every layer, one forward per batch")
@@ -108,8 +108,9 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
     lens_path = _lens(lm, cfg, out)
     times["lens"] = time.perf_counter() - t
 
-    p1 = df[(df.metric == "precision") & (df.k == 1)].pivot_table(index=["n", "layer"], columns="method", values="value")
-    console.print(p1.round(3).to_string())
+    from .figure import precision_table
+
+    console.print(precision_table(df))
     console.print(f"Figure: {out / 'eval' / 'precision.png'}   Lens: {lens_path}   "
                   f"Times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     with Tracker(cfg.wandb, config=asdict(cfg), job="demo") as tracker:
