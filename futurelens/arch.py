@@ -408,34 +408,46 @@ def check_probe(model: Any, arch: Arch, seen: Probe) -> None:
         )
 
 
-def check_head(name: str, arch: Arch, logits: Any, ours: Any) -> None:
-    """Refuse a model whose own logits futurelens' head (``ours``, from the last block's state) does not reproduce.
+def check_head(name: str, arch: Arch, seen: Probe, head: Any) -> None:
+    """Refuse a model whose own logits futurelens' head does not reproduce from the last block's state.
 
-    Tolerance: relative to the logits' size, 1e-4 in float32, 2e-2 in 16-bit types (their rounding).
+    ``head(hidden)`` is futurelens' head (`futurelens.server.traces.head_modules`) on ``seen.last_hidden``;
+    ``seen.logits`` the model's own. Tolerance: relative to the logits' size, 1e-4 in float32, 2e-2 in
+    16-bit types (their rounding).
     """
     import torch
 
-    theirs = logits[:, -1].float()
+    path = " -> ".join(p for p in (arch.final_norm, arch.project_out, arch.unembed) if p is not None)
+    path += (f", * {arch.logit_scale}" if arch.logit_scale is not None else "") + (
+        f", soft cap {arch.logit_softcap}" if arch.logit_softcap is not None else ""
+    )
+    fix = (
+        "Pass the missing piece with load_model(..., arch={'final_norm': ..., 'project_out': ..., 'unembed': ..., "
+        "'logit_scale': ..., 'logit_softcap': ...}), or check_head=False to load it anyway."
+    )
+    try:
+        with torch.no_grad():
+            ours = head(seen.last_hidden)
+    except RuntimeError as err:
+        raise FutureLensError(
+            f"{name}: the head futurelens found ({path}) cannot take the last block's {seen.d_model}-wide state "
+            f"({str(err).splitlines()[0][:160]}): a projection between the blocks and the unembedding is missing. {fix}"
+        ) from err
+    theirs = seen.logits[:, -1].float()
     mine = ours[:, -1].float().to(theirs.device)
     if mine.shape != theirs.shape:
         raise FutureLensError(
-            f"{name}: the head futurelens found gives {tuple(mine.shape)[-1]} logits, the model {tuple(theirs.shape)[-1]} "
-            f"(arch.unembed={arch.unembed!r}): pass the model's own unembedding with load_model(..., arch={{'unembed': ...}})."
+            f"{name}: the head futurelens found ({path}) gives {mine.shape[-1]} logits, the model {theirs.shape[-1]}. {fix}"
         )
-    tol = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 2e-2
+    tol = 1e-4 if seen.logits.dtype in (torch.float32, torch.float64) else 2e-2
     err = float((mine - theirs).abs().max())
     size = float(theirs.abs().max()) + 1e-6
     if not err <= tol * size:
-        head = " -> ".join(p for p in (arch.final_norm, arch.project_out, arch.unembed) if p is not None)
-        extra = (f", * {arch.logit_scale}" if arch.logit_scale is not None else "") + (
-            f", soft cap {arch.logit_softcap}" if arch.logit_softcap is not None else ""
-        )
         raise FutureLensError(
-            f"{name}: the head futurelens found ({head}{extra}) does not reproduce the model's own logits "
-            f"from its last block's state (largest difference {err:.3g}, logits up to {size:.3g}): the model applies "
-            "something else between its last block and its logits (a final norm, a projection, a logit scale or soft cap "
-            "futurelens does not know). Pass the missing piece with load_model(..., arch={'final_norm': ..., "
-            "'project_out': ..., 'logit_scale': ..., 'logit_softcap': ...}), or check_head=False to load it anyway."
+            f"{name}: the head futurelens found ({path}) does not reproduce the model's own logits from its last "
+            f"block's state (largest difference {err:.3g}, logits up to {size:.3g}): the model applies something else "
+            "between its last block and its logits (a final norm, a projection, a logit scale or soft cap futurelens "
+            f"does not know). {fix}"
         )
 
 

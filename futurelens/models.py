@@ -240,7 +240,9 @@ def load_model(
         arch: an `Arch`, or a dict of its fields, overriding auto-detection.
         tokenizer: a tokenizer object or path; defaults to the model's own.
         dtype: torch dtype for the weights (default: the checkpoint's; fp32 on CPU).
-        device: e.g. ``"cuda"``; default: first GPU if any, else CPU.
+        device: e.g. ``"cuda"``; default: first GPU if any, else CPU. A ``device_map`` in
+            ``hf_kwargs`` (``"auto"``, or a dict placing modules on GPUs, ``"cpu"`` and ``"disk"``
+            with ``offload_folder``) replaces it: accelerate dispatches the model.
         check_head: on real weights, verify that futurelens' head (final norm, projection,
             unembedding, logit scale / soft cap) turns the last block's state into the model's own
             logits, and refuse the model if it does not (a weightless remote model is not checked).
@@ -301,7 +303,8 @@ def load_model(
                 task="text-generation",
                 tokenizer=tok,
                 dispatch=remote is not True,
-                **({"device_map": device} if remote is not True else {}),
+                # A device_map of the caller's (accelerate dispatch, offloading) wins over device.
+                **({"device_map": kwargs.pop("device_map", device)} if remote is not True else {}),
                 **kwargs,
             )
         except OSError as err:
@@ -314,8 +317,6 @@ def load_model(
 
 def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict | None, check: bool) -> LensModel:
     """Detect and probe the architecture, refuse what futurelens cannot do exactly, and build the `LensModel`."""
-    import torch
-
     module = nn._module
     found = detect(module, arch)
     seen = probe(module, found)
@@ -334,7 +335,6 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     if check and seen.logits.device.type != "meta":
         from .server.traces import head_modules
 
-        with torch.no_grad():
-            ours = head_modules(nn, dict(lm.spec(), direct=True), seen.last_hidden)
-        check_head(type(module).__name__, found, seen.logits, ours)
+        spec = dict(lm.spec(), direct=True)
+        check_head(type(module).__name__, found, seen, lambda hidden: head_modules(nn, spec, hidden))
     return lm

@@ -5,8 +5,9 @@ then runs its body from `futurelens.server` through `futurelens.remote.run_job`:
 plain call locally, one NDIF request remotely. Inputs go as CPU tensors and plain
 lists; the server side finds the device. Results come back on the CPU.
 
-Layers follow `futurelens.arch.Arch`: 0 is the embedding output, ``L`` the output
-of block ``L-1`` (the residual stream after ``L`` blocks, before the final norm).
+Layers follow `futurelens.arch.Arch`: 0 is the residual stream entering block 0 (block 0's
+input hidden state, what ``output_hidden_states[0]`` holds), ``L`` the output of block ``L-1``
+(the residual stream after ``L`` blocks, before the final norm).
 """
 
 from __future__ import annotations
@@ -229,10 +230,11 @@ def patch(
     Args:
         lm: the model.
         state: ``[B, d_model]`` (or ``[d_model]``) vectors to patch in, one per row.
-        layer: the layer whose output is overwritten (0 = embedding output), or ``[B]``
+        layer: the layer whose output is overwritten (0 = the input of block 0), or ``[B]``
             layers, one per row: row ``b`` is patched at ``layer[b]``, all rows in one forward.
         target: token ids / text after the soft prompt: ``[T]``, ``[1, T]`` (shared) or ``[B, T]``.
-        soft_prompt: ``[P, d_model]`` or ``[B, P, d_model]`` embeddings for the first P positions.
+        soft_prompt: ``[P, embed_dim]`` or ``[B, P, embed_dim]`` embeddings for the first P positions
+            (``lm.embed_dim``, the embedding output's width: ``d_model`` except in OPT-350m's layout).
         position: where to patch; default the soft prompt's last vector, else the last token.
         read: position(s) whose next-token logits to return (default the last).
         top_k: return the ``top_k`` ids and probabilities instead of full logits.
@@ -314,9 +316,10 @@ def _context(
     if soft_prompt is not None:
         if soft_prompt.dim() == 2:
             soft_prompt = soft_prompt[None]
-        if soft_prompt.dim() != 3 or soft_prompt.shape[-1] != lm.d_model or soft_prompt.shape[0] not in (1, batch):
+        if soft_prompt.dim() != 3 or soft_prompt.shape[-1] != lm.embed_dim or soft_prompt.shape[0] not in (1, batch):
             raise FutureLensError(
-                f"soft_prompt must be [P, {lm.d_model}] or [{batch}, P, {lm.d_model}], got {tuple(soft_prompt.shape)}."
+                f"soft_prompt must be [P, {lm.embed_dim}] or [{batch}, P, {lm.embed_dim}] (the embedding's width), "
+                f"got {tuple(soft_prompt.shape)}."
             )
         n_soft = soft_prompt.shape[1]
         soft_prompt = soft_prompt.expand(batch, -1, -1)
