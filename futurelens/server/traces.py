@@ -33,12 +33,15 @@ def weightless(model):
     """Whether this process holds the model without weights: NDIF's sandbox runner (untrusted keys), where the
     block runs in a process of its own and the real model is driven over a socket."""
     device = model.device
-    return device is None or device.type == "meta"
+    # An accelerate-dispatched model with offloaded modules also has meta parameters, and a device map.
+    return (device is None or device.type == "meta") and not getattr(model._module, "hf_device_map", None)
 
 
 def device_of(model):
-    """Where inputs must go: the model's device; the CPU in NDIF's sandbox runner (its model is on meta)."""
-    return torch.device("cpu") if weightless(model) else model.device
+    """Where inputs must go: the model's device; the CPU in NDIF's sandbox runner (its model is on meta) and when
+    the first module is offloaded (accelerate's hooks move inputs to where each module runs)."""
+    device = model.device
+    return torch.device("cpu") if device is None or device.type == "meta" else device
 
 
 def stop(tracer, model):
