@@ -127,3 +127,51 @@ def test_remote_training_runs_as_one_job_and_matches_local(tiny_cache, tmp_path,
     torch.testing.assert_close(remote, local, rtol=1e-5, atol=1e-6)
     assert remote_losses == pytest.approx(local_losses, rel=1e-5)
     assert lm.remote == "local"
+
+
+def test_sigkilled_training_resumes_to_a_bit_identical_prompt(tiny, tokenizer, tmp_path):
+    """A SIGKILL at a random moment after the first checkpoint, then the same command: the same prompt, bit for bit.
+
+    (The same tensor bytes and metadata; safetensors writes metadata keys in a per-process hash order.)"""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import synthetic_prefixes
+
+    from futurelens.data.states import CacheConfig, build_cache
+
+    lm, model = tiny("llama")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    data, _ = synthetic_prefixes(tmp_path / "data", tokenizer, str(folder), n=48, n_max=1)
+    lm.name = str(folder)
+    cache = build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / "cache"), layers=[2]), progress=False)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+    def cmd(out):
+        return [sys.executable, "-m", "futurelens", "train", "--cache", str(cache), "--out", str(out), "--layers", "2",
+                "--prompt-len", "3", "--batch-size", "2", "--epochs", "3", "--grad-accum", "2", "--checkpoint-every", "1",
+                "--lr", "0.05"]
+
+    subprocess.run(cmd(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (out / "layer-2.ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(random.uniform(0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "layer-2.safetensors").exists(), "the kill should land mid-training"
+    subprocess.run(cmd(out), check=True, env=env, capture_output=True)
+    from safetensors import safe_open
+
+    files = [out / "layer-2.safetensors", tmp_path / "whole" / "layer-2.safetensors"]
+    (a, meta_a), (b, meta_b) = [(f.get_tensor("soft_prompt"), f.metadata()) for f in map(lambda p: safe_open(p, "pt"), files)]
+    assert a.numpy().tobytes() == b.numpy().tobytes() and meta_a == meta_b
+    assert not (out / "layer-2.ckpt.pt").exists()

@@ -1,0 +1,5 @@
+"""`python -m futurelens`: the same command line as `futurelens`."""
+
+from .cli import main
+
+main()
