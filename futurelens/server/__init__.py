@@ -5,10 +5,12 @@
    methods have no source and ship as CPython bytecode, which breaks across Python
    versions), no decorators (a ``functools.wraps`` wrapper ships the original's source
    with the wrapper's defaults), no client-only objects (tokenizers, configs, tqdm).
-2. Imports at module level only, and only of torch and of functions in this package
-   (``from .traces import x``). ``nnsight.register`` ships futurelens by value: each
-   function is rebuilt from its source with just the globals it names, so a
-   function-level ``from ..x import y`` has no ``__name__`` to resolve against there.
+2. Imports at module level only, and only of torch, of functions in this package
+   (``from .traces import x``), and of ``copy`` and ``transformers.DynamicCache`` (the
+   shared-prefix rollout; NDIF's executor runs them, tests/ndif_executor shows it).
+   ``nnsight.register`` ships futurelens by value: each function is rebuilt from its
+   source with just the globals it names, so a function-level ``from ..x import y`` has
+   no ``__name__`` to resolve against there.
 3. Every function takes ``model`` (the nnsight model envoy, ``LensModel.nn``) and
    ``spec`` (a plain dict: module paths, sizes and flags, built client-side by
    `futurelens.models.LensModel.spec`) first, then plain arguments: lists, ints, floats,
@@ -21,5 +23,5 @@
 `futurelens.remote.run_job` calls these: directly when local, inside one nnsight session
 (one NDIF request) when remote. The client side (argument checks, chunking, resume,
 error translation) lives in `futurelens.tracing` and the stages that call it.
-Executed by NDIF's own server code in tests/ndif_executor.
+Executed by NDIF's own server code in tests/ndif_executor; tests/server/test_rule.py checks the rule.
 """
