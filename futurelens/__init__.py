@@ -33,6 +33,14 @@ _EXPORTS = {
     "rollout": "futurelens.tracing",
     "greedy": "futurelens.tracing",
     "PatchOutput": "futurelens.tracing",
+    "lens": "futurelens.lens.compute",
+    "lens_grid": "futurelens.lens.compute",
+    "LensGrid": "futurelens.lens.grid",
+    "load_prompts": "futurelens.artifacts",
+    "load_prompt": "futurelens.artifacts",
+    "save_prompt": "futurelens.artifacts",
+    "shipped_prompts": "futurelens.artifacts",
+    "push": "futurelens.artifacts",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -322,33 +322,62 @@ def _eval(cfg: Any, remote: bool = False) -> None:
 
 
 def _lens(cfg: Any, remote: bool = False) -> None:
-    from futurelens.lens.compute import lens_grid
-    from futurelens.train import load_prompts
+    from futurelens.artifacts import hub_id, load_prompts
+    from futurelens.lens.compute import FIXED, lens
+    from futurelens.methods import PAPER_PROMPT
 
     if cfg.rollout < 0 or cfg.top_k < 1 or cfg.chunk_size < 1:
         raise FutureLensError("--rollout must be >= 0, --top-k and --chunk-size >= 1.")
-    if cfg.prompts:
-        load_prompts(cfg.prompts)  # the files exist and are soft prompts, before the model loads
+    if cfg.prompt and cfg.prompts:
+        raise FutureLensError("Give --prompt (one prompt, every row's state patched at its layer) or --prompts (one per "
+                              "layer), not both.")
+    given = cfg.prompt or cfg.prompts
+    if cfg.prompt and cfg.shared:
+        raise FutureLensError("--shared goes with --prompts; --prompt already uses its one prompt for every row.")
+    if given and hub_id(given) is None:
+        # the files exist and are soft prompts (a bare tensor has its --layer), before the model loads
+        load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
     lm = _load(cfg.model, remote)
-    prompts = load_prompts(cfg.prompts, lm, force=cfg.force) if cfg.prompts else None
-    if cfg.shared:
-        if prompts is None or len(prompts) != 1:
-            raise FutureLensError(f"--shared needs exactly one learned prompt, got {0 if prompts is None else len(prompts)}.")
-        prompts = next(iter(prompts.values()))
-    grid = lens_grid(
+    if given:
+        prompts = given
+    else:
+        prompts = FIXED if cfg.fixed or cfg.fixed_prompt != PAPER_PROMPT else None  # None: the shipped ones, if any
+    layer = cfg.layer
+    if cfg.prompt and layer is None:  # one prompt: every row goes to the layer it records
+        from futurelens.artifacts import PromptSet
+
+        loaded = load_prompts(given, lm, force=cfg.force, revision=cfg.revision or None)
+        if len(loaded) != 1:
+            raise FutureLensError(f"--prompt {given} holds prompts for layers {sorted(loaded)}: say which with --layer.")
+        layer = next(iter(loaded))
+        prompts = PromptSet(loaded, loaded.source, loaded.meta)
+    grid = lens(
         lm,
         cfg.text,
         prompts,
+        layer=layer,
         layers=cfg.layers or None,
+        shared=cfg.shared,
         rollout=cfg.rollout,
         top_k=cfg.top_k,
         fixed_prompt=cfg.fixed_prompt,
         chunk_size=cfg.chunk_size,
         progress=True,
+        force=cfg.force,
+        revision=cfg.revision or None,
     )
     path = grid.save_html(cfg.out)
     typer.echo(grid.to_text(width=cfg.width))
-    typer.echo(f"{grid.method}; wrote {path}")
+    typer.echo(f"{grid.method}; prompts: {grid.source}; wrote {path}")
+
+
+def _push(cfg: Any) -> None:
+    from futurelens.artifacts import push
+
+    result = push(cfg)
+    typer.echo(f"Pushed {len(result.files)} files to {result.repo_id} (revision {result.revision or 'unknown'}): "
+               f"{', '.join(result.files)}")
+    typer.echo(f"Load them with: futurelens lens \"...\" --prompts {result.repo_id}@{result.revision or 'main'}")
 
 
 def _demo(cfg: Any, remote: bool = False) -> None:
@@ -369,6 +398,8 @@ _INTERRUPTED: dict[str, Callable[[Any], str]] = {
     "same command again.",
     "lens": lambda cfg: f"{cfg.out} was not written; run the same command again.",
     "doctor": lambda cfg: "Nothing is kept by the checks; run the same command again.",
+    "push": lambda cfg: f"The upload to {cfg.repo_id} may be incomplete (one commit: nothing or all of it lands); run "
+    "the same command again.",
     "demo": lambda cfg: f"Every finished stage is kept under {cfg.out} and the cache and training keep their partial "
     "progress; run the same command again to resume.",
 }
@@ -413,6 +444,7 @@ def _text_argument(fn, help: str):
 
 
 def _register() -> None:
+    from .artifacts import PushConfig
     from .config import command, field_docs, option
     from .data.prefixes import DataConfig
     from .data.states import CacheConfig
@@ -450,6 +482,12 @@ def _register() -> None:
     app.command("doctor", help="Check every remote operation against NDIF on a served model (--remote): a pass/fail "
                 "table with request counts and bytes.")(
         _positional(cmd(DoctorConfig, "doctor", _doctor), "model", field_docs(DoctorConfig)["model"])
+    )
+    push_docs = field_docs(PushConfig)
+    app.command("push", help="Upload a run's soft prompts, fitted probes and results to the Hugging Face hub, with a "
+                "generated model card (HF_TOKEN or `hf auth login`); every loader then takes the repo id.")(
+        _positional(_positional(command(PushConfig, _guard(_push, _INTERRUPTED["push"])), "run_dir", push_docs["run_dir"]),
+                    "repo_id", push_docs["repo_id"])
     )
 
 

@@ -7,6 +7,7 @@ own distribution at the token N ahead (its head on the cached last-layer state).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ class EvalConfig:
     """Prompt of the fixed-prompt intervention (the state goes to its last token)."""
     vocab_epochs: int = 3
     """Training epochs of the direct vocabulary probe."""
+    probes: str = ""
+    """Fitted vocabulary probes and linear approximations: a folder or hub id to reuse them from (empty =
+    <out>/probes). Each fit is saved there as it finishes and reused when model, layer, data and settings match."""
     linear_sgd_epochs: int = 0
     """SGD epochs (KL) after the least-squares fit of the linear approximation."""
     wandb: bool = False
@@ -72,7 +76,8 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     from .data.states import StateCache
     from .figure import plot_precision, plot_surprisal, rows_from_scores, save_table, tidy
     from .methods.base import Prediction, plain_batch
-    from .methods.linear import LinearApprox, VocabProbe
+    from .artifacts import data_fingerprint, probes_folder
+    from .methods.linear import LinearApprox, VocabProbe, fitted
     from .methods.prompts import FixedPrompt, LearnedPrompt
     from .metrics import Tally, target_nll
     from .remote import request_spans, run_job
@@ -89,9 +94,20 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
 
         lm = load_model(cfg.model or cache.settings["model"])
     layers = cfg.layers or cache.layers
+    out = Path(cfg.out)
+    sources: dict[str, Any] = {}
     learned = None
     if "learned" in cfg.methods:
-        learned = LearnedPrompt(lm, {k: v for k, v in load_prompts(cfg.prompts, lm).items() if k in layers})
+        prompts = load_prompts(cfg.prompts, lm)  # a folder, a file or a hub id; its source is recorded
+        sources["prompts"] = prompts.source.to_dict()
+        learned = LearnedPrompt(lm, {k: v for k, v in prompts.items() if k in layers})
+    fits = {}
+    if {"vocab", "linear"} & set(cfg.methods):
+        # Fitted probes are artifacts: a finished layer's fit is loaded, never redone (futurelens.artifacts).
+        read_dir, probe_source = probes_folder(cfg.probes or out / "probes")
+        write_dir = read_dir if probe_source.kind == "folder" else out / "probes"
+        fits = {"model": lm.name, "data": data_fingerprint(cache), "folder": read_dir, "save_to": write_dir}
+        sources["probes"] = {**probe_source.to_dict(), "data": fits["data"]}
 
     tallies: dict[tuple[str, int, int], Tally] = {}
     ngram = _ngram(cache, lm) if "ngram" in cfg.methods else None
@@ -99,9 +115,9 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     for i_layer, layer in enumerate(layers):
         client, model_side = [], []  # methods that need no model run here; the rest where the model is
         if "vocab" in cfg.methods:
-            client.append(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs).fit(cache, layer))
+            client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs), cache, layer, **fits))
         if "linear" in cfg.methods:
-            model_side.append(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs).fit(cache, layer))
+            model_side.append(fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits))
         if "fixed" in cfg.methods:
             model_side.append(FixedPrompt(lm, cfg.fixed_prompt))
         if learned is not None and layer in learned.prompts:
@@ -132,9 +148,14 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     bar.close()
 
     df = tidy([row for (name, layer, n), t in tallies.items() for row in rows_from_scores(name, layer, n, t.result())])
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_table(df, out / "results.csv")
+    if sources:  # which prompts and probes (and hub revisions) these results came from
+        from .artifacts import clean_config
+        from .atomic import atomic_path
+
+        with atomic_path(out / "sources.json") as tmp:
+            Path(tmp).write_text(json.dumps(clean_config(sources), indent=2, default=str))
     title = f"{lm.name}: predicting the token N ahead from one hidden state"
     plot_precision(df, out / "precision.png", k=1, title=title)
     plot_surprisal(df, out / "surprisal.png", title=title)

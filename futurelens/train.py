@@ -14,11 +14,9 @@ is the finished prompt that the evaluation and the lens load.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path
 from .errors import FutureLensError
@@ -76,109 +74,9 @@ def _atomic(write, path: Path) -> None:
         write(tmp)
 
 
-def prompt_path(out: str | os.PathLike, layer: int) -> Path:
-    return Path(out) / f"layer-{layer}.safetensors"
-
-
-def save_prompt(path: str | os.PathLike, prompt: torch.Tensor, *, model: str, layer: int, config: dict, losses: list[float]) -> Path:
-    """Write a finished soft prompt ``[P, d]`` with what it belongs to (atomic)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model, "layer": str(layer), "config": json.dumps(config), "losses": json.dumps(losses)}
-    _atomic(lambda tmp: save_file({"soft_prompt": prompt.detach().float().contiguous()}, tmp, metadata=meta), path)
-    return path
-
-
-def load_prompt(path: str | os.PathLike, lm: LensModel | None = None) -> tuple[torch.Tensor, dict]:
-    """``(soft_prompt [P, d], metadata)`` of one checkpoint; with ``lm``, refuse a prompt trained for another model.
-
-    ``metadata`` has ``model``, ``layer`` (int), ``config`` and ``losses`` (parsed). A
-    missing, truncated or foreign file is a clear error naming the file.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FutureLensError(f"No soft prompt at {path}: train one with `futurelens train`.")
-    try:
-        with safe_open(str(path), framework="pt") as h:
-            meta = dict(h.metadata() or {})
-            if "soft_prompt" not in h.keys():
-                raise FutureLensError(f"{path} has no 'soft_prompt' tensor (it has {sorted(h.keys())}): not a futurelens soft prompt.")
-            prompt = h.get_tensor("soft_prompt")
-    except FutureLensError:
-        raise
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise FutureLensError(f"Cannot read {path} as a safetensors soft prompt: {e}") from e
-    try:
-        meta["layer"] = int(meta["layer"])
-    except (KeyError, ValueError) as e:
-        raise FutureLensError(f"{path} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
-    try:
-        meta["config"] = json.loads(meta.get("config", "{}"))
-        meta["losses"] = json.loads(meta.get("losses", "[]"))
-    except ValueError as e:
-        raise FutureLensError(f"{path} has a 'config' or 'losses' metadata entry that is not JSON: {e}") from e
-    if prompt.dim() != 2:
-        raise FutureLensError(f"{path}: soft_prompt must be [P, d_model], got shape {tuple(prompt.shape)}.")
-    if lm is not None and (meta.get("model") != lm.name or prompt.shape[-1] != lm.d_model):
-        raise FutureLensError(
-            f"{path} was trained on {meta.get('model')!r} (d_model {prompt.shape[-1]}), not {lm.name!r} "
-            f"(d_model {lm.d_model}): train a prompt for this model."
-        )
-    return prompt, meta
-
-
-def load_prompts(
-    paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike],
-    model: LensModel | str | None = None,
-    *,
-    force: bool = False,
-) -> dict[int, torch.Tensor]:
-    """Read learned soft-prompt checkpoints into ``{layer: [P, d_model] tensor}``.
-
-    A checkpoint is a safetensors file with the tensor ``"soft_prompt"`` ``[P, d]`` and
-    string metadata ``"model"``, ``"layer"`` and ``"config"`` (JSON), as written by
-    ``futurelens train``. A folder means every ``*.safetensors`` in it.
-
-    Args:
-        paths_or_dir: a file, a folder, or several files.
-        model: a `LensModel` or model name; each file's ``"model"`` must match it unless ``force``.
-        force: accept prompts trained on another model (same width still required downstream).
-    """
-    given = [paths_or_dir] if isinstance(paths_or_dir, (str, os.PathLike)) else list(paths_or_dir)
-    files: list[Path] = []
-    for p in map(Path, given):
-        if p.is_dir():
-            found = sorted(p.glob("*.safetensors"))
-            if not found:
-                raise FutureLensError(f"No *.safetensors soft prompts in {p}: point --prompts at a checkpoint file or its folder.")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FutureLensError(f"Soft prompt path {p} does not exist.")
-    if not files:
-        raise FutureLensError("No soft prompt files given.")
-    name = model if isinstance(model, str) or model is None else model.name
-
-    prompts: dict[int, torch.Tensor] = {}
-    source: dict[int, Path] = {}
-    for f in files:
-        tensor, meta = load_prompt(f)
-        layer = meta["layer"]
-        trained_on = meta.get("model")
-        if name is not None and not force and trained_on != name:
-            raise FutureLensError(
-                f"{f} was trained on {trained_on!r}, not {name!r}: a soft prompt only means something to its own model. "
-                "Pass force=True (--force) to use it anyway."
-            )
-        if layer in prompts:
-            raise FutureLensError(f"Two soft prompts for layer {layer}: {source[layer]} and {f}. Keep one per layer.")
-        prompts[layer], source[layer] = tensor, f
-    return prompts
+# The prompt file format lives in `futurelens.artifacts` (with every other on-disk and hub format); these
+# names stay importable from here.
+from .artifacts import load_prompt, load_prompts, prompt_path, save_prompt  # noqa: E402,F401
 
 
 _OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -302,9 +200,16 @@ def train_prompt(
                 log({f"train/loss_L{layer}": step_loss})
         bar.update(len(chunk))
     bar.close()
-    save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"])
+    save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"],
+                extra={"data": _fingerprint(cache)})
     ckpt_path.unlink(missing_ok=True)
     return prompt, state["losses"]
+
+
+def _fingerprint(cache: StateCache) -> str:
+    from .artifacts import data_fingerprint
+
+    return data_fingerprint(cache)
 
 
 def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict[int, torch.Tensor]:

@@ -11,13 +11,20 @@ For a text of ``T`` tokens and ``L`` layers:
 
 The authors' demo ran one ``generate`` per cell; here a 10-token text over 31 layers is
 one chunk (a few seconds on a 2-core CPU, ~23x faster). The work is one job of `futurelens.server.jobs`, so remotely the grid is one request.
+
+`lens` is the one call for a notebook: it finds the prompts (the ones shipped with futurelens for the
+embedded default when none are given; a folder, a file, a hub id, the authors' bare-tensor file) and returns
+the `LensGrid`, whose header says where its prompts came from. With ``layer=``, one prompt receives every
+row's state at that layer, as the authors' demo does (their GPT-J prompt sits at layer 14, the output of
+block 13, and each layer's state goes there); that mode reads the states, decodes them and rolls out in
+three requests remotely (`token_states`, `decode`, `rollout`) instead of one.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
     from ..models import LensModel
 
 Prompts = Union["torch.Tensor", Mapping[int, "torch.Tensor"], str, os.PathLike, None]
+FIXED = "fixed"
+"""``lens(..., prompts="fixed")``: the fixed text prompt even where learned prompts ship."""
 Progress = Union[Callable[[int], Any], bool, None]
 
 
@@ -45,10 +54,23 @@ class LensConfig:
     model: str = "smollm2-135m"
     """Hub id, local folder, or the embedded default 'smollm2-135m'."""
     prompts: str = ""
-    """Learned soft prompts: a .safetensors checkpoint or a folder of them, each used at its own layer;
-    empty = the fixed prompt."""
+    """Learned soft prompts, each used at its own layer: a .safetensors checkpoint, a folder of them, or a hub id
+    (owner/name[@revision]) pushed by `futurelens push`; empty = the prompts shipped for the model (the embedded
+    default has one per layer), else the fixed prompt."""
+    prompt: str = ""
+    """One learned prompt that receives every row's state at its layer, as the authors' demo does: a file (a
+    futurelens .safetensors, or a bare tensor .pt/.safetensors such as the authors' gptj_soft_prefix.pt, which
+    needs --layer) or a hub id."""
+    layer: Optional[int] = None
+    """The layer of --prompt (for gptj_soft_prefix.pt: 14, the output of GPT-J block 13): every row's state is
+    patched there. With --prompts, picks that layer's prompt for every row."""
     shared: bool = False
-    """Use the one learned prompt given for every layer (as the authors' demo did)."""
+    """Use the one learned prompt given at every row's own layer (to patch every state into the prompt's own
+    layer, as the authors' demo does, use --prompt with --layer)."""
+    fixed: bool = False
+    """Use the fixed text prompt even where learned prompts ship with futurelens for the model."""
+    revision: str = ""
+    """Hub revision (branch, tag or commit) of --prompts / --prompt when it is a hub id."""
     layers: list[int] = field(default_factory=list)
     """Layers to show (0 = embeddings, n = last block); empty = all, or all that have a learned prompt."""
     rollout: int = 4
@@ -84,6 +106,8 @@ def lens_grid(
     fixed_prompt: str = PAPER_PROMPT,
     chunk_size: int = 512,
     progress: Progress = None,
+    patch_layer: int | None = None,
+    source: str | None = None,
 ) -> LensGrid:
     """The Future Lens grid of ``text``: per (layer, token) the logit-lens top-k and a rolled-out phrase.
 
@@ -95,9 +119,10 @@ def lens_grid(
             the text's own tokens.
         prompts: where each state is patched:
             a ``[P, d_model]`` soft prompt for every layer; ``{layer: [P, d_model]}`` layer-matched
-            soft prompts; a checkpoint file / folder (`load_prompts`, checked against ``lm.name``);
+            soft prompts; a checkpoint file / folder / hub id (`load_prompts`, checked against ``lm.name``);
             or ``None`` for the fixed text prompt ``fixed_prompt``. Soft prompts receive the state at
-            their last vector, the fixed prompt at its last token.
+            their last vector, the fixed prompt at its last token. (`lens` picks shipped prompts when
+            none are given; this function does not.)
         layers: rows of the grid; default all ``0..n_layers`` (with a dict: all layers that have a prompt).
         rollout: greedy tokens per phrase (0 = logit lens only).
         top_k: logit-lens tokens per cell.
@@ -105,13 +130,14 @@ def lens_grid(
         chunk_size: cells per batched forward (and per logit-lens decode).
         progress: ``True`` for a tqdm bar, or a callable given the number of cells finished
             after each patched chunk.
+        patch_layer: patch every row's state into this one layer (with one soft prompt, or the fixed
+            prompt), as the authors' demo does; default each row's own layer.
+        source: where the prompts came from, for the page header (default: what `load_prompts` recorded).
 
     Returns:
         `LensGrid` with ``L = len(layers)`` rows and ``T`` columns; ``top_probs [L, T, top_k]``,
         ``phrase_probs [L, T, rollout]``.
     """
-
-
     if chunk_size < 1:
         raise FutureLensError(f"chunk_size must be >= 1, got {chunk_size}.")
     if rollout < 0:
@@ -119,6 +145,16 @@ def lens_grid(
     if not 1 <= top_k <= lm.vocab_size:
         raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
     ids, n_pre = _text_ids(lm, text)
+    if isinstance(prompts, (str, os.PathLike)):
+        from ..artifacts import load_prompts
+
+        prompts = load_prompts(prompts, lm)
+    found = getattr(prompts, "source", None)
+    if source is None:
+        source = found.describe() if found is not None else ("fixed text prompt" if prompts is None else "soft prompts given in memory")
+    if patch_layer is not None:
+        return _one_layer_grid(lm, ids, n_pre, prompts, layers, lm.check_layer(patch_layer, "patch_layer"), rollout,
+                               top_k, fixed_prompt, chunk_size, progress, source)
     rows, soft, method = _resolve_prompts(lm, prompts, layers)
     target = None
     if soft is None:
@@ -142,7 +178,11 @@ def lens_grid(
     finally:
         if bar is not None:
             bar.close()
+    return _grid(lm, ids, n_pre, rows, top_k, rollout, top_probs, top_ids, phrase_ids, phrase_probs, method, source)
 
+
+def _grid(lm, ids, n_pre, rows, top_k, rollout, top_probs, top_ids, phrase_ids, phrase_probs, method, source) -> LensGrid:
+    L, T = len(rows), len(ids) - n_pre
     names = _Decoder(lm.tokenizer)
     return LensGrid(
         tokens=names(ids[n_pre:]),
@@ -154,7 +194,145 @@ def lens_grid(
         title=lm.tokenizer.decode(ids[n_pre:]),
         model=lm.name,
         method=method,
+        source=source,
     )
+
+
+def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_prompt, chunk_size, progress, source) -> LensGrid:
+    """Every row's state patched into layer ``at`` (the authors' demo): states, logit lens, then one rollout."""
+    import torch
+
+    from ..tracing import _layers, decode, rollout as roll, token_states
+
+    rows = _layers(lm, layers)
+    if len(set(rows)) != len(rows):
+        raise FutureLensError(f"layers has repeats {rows}: each grid row needs its own layer.")
+    soft = None
+    if isinstance(prompts, torch.Tensor):
+        soft = _check_prompt(lm, prompts, "prompts")
+    elif isinstance(prompts, Mapping):
+        if at in prompts:
+            soft = _check_prompt(lm, prompts[at], f"prompts[{at}]")
+        elif len(prompts) == 1:
+            raise FutureLensError(
+                f"The prompt given is for layer {next(iter(prompts))}, not {at}: patch at its own layer, or pass force "
+                "to move it."
+            )
+        else:
+            raise FutureLensError(f"No soft prompt for layer {at}: prompts are given for layers {sorted(prompts)}.")
+    elif prompts is not None:
+        raise FutureLensError(f"prompts must be a [P, d_model] tensor, a {{layer: tensor}} dict, a path, or None; got {type(prompts).__name__}.")
+    target = None
+    if soft is None:
+        target = lm.tokenizer(fixed_prompt)["input_ids"]
+        if not target:
+            raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
+    states = token_states(lm, torch.tensor([ids], dtype=torch.long), rows)[:, n_pre:]  # [L, T, d]
+    L, T, d = states.shape
+    flat = states.reshape(L * T, d)
+    probs, tops = [], []
+    for start in range(0, flat.shape[0], chunk_size):
+        p = torch.softmax(decode(lm, flat[start : start + chunk_size]).float(), dim=-1)
+        top_p, top_i = p.topk(top_k, dim=-1)
+        probs.append(top_p.cpu())
+        tops.append(top_i.cpu())
+    phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
+    phrase_probs = torch.zeros(L * T, rollout)
+    if rollout:
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=L * T, desc="lens", unit="cell")
+        step = None if lm.remote else (bar.update if bar is not None else (progress if callable(progress) else None))
+        try:
+            kwargs = {"soft_prompt": soft} if soft is not None else {"target": [target]}
+            phrase_ids, phrase_probs = roll(lm, flat, at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
+        finally:
+            if bar is not None:
+                bar.close()
+    if soft is None:
+        method = f"fixed prompt {fixed_prompt!r}, every row's state patched at layer {at}"
+    else:
+        method = f"one learned soft prompt (P={soft.shape[0]}) at layer {at}, every row's state patched there (the authors' demo)"
+    return _grid(lm, ids, n_pre, rows, top_k, rollout, torch.cat(probs), torch.cat(tops), phrase_ids, phrase_probs,
+                 method, source)
+
+
+def lens(
+    lm: "LensModel",
+    text: "str | Sequence[int] | torch.Tensor",
+    prompts: Prompts = None,
+    *,
+    layer: int | None = None,
+    layers: int | Sequence[int] | None = None,
+    shared: bool = False,
+    rollout: int = 4,
+    top_k: int = 5,
+    fixed_prompt: str = PAPER_PROMPT,
+    chunk_size: int = 512,
+    progress: Progress = None,
+    force: bool = False,
+    revision: str | None = None,
+) -> LensGrid:
+    """The Future Lens of ``text`` in one call: ``fl.lens(lm, "Marty McFly from")`` shows inline in a notebook.
+
+    Args:
+        lm: the model (`futurelens.load_model`).
+        text: a string or token ids.
+        prompts: ``None`` = the learned prompts that ship with futurelens for ``lm`` (the embedded default
+            has one per layer, `futurelens/prompts/`), else the fixed prompt; ``"fixed"`` = the fixed prompt;
+            a folder, a prompt file, a hub id (``owner/name[@revision]``), the authors' bare-tensor ``.pt``
+            (with ``layer``); a ``[P, d]`` tensor; or ``{layer: [P, d]}``.
+        layer: one prompt receives every row's state at this layer, as the authors' demo does: the layer of
+            a bare-tensor file (``gptj_soft_prefix.pt``: 14), or which prompt of a set to use.
+        layers: rows of the grid (default: every layer, or every layer with a prompt).
+        shared: one learned prompt used at every row's own layer.
+        rollout, top_k, fixed_prompt, chunk_size, progress: as in `lens_grid`.
+        force: use prompts trained on another model (or a prompt at another layer than it was trained for).
+        revision: a hub revision for ``prompts`` given as a hub id.
+
+    Returns:
+        the `LensGrid`; its page header says where the prompts came from (package, folder, file,
+        hub repo and revision, the authors' file) and how they were applied.
+    """
+    import torch
+
+    from ..artifacts import PromptSet, Source, load_prompts, shipped_prompts
+
+    source = None
+    if prompts is None:
+        prompts = shipped_prompts(lm)
+        if prompts is None:
+            source = Source("fixed", note=f"no learned prompts ship with futurelens for {lm.name}: pass prompts= "
+                            "(a folder, file or hub id) or train some").describe()
+    elif isinstance(prompts, str) and prompts == FIXED:
+        prompts, source = None, Source("fixed").describe()
+    elif isinstance(prompts, (str, os.PathLike)):
+        from pathlib import Path
+
+        one_file = Path(prompts).is_file()
+        prompts = load_prompts(prompts, lm, force=force, layer=layer if one_file else None, revision=revision)
+    elif isinstance(prompts, torch.Tensor) and layer is not None:
+        prompts = PromptSet({lm.check_layer(layer): prompts}, Source("memory", layers=(lm.check_layer(layer),)))
+    if shared:
+        if not isinstance(prompts, Mapping) or len(prompts) != 1:
+            raise FutureLensError(f"shared needs exactly one learned prompt, got {len(prompts) if isinstance(prompts, Mapping) else 0}.")
+        found = getattr(prompts, "source", None)
+        source = source or (found.describe() if found is not None else None)
+        prompts = next(iter(prompts.values()))
+    if layer is not None and isinstance(prompts, Mapping) and len(prompts) == 1 and layer not in prompts:
+        if not force:
+            raise FutureLensError(f"The prompt given is for layer {next(iter(prompts))}, not {layer}: drop layer=, or pass force=True.")
+        found = getattr(prompts, "source", None)
+        moved = PromptSet({layer: next(iter(prompts.values()))}, found)
+        prompts = moved
+    if layer is not None and source is None:
+        found = getattr(prompts, "source", None)
+        base = found.describe() if found is not None else "soft prompt given in memory"
+        source = f"{base}; every row's state patched at layer {lm.check_layer(layer)}"
+    return lens_grid(lm, text, prompts, layers=layers, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt,
+                     chunk_size=chunk_size, progress=progress, patch_layer=layer, source=source)
 
 
 def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
@@ -190,7 +368,7 @@ def _resolve_prompts(
     from ..tracing import _layers
 
     if isinstance(prompts, (str, os.PathLike)):
-        from ..train import load_prompts
+        from ..artifacts import load_prompts
 
         prompts = load_prompts(prompts, lm)
     if prompts is None:
@@ -231,9 +409,9 @@ def _resolve_prompts(
 def _check_prompt(lm: "LensModel", prompt: Any, what: str) -> "torch.Tensor":
     import torch
 
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != lm.d_model:
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != lm.embed_dim:
         shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise FutureLensError(f"{what} must be a [P, {lm.d_model}] soft prompt for {lm.name}, got {shape}.")
+        raise FutureLensError(f"{what} must be a [P, {lm.embed_dim}] soft prompt for {lm.name}, got {shape}.")
     return prompt.detach()
 
 

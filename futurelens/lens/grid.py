@@ -35,6 +35,8 @@ class LensGrid:
         phrase_tokens: ``[L][T][R]`` rolled-out phrase tokens (``R`` may be 0).
         phrase_probs: ``[L, T, R]`` their probabilities.
         title, model, method: free metadata shown above the grid.
+        source: where the prompts came from (shipped with futurelens, a folder, a file, a hub repo and
+            revision, the authors' bare-tensor file), shown in the header.
     """
 
     tokens: list[str]
@@ -46,6 +48,7 @@ class LensGrid:
     title: str = ""
     model: str = ""
     method: str = ""
+    source: str = ""
 
     def __post_init__(self) -> None:
         self.tokens = _str_list(self.tokens, "tokens")
@@ -65,7 +68,7 @@ class LensGrid:
             raise FutureLensError("LensGrid.top_probs has k=0 (shape [L, T, 0]): the lens needs at least the top-1 token.")
         self.top_tokens = _nested(self.top_tokens, "top_tokens", (L, T, k), "top_probs")
         self.phrase_tokens = _nested(self.phrase_tokens, "phrase_tokens", (L, T, R), "phrase_probs")
-        for name in ("title", "model", "method"):
+        for name in ("title", "model", "method", "source"):
             if not isinstance(getattr(self, name), str):
                 raise FutureLensError(f"LensGrid.{name} must be a str, got {type(getattr(self, name)).__name__}.")
 
@@ -142,6 +145,7 @@ class LensGrid:
             "title": self.title,
             "model": self.model,
             "method": self.method,
+            "source": self.source,
         }
 
     @classmethod
@@ -153,7 +157,7 @@ class LensGrid:
         missing = [f for f in fields if f not in d]
         if missing:
             raise FutureLensError(f"LensGrid dict lacks {missing}.")
-        return cls(**{f: d[f] for f in fields}, **{m: d.get(m, "") for m in ("title", "model", "method")})
+        return cls(**{f: d[f] for f in fields}, **{m: d.get(m, "") for m in ("title", "model", "method", "source")})
 
 
 # ---------------------------------------------------------------------- validation

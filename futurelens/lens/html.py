@@ -164,7 +164,7 @@ def render_fragment(g: LensGrid) -> str:
     """The grid as an embeddable fragment (for notebooks and wandb): style, div, script."""
     meta = "".join(
         f"<span>{label}: {html.escape(value, quote=True)}</span>"
-        for label, value in (("model", g.model), ("method", g.method))
+        for label, value in (("model", g.model), ("method", g.method), ("prompts", g.source))
         if value
     )
     title = f"<h3>{html.escape(g.title, quote=True)}</h3>" if g.title else ""

@@ -1,6 +1,10 @@
 """The two linear baselines: a direct vocabulary probe, and a linear approximation of the model.
 
-Both are fitted per layer on cached train states, one map per N:
+Both are fitted per layer on cached train states, one map per N, and are artifacts: `fitted` loads a
+saved fit (``<folder>/<kind>-layer-<L>.safetensors``, checked against the model, layer, data fingerprint
+and settings by `futurelens.artifacts.load_probe`) or fits one and saves it, so a finished layer is never
+refitted; the vocabulary probe's epochs (and the linear approximation's SGD epochs) checkpoint atomically
+to ``<kind>-layer-<L>.ckpt.pt`` while fitting, and a killed fit resumes at the next epoch, identically.
 
 - `VocabProbe`: ``h -> W h + b`` over the vocabulary, trained with cross-entropy on
   the model's own N-ahead token.
@@ -12,8 +16,10 @@ Both are fitted per layer on cached train states, one map per N:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -22,6 +28,27 @@ from .base import Prediction, from_logits, plain_batch
 if TYPE_CHECKING:
     from ..data.states import StateBatch, StateCache
     from ..models import LensModel
+
+
+def _load_checkpoint(path: Path | None, settings: dict) -> dict | None:
+    """A fit's checkpoint if there is one for these settings; one for other settings is refused."""
+    if path is None or not path.exists():
+        return None
+    from ..errors import FutureLensError
+
+    saved = torch.load(path, weights_only=False, map_location="cpu")
+    if saved.get("settings") != settings:
+        raise FutureLensError(f"{path} is a checkpoint of a fit with other settings: use another --probes folder, or delete it.")
+    return saved
+
+
+def _save_checkpoint(path: Path | None, blob: dict) -> None:
+    if path is None:
+        return
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -54,21 +81,44 @@ class LinearApprox:
     name: str = "linear (hidden)"
     maps: dict[int, torch.Tensor] = field(default_factory=dict)
     """``{layer: [n_max + 1, d + 1, d]}``."""
+    kind: ClassVar[str] = "linear"
 
-    def fit(self, cache: StateCache, layer: int) -> LinearApprox:
-        train = cache.load(layer, "train", final=True)
-        maps = torch.stack([ridge(train.states.float(), train.final[:, n].float(), self.alpha) for n in range(cache.n_max + 1)])
+    def settings(self) -> dict:
+        """What a saved fit must match to be reused."""
+        return {"alpha": self.alpha, "sgd_epochs": self.sgd_epochs, "lr": self.lr}
+
+    def tensors(self, layer: int) -> dict[str, torch.Tensor]:
+        return {"maps": self.maps[layer]}
+
+    def restore(self, layer: int, tensors: dict[str, torch.Tensor]) -> LinearApprox:
+        self.maps[layer] = tensors["maps"].float()
+        return self
+
+    def fit(self, cache: StateCache, layer: int, checkpoint: str | os.PathLike | None = None) -> LinearApprox:
+        """Ridge least squares per N (then ``sgd_epochs`` of SGD, each epoch checkpointed to ``checkpoint``)."""
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        saved = _load_checkpoint(ckpt, self.settings()) if self.sgd_epochs else None
+        if saved is not None:
+            maps = saved["maps"]
+        else:
+            train = cache.load(layer, "train", final=True)
+            maps = torch.stack([ridge(train.states.float(), train.final[:, n].float(), self.alpha) for n in range(cache.n_max + 1)])
         if self.sgd_epochs:
-            maps = self._refine(maps, cache, layer)
+            maps = self._refine(maps, cache, layer, ckpt, saved)
         self.maps[layer] = maps
         return self
 
-    def _refine(self, maps: torch.Tensor, cache: StateCache, layer: int) -> torch.Tensor:
+    def _refine(self, maps: torch.Tensor, cache: StateCache, layer: int, ckpt: Path | None = None,
+                saved: dict | None = None) -> torch.Tensor:
         from ..tracing import decode
 
         maps = maps.clone().requires_grad_(True)
         opt = torch.optim.AdamW([maps], lr=self.lr, weight_decay=0.0)
-        for epoch in range(self.sgd_epochs):
+        start = 0
+        if saved is not None:
+            opt.load_state_dict(saved["optimizer"])
+            start = saved["epoch"]
+        for epoch in range(start, self.sgd_epochs):
             for batch in cache.batches(layer, "train", batch_size=32, shuffle=True, seed=epoch, final=True):
                 x = _with_bias(batch.states.float())
                 with torch.no_grad():
@@ -78,6 +128,8 @@ class LinearApprox:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "maps": maps.detach().clone(),
+                                    "optimizer": opt.state_dict()})
         return maps.detach()
 
     def describe(self, layer: int) -> tuple:
@@ -105,21 +157,56 @@ class VocabProbe:
     name: str = "linear (vocab)"
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
     """``{layer: Linear(d, (n_max + 1) * vocab)}``: all N share one matmul."""
+    seed: int = 0
+    kind: ClassVar[str] = "vocab"
 
-    def fit(self, cache: StateCache, layer: int, seed: int = 0) -> VocabProbe:
+    def settings(self) -> dict:
+        """What a saved fit must match to be reused."""
+        return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "weight_decay": self.weight_decay,
+                "seed": self.seed, "vocab_size": self.vocab_size}
+
+    def tensors(self, layer: int) -> dict[str, torch.Tensor]:
+        probe = self.probes[layer]
+        return {"weight": probe.weight.detach(), "bias": probe.bias.detach()}
+
+    def restore(self, layer: int, tensors: dict[str, torch.Tensor]) -> VocabProbe:
+        weight, bias = tensors["weight"].float(), tensors["bias"].float()
+        probe = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            probe.weight.copy_(weight)
+            probe.bias.copy_(bias)
+        self.probes[layer] = probe.requires_grad_(False)
+        return self
+
+    def fit(self, cache: StateCache, layer: int, seed: int | None = None,
+            checkpoint: str | os.PathLike | None = None) -> VocabProbe:
+        """Cross-entropy for ``epochs``; with ``checkpoint``, each finished epoch is saved there atomically and a
+        killed fit resumes after its last finished epoch, ending identical to an uninterrupted one."""
+        if seed is not None:
+            self.seed = seed
+        seed = self.seed
+        ckpt = Path(checkpoint) if checkpoint is not None else None
         torch.manual_seed(seed)
         heads = cache.n_max + 1
         probe = torch.nn.Linear(cache.d_model, heads * self.vocab_size)
         torch.nn.init.zeros_(probe.weight)
         torch.nn.init.zeros_(probe.bias)
         opt = torch.optim.AdamW(probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        for epoch in range(self.epochs):
+        start = 0
+        saved = _load_checkpoint(ckpt, self.settings())
+        if saved is not None:
+            probe.load_state_dict(saved["probe"])
+            opt.load_state_dict(saved["optimizer"])
+            start = saved["epoch"]
+        for epoch in range(start, self.epochs):
             for batch in cache.batches(layer, "train", batch_size=self.batch_size, shuffle=True, seed=seed + epoch):
                 logits = probe(batch.states.float()).view(-1, heads, self.vocab_size)
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.flatten())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "probe": probe.state_dict(),
+                                    "optimizer": opt.state_dict()})
         self.probes[layer] = probe.requires_grad_(False)
         return self
 
@@ -127,3 +214,34 @@ class VocabProbe:
         probe = self.probes[layer]
         logits = probe(batch.states.float()).view(len(batch.states), -1, self.vocab_size)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
+
+
+def fitted(
+    method: Any,
+    cache: StateCache,
+    layer: int,
+    *,
+    model: str,
+    data: str,
+    folder: str | os.PathLike,
+    save_to: str | os.PathLike | None = None,
+) -> Any:
+    """``method`` (a `VocabProbe` or `LinearApprox`) holding its fit at ``layer``: loaded if ``folder`` has one
+    for this model, layer, data fingerprint ``data`` and settings (another one is refused with what to do),
+    else fitted (resumably, checkpointing in ``save_to``) and saved to ``save_to`` (default ``folder``)."""
+    from ..artifacts import ProbeInfo, load_probe, probe_checkpoint_path, probe_path, save_probe
+
+    info = ProbeInfo(method.kind, model, layer, data, method.settings())
+    path = probe_path(folder, method.kind, layer)
+    if path.exists():
+        return method.restore(layer, load_probe(path, info))
+    out = Path(save_to if save_to is not None else folder)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = probe_checkpoint_path(out, method.kind, layer)
+    target = probe_path(out, method.kind, layer)
+    if target.exists():  # reading from elsewhere (a hub snapshot), writing here: a fit saved earlier
+        return method.restore(layer, load_probe(target, info))
+    method.fit(cache, layer, checkpoint=ckpt)
+    save_probe(target, method.tensors(layer), info)
+    ckpt.unlink(missing_ok=True)
+    return method
