@@ -741,8 +741,8 @@ def model_card(info: dict[str, Any], results: Any = None) -> str:
     cfg = data.get("config") or {}
     rows = [
         ("source", data.get("source")),
-        ("prefixes kept (train / test)", f"{data.get('n_kept')} ({data.get('n_train')} / {data.get('n_test')})"
-         if data.get("n_kept") is not None else None),
+        ("prefixes kept (train / test)", f"{data.get('n_kept')}" + (f" ({data['n_train']} / {data['n_test']})"
+         if data.get("n_train") is not None else "") if data.get("n_kept") is not None else None),
         ("candidates labelled / dropped by the correctness filter",
          f"{data.get('n_candidates')} / {data.get('n_dropped')}" if data.get("n_candidates") is not None else None),
         ("prefix length", f"{cfg.get('min_len')}..{cfg.get('max_len')} tokens" if cfg.get("max_len") else None),
@@ -754,11 +754,12 @@ def model_card(info: dict[str, Any], results: Any = None) -> str:
     lines.append("")
     if info["train_settings"]:
         lines += ["## Training settings (soft prompts)", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | `{v}` |" for k, v in info["train_settings"].items()]
+        lines += [f"| {k} | `{v}` |" for k, v in info["train_settings"].items() if v not in ("", None)]
         lines.append("")
     if results is not None:
         lines += ["## Results (held-out test split)", "", "```"]
-        for k in (1, 10):
+        ks = sorted({int(k) for k in results[results["metric"] == "precision"]["k"].dropna()})
+        for k in sorted({ks[0], ks[-1]}) if ks else []:
             try:
                 lines += [precision_table(results, k=k), ""]
             except FutureLensError:
@@ -810,12 +811,29 @@ class PushResult:
     card: str
 
 
-def push(cfg: PushConfig, api: Any = None, token: str | None = None) -> PushResult:
-    """Upload ``cfg.run_dir``'s prompts, probes and results with a generated model card (one commit).
+def push(
+    run_dir: "str | os.PathLike | PushConfig",
+    repo_id: str | None = None,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    api: Any = None,
+    token: str | None = None,
+) -> PushResult:
+    """Upload a run's prompts, fitted probes and results with a generated model card, in one commit.
 
-    ``api`` is a ``huggingface_hub.HfApi`` (default: a new one, which reads HF_TOKEN or the saved login;
-    ``token`` overrides). The token is never written anywhere.
+    ``fl.push("runs/demo", "me/future-lens-smollm2")``; `futurelens push RUN_DIR REPO_ID` is the same (a
+    `PushConfig` works as the first argument too). ``api`` is a ``huggingface_hub.HfApi`` (default: a new one,
+    which reads HF_TOKEN or the saved login; ``token`` overrides). The token is never written anywhere.
+    Returns the repo, the commit it made (``revision``: load it pinned with ``"<repo_id>@<revision>"``), the
+    files and the card.
     """
+    if isinstance(run_dir, PushConfig):
+        cfg = run_dir
+    else:
+        cfg = PushConfig(run_dir=str(run_dir), repo_id=repo_id or "", private=private, revision=revision or "",
+                         **({"message": message} if message else {}))
     if hub_id(f"hf:{cfg.repo_id}") is None or "@" in cfg.repo_id:
         raise FutureLensError(f"{cfg.repo_id!r} is not a hub repo id: give owner/name.")
     found = collect_run(cfg.run_dir)

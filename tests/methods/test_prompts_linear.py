@@ -78,3 +78,98 @@ def test_vocab_probe_learns_its_training_targets_and_refines_linear_with_sgd(tin
     before = LinearApprox(lm).fit(cache, 2).maps[2]
     after = LinearApprox(lm, sgd_epochs=1, lr=1e-3).fit(cache, 2).maps[2]
     assert not torch.equal(before, after)
+
+
+# --------------------------------------------------------------------------- fitted methods are artifacts
+
+
+def test_the_second_evaluate_does_no_fitting_and_gives_identical_results(tiny_cache, tmp_path, monkeypatch):
+    from futurelens.evaluate import EvalConfig, evaluate
+
+    lm, _, cache = tiny_cache("llama", n=40)
+    cfg = EvalConfig(cache=str(cache.path), out=str(tmp_path / "eval"), layers=[2, 3], methods=["vocab", "linear"],
+                     k=5, vocab_epochs=2, batch_size=4)
+    first = evaluate(cfg, lm=lm, progress=False)
+    saved = sorted(p.name for p in (tmp_path / "eval" / "probes").iterdir())
+    assert saved == ["linear-layer-2.safetensors", "linear-layer-3.safetensors", "vocab-layer-2.safetensors",
+                     "vocab-layer-3.safetensors"]  # no checkpoint left behind
+
+    def refuse(*a, **k):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(VocabProbe, "fit", refuse)
+    monkeypatch.setattr(LinearApprox, "fit", refuse)
+    second = evaluate(cfg, lm=lm, progress=False)
+    assert first.equals(second)
+    import json
+
+    sources = json.loads((tmp_path / "eval" / "sources.json").read_text())
+    assert sources["probes"]["kind"] == "folder" and len(sources["probes"]["data"]) == 16
+
+
+def test_a_probe_for_another_model_layer_data_or_settings_is_refused(tiny_cache, tmp_path):
+    import futurelens as fl
+    from futurelens.artifacts import data_fingerprint, probe_path
+    from futurelens.methods.linear import fitted
+
+    lm, _, cache = tiny_cache("llama", n=24)
+    data = data_fingerprint(cache)
+    folder = tmp_path / "probes"
+    probe = fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 2, model=lm.name, data=data, folder=folder)
+    again = fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 2, model=lm.name, data=data, folder=folder)
+    torch.testing.assert_close(again.probes[2].weight, probe.probes[2].weight)
+    with pytest.raises(fl.FutureLensError, match=r"fitted on 'LlamaForCausalLM', not 'gpt2'"):
+        fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 2, model="gpt2", data=data, folder=folder)
+    with pytest.raises(fl.FutureLensError, match=r"fitted on other data \(fingerprint .*delete the file to refit"):
+        fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 2, model=lm.name, data="0" * 16, folder=folder)
+    with pytest.raises(fl.FutureLensError, match=r"other settings \(epochs differ\)"):
+        fitted(VocabProbe(lm.vocab_size, epochs=2), cache, 2, model=lm.name, data=data, folder=folder)
+    probe_path(folder, "vocab", 2).rename(probe_path(folder, "vocab", 3))
+    with pytest.raises(fl.FutureLensError, match=r"fitted at layer 2, not 3"):
+        fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 3, model=lm.name, data=data, folder=folder)
+    probe_path(folder, "vocab", 3).write_bytes(b"\x00" * 20)
+    with pytest.raises(fl.FutureLensError, match=r"Cannot read the fitted probe .*vocab-layer-3"):
+        fitted(VocabProbe(lm.vocab_size, epochs=1), cache, 3, model=lm.name, data=data, folder=folder)
+    # the fingerprint is the data's, not the cached layers': another dataset differs
+    _, _, other = tiny_cache("gptj", n=24)
+    assert data_fingerprint(other) != data
+
+
+def test_a_killed_probe_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache, tmp_path, monkeypatch):
+    import futurelens.methods.linear as linear
+
+    lm, _, cache = tiny_cache("llama", n=24)
+    whole = VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2)
+    ckpt = tmp_path / "vocab-layer-2.ckpt.pt"
+    real, saves = linear._save_checkpoint, []
+
+    def killed_after_two(path, blob):
+        real(path, blob)
+        saves.append(blob["epoch"])
+        if blob["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(linear, "_save_checkpoint", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2, checkpoint=ckpt)
+    monkeypatch.setattr(linear, "_save_checkpoint", real)
+    assert saves == [1, 2] and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    resumed = VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2, checkpoint=ckpt)
+    assert torch.equal(resumed.probes[2].weight, whole.probes[2].weight)
+    assert torch.equal(resumed.probes[2].bias, whole.probes[2].bias)
+    # the linear approximation's SGD epochs checkpoint and resume the same way
+    full = LinearApprox(lm, sgd_epochs=2).fit(cache, 3)
+    lin = tmp_path / "linear-layer-3.ckpt.pt"
+
+    def killed_after_one(path, blob):
+        real(path, blob)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(linear, "_save_checkpoint", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        LinearApprox(lm, sgd_epochs=2).fit(cache, 3, checkpoint=lin)
+    monkeypatch.setattr(linear, "_save_checkpoint", real)
+    again = LinearApprox(lm, sgd_epochs=2).fit(cache, 3, checkpoint=lin)
+    torch.testing.assert_close(again.maps[3], full.maps[3], rtol=0, atol=0)
+    with pytest.raises(Exception, match=r"other settings"):
+        VocabProbe(lm.vocab_size, epochs=4).fit(cache, 2, checkpoint=ckpt)
