@@ -59,6 +59,15 @@ _LOGIT_SCALE_FIELDS = {
 # (``logits_soft_cap``), xLSTM (``output_logit_soft_cap``). None means no cap.
 _SOFTCAP_FIELDS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
 
+# Architectures futurelens refuses, by model_type, and why (found by the conformance suite, tests/arch).
+_REFUSED = {
+    "rwkv": (
+        "transformers 5.22's RWKV `generate` continues a batch of rows differently from each row alone (and from a "
+        "re-run of the context), so greedy continuations and rollouts, which futurelens batches, would be wrong; "
+        "this is in transformers, not something an arch override can fix"
+    ),
+}
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -110,11 +119,18 @@ def _path_of(modules: dict[str, Any], target: Any) -> str | None:
     return next((name for name, m in modules.items() if m is target), None)
 
 
-def _find_blocks(model: Any, modules: dict[str, Any]) -> str | None:
+def _find_blocks(model: Any, modules: dict[str, Any], embed: str | None) -> str | None:
     import torch
 
     n_layers = _n_layers_from_config(getattr(model, "config", None))
     lists = [(n, m) for n, m in modules.items() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    # The decoder stack sits next to the token embedding (model.embed_tokens / model.layers, transformer.wte /
+    # transformer.h ...); a per-block list (norms, experts) never does.
+    if embed is not None:
+        parent = embed.rpartition(".")[0]
+        siblings = [(n, m) for n, m in lists if n.rpartition(".")[0] == parent]
+        if siblings:
+            lists = siblings
     if n_layers is not None:
         exact = [(n, m) for n, m in lists if len(m) == n_layers]
         if exact:
@@ -155,9 +171,16 @@ def _find_final_norm(model: Any, modules: dict[str, Any], blocks: str) -> tuple[
     return None, any(getattr(parent, name, 0) is None for name in _FINAL_NORM_NAMES)
 
 
-def _find_project_out(model: Any, modules: dict[str, Any], blocks: str) -> str | None:
+def _find_project_out(model: Any, modules: dict[str, Any], blocks: str, unembed: str | None) -> str | None:
+    """A projection between the final norm and the unembedding: ``project_out`` next to the blocks (OPT-350m),
+    or a top-level ``lm_head`` that is not the unembedding itself (ModernBERT-decoder's prediction head before
+    its ``decoder``). `check_head` verifies the guess against the model's own logits."""
     _, prefix = _parent(model, blocks)
-    return next((prefix + n for n in _PROJECT_OUT_NAMES if prefix + n in modules), None)
+    found = next((prefix + n for n in _PROJECT_OUT_NAMES if prefix + n in modules), None)
+    if found is None and unembed is not None and unembed != "lm_head" and "lm_head" in modules:
+        if not unembed.startswith("lm_head."):
+            found = "lm_head"
+    return found
 
 
 def _text_config(model: Any) -> Any:
@@ -214,10 +237,10 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
         )
 
     found: dict[str, Any] = {}
-    found["blocks"] = override.get("blocks") or _find_blocks(model, modules)
     get_in = getattr(model, "get_input_embeddings", None)
     get_out = getattr(model, "get_output_embeddings", None)
     found["embed"] = override.get("embed") or (_path_of(modules, get_in()) if get_in else None)
+    found["blocks"] = override.get("blocks") or _find_blocks(model, modules, found["embed"])
     found["unembed"] = override.get("unembed") or (_path_of(modules, get_out()) if get_out else None)
     no_final_norm = False
     if "final_norm" in override:
@@ -229,7 +252,9 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
     if "project_out" in override:
         found["project_out"] = override["project_out"]
     else:
-        found["project_out"] = _find_project_out(model, modules, found["blocks"]) if found["blocks"] else None
+        found["project_out"] = (
+            _find_project_out(model, modules, found["blocks"], found["unembed"]) if found["blocks"] else None
+        )
     transform = logit_transform(_text_config(model))
     for key in ("logit_scale", "logit_softcap"):
         found[key] = override[key] if key in override else transform[key]
@@ -302,6 +327,10 @@ class Probe:
     """Width of the embedding output (what a soft prompt is made of); differs from d_model in OPT-350m."""
     widths: tuple[int, int, int]
     """Widths of block 0's input, block 0's output and the last block's output."""
+    plain_kv_cache: bool
+    """Whether the model's own past is a plain ``transformers.DynamicCache`` (what a shared prefix is copied as)."""
+    block_calls: tuple[int, int]
+    """How many times block 0 and the last block ran in the forward (1 each in a plain stack)."""
     last_hidden: Any
     """The last block's hidden state ``[1, T, d]`` (what the head turns into the logits)."""
     logits: Any
@@ -338,11 +367,18 @@ def probe(model: Any, arch: Arch) -> Probe:
     seen: dict[str, Any] = {}
     n_tokens = 2
 
+    calls = {"block0": 0, "last": 0}
+
     def on_input(_m: Any, args: tuple, kwargs: dict) -> None:
         seen.setdefault("input", (args, kwargs))
 
     def first(key: str):
-        return lambda _m, _i, out: seen.setdefault(key, out)
+        def hook(_m: Any, _i: Any, out: Any) -> None:
+            seen.setdefault(key, out)
+            if key in calls:
+                calls[key] += 1
+
+        return hook
 
     handles = [
         modules[arch.embed].register_forward_hook(first("embed")),
@@ -355,7 +391,8 @@ def probe(model: Any, arch: Arch) -> Probe:
         vocab = int(modules[arch.unembed].weight.shape[0]) if hasattr(modules[arch.unembed], "weight") else 2
         ids = (torch.arange(1, n_tokens + 1) % max(vocab, 1))[None].to(device)
         with torch.no_grad():
-            logits = model(input_ids=ids).logits
+            out = model(input_ids=ids, use_cache=True)
+        logits = out.logits
     finally:
         for h in handles:
             h.remove()
@@ -377,6 +414,8 @@ def probe(model: Any, arch: Arch) -> Probe:
             f"{type(model).__name__}: block 0 or the embedding returns {type(out0).__name__}, not a hidden-state tensor "
             "(or a tuple starting with one): futurelens cannot read or patch its residual stream."
         )
+    from transformers import DynamicCache
+
     in_width = None
     if where is not None:
         x = args[where] if isinstance(where, int) else kwargs[where]
@@ -387,14 +426,29 @@ def probe(model: Any, arch: Arch) -> Probe:
         d_model=int(hidden0.shape[-1]),
         embed_dim=int(embed_out.shape[-1]),
         widths=(in_width or 0, int(hidden0.shape[-1]), int(last.shape[-1])),
+        plain_kv_cache=type(getattr(out, "past_key_values", None)) is DynamicCache,
+        block_calls=(calls["block0"], calls["last"]),
         last_hidden=last.detach(),
         logits=logits.detach(),
     )
 
 
+def check_supported(model: Any) -> None:
+    """Refuse an architecture futurelens knows it cannot run exactly (``_REFUSED``), saying why."""
+    model_type = getattr(_text_config(model), "model_type", None)
+    if model_type in _REFUSED:
+        raise FutureLensError(f"{type(model).__name__} (model type {model_type!r}) is not supported: {_REFUSED[model_type]}.")
+
+
 def check_probe(model: Any, arch: Arch, seen: Probe) -> None:
     """Refuse what futurelens cannot read or patch exactly, naming the missing piece."""
     name = type(model).__name__
+    if seen.block_calls != (1, 1):
+        raise FutureLensError(
+            f"{name}: its blocks run more than once in one forward (block 0 {seen.block_calls[0]} times, the last block "
+            f"{seen.block_calls[1]} times; a recurrent-depth model): a layer is not one state of the residual stream, "
+            "so futurelens cannot read or patch it as one."
+        )
     if seen.block_input is None:
         raise FutureLensError(
             f"{name}: block 0 ({arch.blocks}.0) receives no [batch, tokens, d] hidden state among its arguments, "

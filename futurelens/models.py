@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from .arch import Arch, check_head, check_probe, detect, probe
+from .arch import Arch, check_head, check_probe, check_supported, detect, probe
 from .errors import FutureLensError
 
 Remote = Union[bool, Literal["local"]]
@@ -318,6 +318,7 @@ def load_model(
 def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict | None, check: bool) -> LensModel:
     """Detect and probe the architecture, refuse what futurelens cannot do exactly, and build the `LensModel`."""
     module = nn._module
+    check_supported(module)
     found = detect(module, arch)
     seen = probe(module, found)
     given = arch if isinstance(arch, dict) else {}
@@ -327,6 +328,9 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
             changes["block_output"] = seen.block_output
         if "block_input" not in given and seen.block_input is not None:
             changes["block_input"] = seen.block_input
+        if "kv_cache" not in given:
+            # A shared prefix is copied as a plain DynamicCache: not for a recurrent state or a cache class of its own.
+            changes["kv_cache"] = found.kv_cache and seen.plain_kv_cache
         found = found.replace(**changes)
     if isinstance(arch, Arch) or "block_input" in given:
         seen.block_input = found.block_input

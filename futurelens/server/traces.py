@@ -99,6 +99,12 @@ def head_after_norm(model, spec, x):
     return apply_logit_transform(envoy_at(model, spec["unembed"])(x), spec)
 
 
+def head_in_trace(model, spec, hidden):
+    """Inside a trace: the model's whole head on ``hidden [..., d]`` by envoy calls (they spend no occurrence)."""
+    x = envoy_at(model, spec["final_norm"])(hidden) if spec["final_norm"] is not None else hidden
+    return head_after_norm(model, spec, x)
+
+
 def head_modules(model, spec, hidden):
     """The model's whole head on ``hidden [..., d]`` by direct module calls (local runs: gradients flow)."""
     modules = model._module
@@ -118,8 +124,7 @@ def decode(model, spec, hidden):
     # Remotely the head runs inside a one-token trace, the way NDIF runs module calls.
     with model.trace(input_ids=torch.full((1, 1), spec["pad_id"], dtype=torch.long, device=device_of(model)),
                      remote=spec["remote"]) as tracer:
-        x = envoy_at(model, spec["final_norm"])(hidden) if spec["final_norm"] is not None else hidden
-        logits = head_after_norm(model, spec, x).save()
+        logits = head_in_trace(model, spec, hidden).save()
         stop(tracer, model)
     return logits
 
@@ -241,13 +246,11 @@ def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads)
     groups = patch_groups(layer, state)
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
         write_patch(embed, blocks, groups, position, soft_prompt, spec)
-        if spec["final_norm"] is not None:
-            final = envoy_at(model, spec["final_norm"]).output
-        else:
-            final = hidden_of(blocks[spec["n_layers"] - 1].output, spec["is_tuple"])
-        # Unembed only the read positions, then stop: the model's own head would
-        # materialise [B, T, vocab] logits, most of them never read.
-        logits = head_after_norm(model, spec, final[:, read_index]).save()
+        final = hidden_of(blocks[spec["n_layers"] - 1].output, spec["is_tuple"])
+        # The head on the read positions only, then stop: the model's own head would materialise
+        # [B, T, vocab] logits, most of them never read. The final norm is called here, not read
+        # from the forward: a model may run that module more than once (nanochat norms before its blocks too).
+        logits = head_in_trace(model, spec, final[:, read_index]).save()
         stop(tracer, model)
     return logits
 

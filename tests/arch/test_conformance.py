@@ -19,7 +19,8 @@ from futurelens.server import jobs
 
 from .zoo import VOCAB, ZOO, build
 
-NAMES = list(ZOO)
+NAMES = [name for name, spec in ZOO.items() if spec.refused is None]
+REFUSED = [name for name, spec in ZOO.items() if spec.refused is not None]
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]  # ragged: right-padded into one batch
 CONT = [[40, 41], [42, 43], [44, 45]]
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -58,6 +59,12 @@ def _assert_logits_close(got, expected, what=""):
 
 
 parametrize = pytest.mark.parametrize("arch", NAMES, indirect=True)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_an_unsupported_architecture_is_refused_at_load_saying_why(name, tokenizer):
+    with pytest.raises(fl.FutureLensError, match=ZOO[name].refused):
+        fl.load_model(build(name), tokenizer=tokenizer)
 
 
 @parametrize

@@ -9,7 +9,7 @@ Head transforms are set to values that bite (a soft cap of 2 on logits of size ~
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import transformers
@@ -23,6 +23,10 @@ _ATTN = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
              max_position_embeddings=128)
 
 
+def _a(**kw):
+    return dict(_ATTN, **kw)
+
+
 @dataclass(frozen=True)
 class Tiny:
     model_type: str
@@ -34,8 +38,9 @@ class Tiny:
     hs0: bool = True
     """Whether the model's ``output_hidden_states[0]`` is block 0's input (False where the model records
     block 0's output there, as Mamba's own loop does)."""
+    refused: str | None = None
+    """For an architecture futurelens refuses: a regex of the refusal load_model must raise."""
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 ZOO: dict[str, Tiny] = {
@@ -99,6 +104,143 @@ ZOO: dict[str, Tiny] = {
                                                                     num_key_value_heads=1, attention_window_size=4,
                                                                     block_types=["recurrent", "attention"],
                                                                     logits_soft_cap=2.0)),
+    # ---- more architectures transformers 5.22 builds as a causal LM
+    "starcoder2": Tiny("starcoder2", "model.layers", _a(sliding_window=4)),
+    "gpt_bigcode": Tiny("gpt_bigcode", "transformer.h", dict(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128)),
+    "mpt": Tiny("mpt", "transformer.blocks", dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=128)),
+    "persimmon": Tiny("persimmon", "model.layers", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                      intermediate_size=64, max_position_embeddings=128)),
+    "nemotron": Tiny("nemotron", "model.layers", _a(head_dim=8)),
+    "nemotron_h": Tiny("nemotron_h", "model.layers", _a(head_dim=8, moe_intermediate_size=32, n_routed_experts=4,
+                                                       num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
+                                                       num_nextn_predict_layers=0), hs0=True),
+    "olmoe": Tiny("olmoe", "model.layers", _a(num_experts=4, num_experts_per_tok=2)),
+    "olmo3": Tiny("olmo3", "model.layers", _a(sliding_window=4)),
+    "olmo_hybrid": Tiny("olmo_hybrid", "model.layers", _a()),
+    "flex_olmo": Tiny("flex_olmo", "model.layers", _a(num_experts=4, num_experts_per_tok=2)),
+    "phimoe": Tiny("phimoe", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2, sliding_window=4)),
+    "qwen2_moe": Tiny("qwen2_moe", "model.layers", _a(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                                     shared_expert_intermediate_size=32)),
+    "glm": Tiny("glm", "model.layers", _a(head_dim=8)),
+    "glm4": Tiny("glm4", "model.layers", _a(head_dim=8)),
+    "glm4_moe": Tiny("glm4_moe", "model.layers", _a(moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                                                   first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1,
+                                                   num_nextn_predict_layers=0)),
+    "helium": Tiny("helium", "model.layers", _a(head_dim=8)),
+    "granitemoe": Tiny("granitemoe", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2, logits_scaling=4.0,
+                                                       embedding_multiplier=3.0, residual_multiplier=0.5)),
+    "granitemoeshared": Tiny("granitemoeshared", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2,
+                                                                   logits_scaling=4.0, embedding_multiplier=3.0)),
+    "granite_swa": Tiny("granite_swa", "model.layers", _a(sliding_window=4, logits_scaling=4.0, embedding_multiplier=3.0)),
+    "granitemoe_swa": Tiny("granitemoe_swa", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                                                               logits_scaling=4.0, embedding_multiplier=3.0)),
+    "cohere2": Tiny("cohere2", "model.layers", _a(head_dim=8, sliding_window=4, logit_scale=0.5)),
+    "cohere2_moe": Tiny("cohere2_moe", "model.layers", _a(head_dim=8, num_experts=4, num_experts_per_tok=2, sliding_window=4,
+                                                         logit_scale=0.5)),
+    "exaone4": Tiny("exaone4", "model.layers", _a(sliding_window=4)),
+    "exaone_moe": Tiny("exaone_moe", "model.layers", _a(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                                       first_k_dense_replace=1, n_group=1, topk_group=1)),
+    "smollm3": Tiny("smollm3", "model.layers", _a(sliding_window=4)),
+    "ministral": Tiny("ministral", "model.layers", _a(head_dim=8, sliding_window=4)),
+    "ministral3": Tiny("ministral3", "model.layers", _a(head_dim=8, sliding_window=4)),
+    "apertus": Tiny("apertus", "model.layers", _a()),
+    "arcee": Tiny("arcee", "model.layers", _a(head_dim=8)),
+    "vaultgemma": Tiny("vaultgemma", "model.layers", _a(head_dim=8, sliding_window=4, final_logit_softcapping=2.0)),
+    "nanochat": Tiny("nanochat", "model.layers", _a(final_logit_softcapping=2.0)),
+    "hyperclovax": Tiny("hyperclovax", "model.layers", _a(head_dim=8, logits_scaling=2.0)),
+    "minicpm3": Tiny("minicpm3", "model.layers", _a(head_dim=8, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4,
+                                                   qk_nope_head_dim=4, v_head_dim=8, dim_model_base=16)),
+    "lfm2": Tiny("lfm2", "model.layers", _a()),
+    "seed_oss": Tiny("seed_oss", "model.layers", _a(head_dim=8)),
+    "hunyuan_v1_dense": Tiny("hunyuan_v1_dense", "model.layers", _a(head_dim=8)),
+    "hunyuan_v1_moe": Tiny("hunyuan_v1_moe", "model.layers", _a(head_dim=8, num_experts=4)),
+    "hy_v3": Tiny("hy_v3", "model.layers", _a(head_dim=8, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)),
+    "jetmoe": Tiny("jetmoe", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2)),
+    "biogpt": Tiny("biogpt", "biogpt.layers", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                   intermediate_size=64, max_position_embeddings=128)),
+    "bitnet": Tiny("bitnet", "model.layers", _a()),
+    "cwm": Tiny("cwm", "model.layers", _a(head_dim=8, sliding_window=4)),
+    "doge": Tiny("doge", "model.layers", _a(num_experts=4, num_experts_per_tok=2, sliding_window=4)),
+    "diffllama": Tiny("diffllama", "model.layers", _a(head_dim=8)),
+    "gpt_neox_japanese": Tiny("gpt_neox_japanese", "gpt_neox_japanese.layers", dict(hidden_size=32, num_hidden_layers=2,
+                                                                                    num_attention_heads=4,
+                                                                                    max_position_embeddings=128)),
+    "gpt_oss": Tiny("gpt_oss", "model.layers", _a(head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4)),
+    "deepseek_v2": Tiny("deepseek_v2", "model.layers", _a(num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                                         num_experts_per_tok=2, first_k_dense_replace=1, n_shared_experts=1,
+                                                         kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4,
+                                                         qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1)),
+    "deepseek_v3": Tiny("deepseek_v3", "model.layers", _a(num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                                         num_experts_per_tok=2, first_k_dense_replace=1, n_shared_experts=1,
+                                                         kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4,
+                                                         qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1)),
+    "xglm": Tiny("xglm", "model.layers", dict(d_model=32, num_layers=2, attention_heads=4, ffn_dim=64,
+                                              max_position_embeddings=128)),
+    "minimax": Tiny("minimax", "model.layers", _a(head_dim=8, num_local_experts=4, num_experts_per_tok=2)),
+    "minimax_m2": Tiny("minimax_m2", "model.layers", _a(head_dim=8, num_local_experts=4, num_experts_per_tok=2)),
+    "ernie4_5": Tiny("ernie4_5", "model.layers", _a(head_dim=8)),
+    "ernie4_5_moe": Tiny("ernie4_5_moe", "model.layers", _a(moe_intermediate_size=32)),
+    "dots1": Tiny("dots1", "model.layers", _a(moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                                             first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1)),
+    "llama4": Tiny("llama4_text", "model.layers", _a(head_dim=8, num_local_experts=4, num_experts_per_tok=2)),
+    "afmoe": Tiny("afmoe", "model.layers", _a(head_dim=8, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)),
+    "solar_open": Tiny("solar_open", "model.layers", _a(head_dim=8, moe_intermediate_size=32, n_routed_experts=4,
+                                                       num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1)),
+    "laguna": Tiny("laguna", "model.layers", _a(head_dim=8, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                               shared_expert_intermediate_size=32)),
+    "kolibri1": Tiny("kolibri1", "model.layers", _a(head_dim=8, moe_intermediate_size=32, num_local_experts=4,
+                                                   num_experts_per_tok=2, shared_expert_intermediate_size=32)),
+    "jais2": Tiny("jais2", "model.layers", _a(head_dim=8)),
+    "mellum": Tiny("mellum", "model.layers", _a(head_dim=8, moe_intermediate_size=32, num_local_experts=4,
+                                               num_experts_per_tok=2, num_nextn_predict_layers=0)),
+    "mimo_v2_flash": Tiny("mimo_v2_flash", "model.layers", _a(head_dim=8, moe_intermediate_size=32, n_routed_experts=4,
+                                                             num_experts_per_tok=2, v_head_dim=8, n_group=1, topk_group=1)),
+    "longcat_flash": Tiny("longcat_flash", "model.layers", dict(hidden_size=32, num_layers=2, num_attention_heads=4,
+                                                               num_key_value_heads=4, ffn_hidden_size=64,
+                                                               expert_ffn_hidden_size=32, n_routed_experts=4, moe_topk=2,
+                                                               zero_expert_num=2, kv_lora_rank=16, q_lora_rank=16,
+                                                               qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+                                                               head_dim=4, max_position_embeddings=128),
+                          note="config.num_hidden_layers counts sub-layers (2 per block)"),
+    "qwen3_next": Tiny("qwen3_next", "model.layers", _a(head_dim=8, linear_key_head_dim=8, linear_value_head_dim=8,
+                                                       linear_num_key_heads=2, linear_num_value_heads=4,
+                                                       moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                                                       num_experts=4, num_experts_per_tok=2,
+                                                       layer_types=["linear_attention", "full_attention"])),
+    "qwen3_5": Tiny("qwen3_5_text", "model.layers", _a(head_dim=8, linear_key_head_dim=8, linear_value_head_dim=8,
+                                                      linear_num_key_heads=2, linear_num_value_heads=4,
+                                                      layer_types=["linear_attention", "full_attention"])),
+    "kimi_linear": Tiny("kimi_linear", "model.layers", _a(num_key_value_heads=4, moe_intermediate_size=32, kv_lora_rank=16,
+                                                         qk_rope_head_dim=4, v_head_dim=8, qk_nope_head_dim=4,
+                                                         num_experts_per_tok=2, num_local_experts=4, linear_head_dim=8,
+                                                         linear_num_heads=4,
+                                                         layer_types=["linear_attention", "full_attention"])),
+    "bailing_hybrid": Tiny("bailing_hybrid", "model.layers", _a(num_key_value_heads=4, moe_intermediate_size=32,
+                                                               kv_lora_rank=16, qk_rope_head_dim=4, v_head_dim=8,
+                                                               qk_nope_head_dim=4, n_group=1, topk_group=1,
+                                                               num_experts_per_tok=2, num_local_experts=4,
+                                                               first_k_dense_replace=1, head_dim=8, layer_group_size=2,
+                                                               num_mtp_layers=0)),
+    "granitemoehybrid": Tiny("granitemoehybrid", "model.layers", _a(num_local_experts=4, num_experts_per_tok=2,
+                                                                   shared_intermediate_size=32,
+                                                                   layer_types=["mamba", "attention"], mamba_n_heads=4,
+                                                                   mamba_d_state=4, mamba_d_head=16, mamba_chunk_size=8,
+                                                                   logits_scaling=4.0, embedding_multiplier=3.0)),
+    "lfm2_moe": Tiny("lfm2_moe", "model.layers", _a(moe_intermediate_size=32, num_dense_layers=1, num_experts=4,
+                                                   num_experts_per_tok=2, layer_types=["conv", "full_attention"])),
+    "xlstm": Tiny("xlstm", "backbone.blocks", dict(hidden_size=64, embedding_dim=64, num_hidden_layers=2, num_blocks=2,
+                                                   num_heads=4, qk_dim_factor=1.0, output_logit_soft_cap=2.0),
+                  d_model=64),
+    # ModernBERT-decoder: a prediction head (dense, act, norm) at lm_head before the unembedding at decoder.
+    "modernbert_decoder": Tiny("modernbert-decoder", "model.layers", dict(hidden_size=32, intermediate_size=64,
+                                                                          num_hidden_layers=2, num_attention_heads=4,
+                                                                          local_attention=4, max_position_embeddings=128,
+                                                                          cls_token_id=1, sep_token_id=2)),
+    # ---- refused at load, with the reason
+    "rwkv": Tiny("rwkv", "rwkv.blocks", dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                             attention_hidden_size=32), refused=r"RWKV `generate` continues a batch"),
+    "hrm_text": Tiny("hrm_text", "model.L_module.layers", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4),
+                     refused=r"blocks run more than once in one forward"),
 }
 
 
