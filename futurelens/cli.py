@@ -365,6 +365,7 @@ def _lens(cfg: Any, remote: bool = False) -> None:
         progress=True,
         force=cfg.force,
         revision=cfg.revision or None,
+        probes=cfg.probes or None,
     )
     path = grid.save_html(cfg.out)
     typer.echo(grid.to_text(width=cfg.width))

@@ -179,3 +179,29 @@ def test_every_loader_pulls_a_hub_snapshot_and_records_its_revision(run, tmp_pat
     # a repo that is not there: one message, naming it
     with pytest.raises(fl.FutureLensError, match=r"Could not fetch me/other from the Hugging Face hub"):
         load_prompts("me/other", lm)
+
+
+def test_the_lens_shows_fitted_probes_guesses(run, tmp_path):
+    from futurelens.artifacts import ProbeInfo, load_probe, probe_path
+
+    lm = run.lm
+    folder = run.root / "eval" / "probes"
+    grid = fl.lens(lm, TEXT, prompts=str(run.root / "prompts"), probes=str(folder), rollout=1, top_k=1)
+    assert set(grid.probes) == {"linear (vocab)", "linear (hidden)"} and grid.probes["linear (vocab)"]["layers"] == [2, 3]
+    assert "fitted probes from" in grid.source and data_fingerprint(run.cache) in grid.source
+    states = fl.token_states(lm, TEXT, [2, 3])  # [2, T, d]
+    fp = data_fingerprint(run.cache)
+    for i, layer in enumerate((2, 3)):
+        vocab = VocabProbe(lm.vocab_size, epochs=1)
+        vocab.restore(layer, load_probe(probe_path(folder, "vocab", layer), ProbeInfo("vocab", lm.name, layer, fp,
+                                                                                      vocab.settings())))
+        batch = SimpleNamespace(states=states[i])
+        want = [p.top_ids[:, 0] for p in vocab.predict(batch, layer, 1)]  # per N: [T]
+        got = grid.probes["linear (vocab)"]["tokens"][i]  # [T][N+1]
+        assert got == [[lm.tokenizer.decode([int(want[n][t])]) for n in range(len(want))] for t in range(len(TEXT))]
+    page = grid.to_html()
+    assert "linear (vocab)" in page and "N=1" in page
+    again = fl.LensGrid.from_dict(json.loads(json.dumps(grid.to_dict())))
+    assert again.probes["linear (hidden)"]["tokens"] == grid.probes["linear (hidden)"]["tokens"]
+    with pytest.raises(fl.FutureLensError, match=r"No fitted probes for layers \[1\]"):
+        fl.lens(lm, TEXT, prompts="fixed", layers=[1], probes=str(folder), rollout=1, top_k=1)

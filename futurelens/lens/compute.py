@@ -71,6 +71,9 @@ class LensConfig:
     """Use the fixed text prompt even where learned prompts ship with futurelens for the model."""
     revision: str = ""
     """Hub revision (branch, tag or commit) of --prompts / --prompt when it is a hub id."""
+    probes: str = ""
+    """Fitted vocabulary probes / linear approximations (the folder `futurelens eval` saved them in, e.g.
+    runs/eval/probes, or a hub id): their top-1 guesses N = 0..n_max ahead show on hover, for the layers they have."""
     layers: list[int] = field(default_factory=list)
     """Layers to show (0 = embeddings, n = last block); empty = all, or all that have a learned prompt."""
     rollout: int = 4
@@ -274,6 +277,7 @@ def lens(
     progress: Progress = None,
     force: bool = False,
     revision: str | None = None,
+    probes: "str | os.PathLike | None" = None,
 ) -> LensGrid:
     """The Future Lens of ``text`` in one call: ``fl.lens(lm, "Marty McFly from")`` shows inline in a notebook.
 
@@ -291,6 +295,8 @@ def lens(
         rollout, top_k, fixed_prompt, chunk_size, progress: as in `lens_grid`.
         force: use prompts trained on another model (or a prompt at another layer than it was trained for).
         revision: a hub revision for ``prompts`` given as a hub id.
+        probes: fitted probes (a folder `futurelens eval` saved them in, or a hub id): each cell's tooltip adds
+            their top-1 guess N = 0..n_max ahead, at the layers they were fitted for.
 
     Returns:
         the `LensGrid`; its page header says where the prompts came from (package, folder, file,
@@ -331,8 +337,60 @@ def lens(
         found = getattr(prompts, "source", None)
         base = found.describe() if found is not None else "soft prompt given in memory"
         source = f"{base}; every row's state patched at layer {lm.check_layer(layer)}"
-    return lens_grid(lm, text, prompts, layers=layers, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt,
+    grid = lens_grid(lm, text, prompts, layers=layers, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt,
                      chunk_size=chunk_size, progress=progress, patch_layer=layer, source=source)
+    if probes:
+        ids, n_pre = _text_ids(lm, text)
+        grid.probes, where = _probe_guesses(lm, ids, n_pre, grid.layers, probes, revision)
+        grid.source = f"{grid.source}; {where}"
+        grid.__post_init__()
+    return grid
+
+
+def _probe_guesses(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int], probes: Any, revision: str | None):
+    """``({name: {"layers", "tokens", "probs"}}, description)``: fitted probes' top-1 guesses for every cell."""
+    import torch
+
+    from ..artifacts import PROBE_KINDS, probe_path, probes_folder, read_probe
+    from ..tracing import decode, token_states
+
+    folder, where = probes_folder(probes, revision)
+    names = {"vocab": "linear (vocab)", "linear": "linear (hidden)"}
+    states = None
+    out, data = {}, set()
+    for kind in PROBE_KINDS:
+        entry: dict = {"layers": [], "tokens": [], "probs": []}
+        for i, layer in enumerate(rows):
+            path = probe_path(folder, kind, layer)
+            if not path.exists():
+                continue
+            tensors, meta = read_probe(path)
+            if meta["model"] != lm.name:
+                raise FutureLensError(f"{path} was fitted on {meta['model']!r}, not {lm.name!r}: fit probes for this model "
+                                      "(futurelens eval), or leave --probes out.")
+            if states is None:
+                states = token_states(lm, torch.tensor([ids], dtype=torch.long), rows)[:, n_pre:].float()  # [L, T, d]
+            x = states[i]
+            with torch.no_grad():
+                if kind == "vocab":
+                    logits = (x @ tensors["weight"].float().T + tensors["bias"].float()).view(len(x), -1, lm.vocab_size)
+                else:
+                    maps = tensors["maps"].float()
+                    xb = torch.cat([x, torch.ones(len(x), 1)], -1)
+                    logits = decode(lm, torch.einsum("td,nde->tne", xb, maps)).float()
+            p, top = logits.softmax(-1).max(-1)  # [T, n_max + 1]
+            decoder = _Decoder(lm.tokenizer)
+            entry["layers"].append(layer)
+            entry["tokens"].append([decoder(row.tolist()) for row in top])
+            entry["probs"].append(p.numpy())
+            data.add(meta["data"])
+        if entry["layers"]:
+            out[names[kind]] = {**entry, "probs": np.stack(entry["probs"]).astype(np.float64)}
+    if not out:
+        raise FutureLensError(f"No fitted probes for layers {rows} in {folder}: run `futurelens eval` (it saves them in "
+                              "<out>/probes), or point --probes at that folder.")
+    at = f"{where.location} @ {where.revision}" if where.kind == "hub" else str(folder)
+    return out, f"fitted probes from {at} (data {', '.join(sorted(data))})"
 
 
 def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class LensGrid:
         title, model, method: free metadata shown above the grid.
         source: where the prompts came from (shipped with futurelens, a folder, a file, a hub repo and
             revision, the authors' bare-tensor file), shown in the header.
+        probes: fitted methods' guesses per cell, shown on hover: ``{name: {"layers": [L'], "tokens":
+            [L'][T][N+1], "probs": [L', T, N+1]}}``, the top-1 token N = 0..n_max ahead for the rows
+            (``layers``, a subset of the grid's) that have a fit (`futurelens.lens(..., probes=...)`).
     """
 
     tokens: list[str]
@@ -49,6 +52,7 @@ class LensGrid:
     model: str = ""
     method: str = ""
     source: str = ""
+    probes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tokens = _str_list(self.tokens, "tokens")
@@ -71,6 +75,7 @@ class LensGrid:
         for name in ("title", "model", "method", "source"):
             if not isinstance(getattr(self, name), str):
                 raise FutureLensError(f"LensGrid.{name} must be a str, got {type(getattr(self, name)).__name__}.")
+        self.probes = {str(name): _probe_entry(entry, name, self.layers, T) for name, entry in dict(self.probes).items()}
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -146,6 +151,8 @@ class LensGrid:
             "model": self.model,
             "method": self.method,
             "source": self.source,
+            "probes": {name: {"layers": e["layers"], "tokens": e["tokens"], "probs": e["probs"].tolist()}
+                       for name, e in self.probes.items()},
         }
 
     @classmethod
@@ -157,7 +164,8 @@ class LensGrid:
         missing = [f for f in fields if f not in d]
         if missing:
             raise FutureLensError(f"LensGrid dict lacks {missing}.")
-        return cls(**{f: d[f] for f in fields}, **{m: d.get(m, "") for m in ("title", "model", "method", "source")})
+        return cls(**{f: d[f] for f in fields}, **{m: d.get(m, "") for m in ("title", "model", "method", "source")},
+                   probes=d.get("probes", {}))
 
 
 # ---------------------------------------------------------------------- validation
@@ -187,6 +195,21 @@ def _probs(x: Any, name: str, L: int, T: int) -> np.ndarray:
             f"e.g. {name}[{where}] = {a[where]}."
         )
     return np.clip(a, 0.0, 1.0)
+
+
+def _probe_entry(entry: Any, name: str, layers: list[int], T: int) -> dict:
+    """One ``probes`` entry checked: its layers are grid rows, tokens ``[L'][T][n]`` match probs ``[L', T, n]``."""
+    try:
+        rows = [int(x) for x in entry["layers"]]
+        tokens, probs = entry["tokens"], entry["probs"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise FutureLensError(f"LensGrid.probes[{name!r}] must be {{'layers', 'tokens', 'probs'}}: {e}") from e
+    missing = [x for x in rows if x not in layers]
+    if missing:
+        raise FutureLensError(f"LensGrid.probes[{name!r}] has layers {missing} that are not rows of the grid {layers}.")
+    probs = _probs(probs, f"probes[{name!r}].probs", len(rows), T) if rows else np.zeros((0, T, 0))
+    return {"layers": rows, "tokens": _nested(tokens, f"probes[{name!r}].tokens", (len(rows), T, probs.shape[2]),
+                                               "probs") if rows else [], "probs": probs}
 
 
 def _nested(x: Any, name: str, shape: tuple[int, int, int], probs_name: str) -> list[list[list[str]]]:

@@ -90,11 +90,18 @@ def _cell(g: LensGrid, i: int, j: int) -> str:
     phrase, phrase_p = g.phrase_tokens[i][j], g.phrase_probs[i, j]
     colour_p = float(phrase_p[0]) if len(phrase) else float(top_p[0])
     text = esc("".join(phrase)) if phrase else "&nbsp;"
+    fitted = ""
+    for name, entry in g.probes.items():  # fitted methods' top-1 guess N = 0..n_max ahead (names are ours, escaped)
+        if layer in entry["layers"]:
+            r = entry["layers"].index(layer)
+            labels = [f"N={n} {t}" for n, t in enumerate(entry["tokens"][r][j])]
+            fitted += f'<div class="fl-ts">{html.escape(name, quote=True)}</div><table>{_rows(labels, entry["probs"][r, j])}</table>'
     tip = (
         f'<div class="fl-tip" role="tooltip">'
         f'<div class="fl-th">layer {layer} · token {j} <b>{esc(g.tokens[j])}</b></div>'
         f'<div class="fl-ts">logit lens top-{len(top)}</div><table>{_rows(top, top_p)}</table>'
         + (f'<div class="fl-ts">rollout</div><table>{_rows(phrase, phrase_p)}</table>' if phrase else "")
+        + fitted
         + "</div>"
     )
     return (
