@@ -217,3 +217,13 @@ def test_shipped_prompts_beat_the_fixed_prompt_on_held_out_prefixes(default_lm):
         p_learned = (learned == cont[:, 1]).float().mean().item()
         p_fixed = (fixed == cont[:, 1]).float().mean().item()
         assert p_learned > p_fixed, (layer, p_learned, p_fixed)
+
+
+def test_the_authors_mode_remotely_is_bounded_requests_with_the_same_cells(tiny, tmp_path):
+    lm, _ = tiny("gptj")
+    prompt = torch.randn(10, lm.d_model, generator=torch.Generator().manual_seed(1))
+    here = fl.lens(lm, TEXT, prompts=prompt, layer=2, rollout=2, top_k=2)
+    far, _ = tiny("gptj", remote="local")  # NDIF's serialisation path, in-process
+    far.max_request_mb = 0.01  # a few rows per request: the rollout splits
+    there = fl.lens(far, TEXT, prompts=prompt, layer=2, rollout=2, top_k=2)
+    _same_cells(here, there)

@@ -250,7 +250,12 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
         step = None if lm.remote else (bar.update if bar is not None else (progress if callable(progress) else None))
         try:
             kwargs = {"soft_prompt": soft} if soft is not None else {"target": [target]}
-            phrase_ids, phrase_probs = roll(lm, flat, at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
+            # Remotely each row carries its state and (expanded) prompt: as many rows per request as fit.
+            per_row = 4 * (d + (soft.numel() if soft is not None else 0)) + 8 * (len(target or []) + (soft.shape[0] if soft is not None else 0))
+            span = len(flat) if not lm.remote else max(1, int(0.9 * lm.max_request_mb * 2**20) // per_row)
+            got = [roll(lm, flat[a : a + span], at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
+                   for a in range(0, len(flat), span)]
+            phrase_ids, phrase_probs = torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got])
         finally:
             if bar is not None:
                 bar.close()
