@@ -656,6 +656,7 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
     prompts = {}
     model = None
     settings: dict = {}
+    prompt_data = None
     for f in found["prompts"]:
         _, meta = read_prompt(f)
         if meta["format"] != "futurelens":
@@ -663,6 +664,7 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
         prompts[meta["layer"]] = f"prompts/{f.name}"
         model = model or meta.get("model")
         settings = settings or meta.get("config", {})
+        prompt_data = prompt_data or meta.get("data")
     probes = []
     for f in found["probes"]:
         _, meta = read_probe(f)
@@ -672,7 +674,7 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
     data = json.loads(found["data"].read_text()) if found["data"] else {}
     if not model:
         model = data.get("model")
-    fingerprint = _fingerprint(found) or next((p["data"] for p in probes), None)
+    fingerprint = _fingerprint(found) or prompt_data or next((p["data"] for p in probes), None)
     return clean_config({
         "format": "futurelens-run/1",
         "futurelens": __version__,
