@@ -51,6 +51,7 @@ class LensModel:
     _envoys: dict = field(default_factory=dict, repr=False)
     _d_model: int | None = field(default=None, repr=False)
     _embed_dim: int | None = field(default=None, repr=False)
+    _hidden_dtype: str | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Any:
@@ -109,6 +110,8 @@ class LensModel:
             "logit_softcap": arch.logit_softcap,
             "is_tuple": arch.block_output == "tuple",
             "block_input": arch.block_input,
+            # The dtype of the model's own last-layer states (float32 for Mamba's residual in a bfloat16 model).
+            "hidden_dtype": self._hidden_dtype or str(self.dtype).replace("torch.", ""),
             "kv_cache": arch.kv_cache,
             "n_layers": self.n_layers,
             "pad_id": self.pad_id,
@@ -335,7 +338,8 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     if isinstance(arch, Arch) or "block_input" in given:
         seen.block_input = found.block_input
     check_probe(module, found, seen)
-    lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote, _d_model=seen.d_model, _embed_dim=seen.embed_dim)
+    lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote, _d_model=seen.d_model, _embed_dim=seen.embed_dim,
+                   _hidden_dtype=str(seen.last_hidden.dtype).replace("torch.", ""))
     if check and seen.logits.device.type != "meta":
         from .server.traces import head_modules
 

@@ -55,6 +55,16 @@ def dtype_of(model, spec):
     return envoy_at(model, spec["embed"])._module.weight.dtype
 
 
+def hidden_dtype(spec):
+    """The dtype of the model's own last-layer states (Mamba in bfloat16 keeps its residual stream in float32)."""
+    return getattr(torch, spec["hidden_dtype"])
+
+
+def param_dtype(envoy):
+    """The dtype of a module's weights (what it must be fed)."""
+    return next(envoy._module.parameters()).dtype
+
+
 def hidden_of(out, is_tuple):
     return out[0] if is_tuple else out
 
@@ -93,10 +103,15 @@ def apply_logit_transform(logits, spec):
 
 
 def head_after_norm(model, spec, x):
-    """Final-normed states -> logits: ``project_out``, the unembedding, then the logit transform."""
+    """Final-normed states -> logits: ``project_out``, the unembedding, then the logit transform.
+
+    The normed state goes in in the weights' dtype, as the models that keep a float32 residual cast it (Mamba).
+    """
     if spec["project_out"] is not None:
-        x = envoy_at(model, spec["project_out"])(x)
-    return apply_logit_transform(envoy_at(model, spec["unembed"])(x), spec)
+        project = envoy_at(model, spec["project_out"])
+        x = project(x.to(param_dtype(project)))
+    unembed = envoy_at(model, spec["unembed"])
+    return apply_logit_transform(unembed(x.to(param_dtype(unembed))), spec)
 
 
 def head_in_trace(model, spec, hidden):
@@ -112,13 +127,18 @@ def head_modules(model, spec, hidden):
     if spec["final_norm"] is not None:
         x = modules.get_submodule(spec["final_norm"])(x)
     if spec["project_out"] is not None:
-        x = modules.get_submodule(spec["project_out"])(x)
-    return apply_logit_transform(modules.get_submodule(spec["unembed"])(x), spec)
+        project = modules.get_submodule(spec["project_out"])
+        x = project(x.to(next(project.parameters()).dtype))
+    unembed = modules.get_submodule(spec["unembed"])
+    return apply_logit_transform(unembed(x.to(next(unembed.parameters()).dtype)), spec)
 
 
 def decode(model, spec, hidden):
-    """``hidden [..., d]`` (last-layer-style states) -> the model's own ``logits [..., vocab]``."""
-    hidden = hidden.to(device_of(model), dtype_of(model, spec))
+    """``hidden [..., d]`` (last-layer-style states) -> the model's own ``logits [..., vocab]``.
+
+    States go in in the dtype of the model's own last-layer states, as a forward would give them to its head.
+    """
+    hidden = hidden.to(device_of(model), hidden_dtype(spec))
     if spec["direct"]:
         return head_modules(model, spec, hidden)
     # Remotely the head runs inside a one-token trace, the way NDIF runs module calls.
@@ -205,36 +225,43 @@ def write_patch(embed, blocks, groups, position, soft_prompt, spec):
     """
     is_tuple = spec["is_tuple"]
     if soft_prompt is not None:
+        # Vectors are written in the dtype of what they replace (a float32 prompt into a bfloat16 model; gradients
+        # flow through the cast).
         n_soft = soft_prompt.shape[1]
-        embed.output = torch.cat([soft_prompt, embed.output[:, n_soft:]], dim=1)
+        emb = embed.output
+        embed.output = torch.cat([soft_prompt.to(emb.dtype), emb[:, n_soft:]], dim=1)
     at_input = [g for g in groups if g[0] == 0]
     if at_input:
         inputs = blocks[0].inputs
         hidden = block_input_of(inputs, spec["block_input"]).clone()
         for _, rows, value in at_input:
             if rows is None:
-                hidden[:, position] = value
+                hidden[:, position] = value.to(hidden.dtype)
             else:
-                hidden[rows, position] = value
+                hidden[rows, position] = value.to(hidden.dtype)
         blocks[0].inputs = with_block_input(inputs, spec["block_input"], hidden)
     for layer, rows, value in (g for g in groups if g[0] > 0):
         block = blocks[layer - 1]
         out = block.output
         hidden = hidden_of(out, is_tuple).clone()
         if rows is None:
-            hidden[:, position] = value
+            hidden[:, position] = value.to(hidden.dtype)
         else:
-            hidden[rows, position] = value
+            hidden[rows, position] = value.to(hidden.dtype)
         block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
 
 
 def to_model(model, spec, ids, state, soft_prompt):
-    """Move a patch's inputs to the model: ``(ids, state, soft_prompt)`` on its device, states in its dtype."""
-    device, dtype = device_of(model), dtype_of(model, spec)
+    """Move a patch's inputs to the model's device: ``(ids, state, soft_prompt)``.
+
+    Their dtype stays: `write_patch` casts each vector to the dtype of what it replaces (a state into a
+    float32 residual stays float32, a float32 prompt into a bfloat16 embedding becomes bfloat16).
+    """
+    device = device_of(model)
     ids = ids.to(device)
-    state = state.to(device, dtype)
+    state = state.to(device)
     if soft_prompt is not None:
-        soft_prompt = soft_prompt.to(device, dtype)
+        soft_prompt = soft_prompt.to(device)
     return ids, state, soft_prompt
 
 
@@ -247,10 +274,13 @@ def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads)
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
         write_patch(embed, blocks, groups, position, soft_prompt, spec)
         final = hidden_of(blocks[spec["n_layers"] - 1].output, spec["is_tuple"])
-        # The head on the read positions only, then stop: the model's own head would materialise
-        # [B, T, vocab] logits, most of them never read. The final norm is called here, not read
-        # from the forward: a model may run that module more than once (nanochat norms before its blocks too).
-        logits = head_in_trace(model, spec, final[:, read_index]).save()
+        # The final norm is called here on the last block's output, not read from the forward: a model may
+        # run that module more than once (nanochat norms before its blocks too). Then the rest of the head
+        # on the read positions only, and stop: the model's own head would materialise [B, T, vocab]
+        # logits, most of them never read.
+        if spec["final_norm"] is not None:
+            final = envoy_at(model, spec["final_norm"])(final)
+        logits = head_after_norm(model, spec, final[:, read_index]).save()
         stop(tracer, model)
     return logits
 
