@@ -50,8 +50,9 @@ _LOGIT_SCALE_FIELDS = {
     "granitemoeshared": ("logits_scaling", "div"),
     "falcon_h1": ("lm_head_multiplier", "mul"),
     "hyperclovax": ("logits_scaling", "mul"),
-    # MiniCPM3 divides the hidden state before its bias-free lm_head: the same as dividing the logits.
+    # MiniCPM3 and Inkling divide the hidden state before a bias-free lm_head: the same as dividing the logits.
     "minicpm3": ("logits_scaling", "div"),
+    "inkling_text": ("logits_mup_width_multiplier", "div"),
 }
 
 # Config fields that are a final logit soft cap ``c`` (logits = c * tanh(logits / c)) wherever they
@@ -211,7 +212,7 @@ def logit_transform(config: Any) -> dict[str, float | None]:
     return {"logit_scale": scale, "logit_softcap": cap}
 
 
-def detect(model: Any, override: Arch | dict | None = None) -> Arch:
+def detect(model: Any, override: Arch | dict | None = None, *, verified: bool = False) -> Arch:
     """Find the parts of ``model`` (a ``transformers`` causal LM, possibly on the meta device).
 
     Paths come from the module tree (``get_input_embeddings``, ``get_output_embeddings``, the
@@ -219,7 +220,9 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
     ``override`` is either a complete `Arch` (used as is, after validation) or a dict of fields
     that replace what detection found. The questions that need a forward pass (tuple or tensor,
     how block 0 takes its input) are answered by `probe`; here they keep their defaults unless
-    overridden.
+    overridden. With ``verified`` (the caller checks the head against the model's own logits, as
+    `load_model` does on real weights), a model with no final norm to be found is taken to have none
+    (GPT-1's post-LN stack): the check confirms it or refuses the model.
 
     Raises:
         FutureLensError: naming the part that could not be found and the override that supplies it.
@@ -265,7 +268,7 @@ def detect(model: Any, override: Arch | dict | None = None) -> Arch:
 
     # A final norm of None is fine when the user said so, or the model says it has none.
     missing = [k for k in ("blocks", "embed", "final_norm", "unembed") if not found[k] and k not in override]
-    if no_final_norm:
+    if "final_norm" in missing and (no_final_norm or verified):
         missing.remove("final_norm")
     if missing:
         raise FutureLensError(
@@ -327,14 +330,18 @@ class Probe:
     """Width of the embedding output (what a soft prompt is made of); differs from d_model in OPT-350m."""
     widths: tuple[int, int, int]
     """Widths of block 0's input, block 0's output and the last block's output."""
-    plain_kv_cache: bool
-    """Whether the model's own past is a plain ``transformers.DynamicCache`` (what a shared prefix is copied as)."""
-    block_calls: tuple[int, int]
-    """How many times block 0 and the last block ran in the forward (1 each in a plain stack)."""
     last_hidden: Any
     """The last block's hidden state ``[1, T, d]`` (what the head turns into the logits)."""
     logits: Any
     """The model's own logits ``[1, T, vocab]``."""
+    plain_kv_cache: bool = False
+    """Whether the model's own past is a plain ``transformers.DynamicCache`` (what a shared prefix is copied as)."""
+    block_calls: tuple[int, int] = (1, 1)
+    """How many times block 0 and the last block ran in the forward (1 each in a plain stack)."""
+    first_arg_shape: tuple | None = None
+    """Shape of block 0's first tensor argument (to say why, when it is not a ``[1, T, d]`` hidden state)."""
+    n_tokens: int = 2
+    """Tokens in the probe's forward."""
 
 
 def _hidden_arg(args: tuple, kwargs: dict, n_tokens: int) -> Union[int, str] | None:
@@ -405,9 +412,11 @@ def probe(model: Any, arch: Arch) -> Probe:
         )
     args, kwargs = seen["input"]
     where = _hidden_arg(args, kwargs, n_tokens)
+    first_arg = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
     out0 = seen["block0"]
-    hidden0 = out0[0] if isinstance(out0, tuple) else out0
-    last = seen["last"][0] if isinstance(seen["last"], tuple) else seen["last"]
+    # A list of outputs (GPT-1's blocks) is read and rebuilt like a tuple.
+    hidden0 = out0[0] if isinstance(out0, (tuple, list)) else out0
+    last = seen["last"][0] if isinstance(seen["last"], (tuple, list)) else seen["last"]
     embed_out = seen["embed"]
     if not (isinstance(hidden0, torch.Tensor) and isinstance(last, torch.Tensor) and isinstance(embed_out, torch.Tensor)):
         raise FutureLensError(
@@ -421,13 +430,15 @@ def probe(model: Any, arch: Arch) -> Probe:
         x = args[where] if isinstance(where, int) else kwargs[where]
         in_width = int(x.shape[-1])
     return Probe(
-        block_output="tuple" if isinstance(out0, tuple) else "tensor",
+        block_output="tuple" if isinstance(out0, (tuple, list)) else "tensor",
         block_input=where,
         d_model=int(hidden0.shape[-1]),
         embed_dim=int(embed_out.shape[-1]),
         widths=(in_width or 0, int(hidden0.shape[-1]), int(last.shape[-1])),
         plain_kv_cache=type(getattr(out, "past_key_values", None)) is DynamicCache,
         block_calls=(calls["block0"], calls["last"]),
+        first_arg_shape=None if first_arg is None else tuple(first_arg.shape),
+        n_tokens=n_tokens,
         last_hidden=last.detach(),
         logits=logits.detach(),
     )
@@ -448,6 +459,18 @@ def check_probe(model: Any, arch: Arch, seen: Probe) -> None:
             f"{name}: its blocks run more than once in one forward (block 0 {seen.block_calls[0]} times, the last block "
             f"{seen.block_calls[1]} times; a recurrent-depth model): a layer is not one state of the residual stream, "
             "so futurelens cannot read or patch it as one."
+        )
+    shape = seen.first_arg_shape
+    if seen.block_input is None and shape is not None and len(shape) == 4 and shape[:2] == (1, seen.n_tokens):
+        raise FutureLensError(
+            f"{name}: block 0 receives several residual streams at once (a [batch, tokens, {shape[2]}, d] hidden state, "
+            "as with hyper-connections): futurelens reads and patches a single [batch, tokens, d] residual stream."
+        )
+    if seen.block_input is None and shape is not None and len(shape) == 3 and shape[0] == 1 and shape[1] != seen.n_tokens:
+        raise FutureLensError(
+            f"{name}: block 0 receives {shape[1]} positions for {seen.n_tokens} tokens (the model adds positions of its "
+            "own, such as a learned prompt): a layer's positions are not the tokens', so futurelens cannot read or patch "
+            "them token by token."
         )
     if seen.block_input is None:
         raise FutureLensError(

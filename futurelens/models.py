@@ -322,7 +322,8 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     """Detect and probe the architecture, refuse what futurelens cannot do exactly, and build the `LensModel`."""
     module = nn._module
     check_supported(module)
-    found = detect(module, arch)
+    real = next(module.parameters()).device.type != "meta"
+    found = detect(module, arch, verified=check and real)
     seen = probe(module, found)
     given = arch if isinstance(arch, dict) else {}
     if not isinstance(arch, Arch):
@@ -340,7 +341,7 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     check_probe(module, found, seen)
     lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote, _d_model=seen.d_model, _embed_dim=seen.embed_dim,
                    _hidden_dtype=str(seen.last_hidden.dtype).replace("torch.", ""))
-    if check and seen.logits.device.type != "meta":
+    if check and real:
         from .server.traces import head_modules
 
         spec = dict(lm.spec(), direct=True)

@@ -15,16 +15,15 @@ import torch
 
 
 def _hidden(out):
-    return out[0] if isinstance(out, tuple) else out
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _set_hidden(out, position, value, rows=None):
+def _set_hidden(out, position, value):
     hidden = _hidden(out).clone()
-    if rows is None:
-        hidden[:, position] = value.to(hidden.dtype)
-    else:
-        hidden[rows, position] = value.to(hidden.dtype)
-    return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+    hidden[:, position] = value.to(hidden.dtype)
+    if isinstance(out, (tuple, list)):  # GPT-1's blocks return a list
+        return type(out)([hidden, *out[1:]])
+    return hidden
 
 
 def _block_arg(args, kwargs):

@@ -236,7 +236,17 @@ ZOO: dict[str, Tiny] = {
                                                                           num_hidden_layers=2, num_attention_heads=4,
                                                                           local_attention=4, max_position_embeddings=128,
                                                                           cls_token_id=1, sep_token_id=2)),
+    # GPT-1: post-LN blocks returning a list, no final norm (found by checking the head against the model's logits).
+    "openai_gpt": Tiny("openai-gpt", "transformer.h", dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)),
+    "ctrl": Tiny("ctrl", "transformer.h", dict(n_embd=32, n_layer=2, n_head=4, dff=64, n_positions=128)),
+    "flint": Tiny("flint", "model.layers", _a()),
+    # Inkling divides the last hidden state by logits_mup_width_multiplier (24 by default) before lm_head.
+    "inkling": Tiny("inkling_text", "model.layers", _a(head_dim=8, logits_mup_width_multiplier=2.0)),
     # ---- refused at load, with the reason
+    "cpmant": Tiny("cpmant", "cpmant.encoder.layers", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                           dim_head=8, dim_ff=64, prompt_length=4),
+                   refused=r"block 0 receives \d+ positions for 2 tokens"),
+    "hy_v4": Tiny("hy_v4", "model.layers", _a(head_dim=8), refused=r"several residual streams at once"),
     "rwkv": Tiny("rwkv", "rwkv.blocks", dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
                                              attention_hidden_size=32), refused=r"RWKV `generate` continues a batch"),
     "hrm_text": Tiny("hrm_text", "model.L_module.layers", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4),
