@@ -322,7 +322,8 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     """Detect and probe the architecture, refuse what futurelens cannot do exactly, and build the `LensModel`."""
     module = nn._module
     check_supported(module)
-    real = next(module.parameters()).device.type != "meta"
+    # Real weights: not a weightless remote copy (an accelerate-offloaded model has meta parameters and a device map).
+    real = next(module.parameters()).device.type != "meta" or bool(getattr(module, "hf_device_map", None))
     found = detect(module, arch, verified=check and real)
     seen = probe(module, found)
     given = arch if isinstance(arch, dict) else {}
