@@ -358,7 +358,7 @@ def _patch_layers(lm: "LensModel", layer: "int | Sequence[int] | torch.Tensor", 
 
 
 def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
-    """The model's own head on last-layer-style states: final norm, then unembedding.
+    """The model's own head on last-layer-style states: final norm, any projection, unembedding, logit scale / soft cap.
 
     ``hidden [..., d_model]`` -> ``logits [..., vocab]``. This is the logit lens on
     any layer's state, the model's next-token distribution on a cached final state,

@@ -213,3 +213,35 @@ def test_remote_local_patch_and_decode_equal_local(arch):
     remote = dataclasses.replace(lm, remote="local", _envoys={})
     torch.testing.assert_close(fl.patch(remote, state, mid, soft_prompt=soft, target=[[60, 61]], read=[-1, -2]).logits, local.logits)
     torch.testing.assert_close(fl.decode(remote, last), fl.decode(lm, last), rtol=1e-5, atol=1e-5)
+
+
+HEADS = ["gemma2", "recurrent_gemma", "cohere", "granite", "falcon_h1", "opt_350m"]
+
+
+@pytest.mark.parametrize("arch", HEADS, indirect=True)
+def test_the_kl_target_and_eval_surprisal_are_the_models_own_distribution(arch):
+    """Where the model transforms its logits (soft cap, scale) or projects before unembedding."""
+    lm, model, spec = arch
+    rows = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    cont = fl.greedy(lm, rows, 2)
+    states, final = fl.cache_ahead(lm, rows, cont[:, :1], layers=1)
+    batch = {"states": states[0], "target": cont, "final": final}
+    soft = _soft(lm.embed_dim, n=4) * 0.5
+    own = [[_logits(model, row + cont[b, :n].tolist())[-1].float().log_softmax(-1) for n in range(2)]
+           for b, row in enumerate(rows)]
+    # The soft prompt's KL target: the model's own distribution one token ahead.
+    kl = []
+    for b in range(3):
+        ids = torch.tensor([[lm.pad_id] * 4 + cont[b, :1].tolist()])
+        with torch.no_grad():
+            patched = hook_patch_logits(model, spec.blocks, ids, states[0, b : b + 1], 1, 3, soft_prompt=soft)[0, -1]
+        patched = patched.float().log_softmax(-1)
+        kl.append((own[b][1].exp() * (own[b][1] - patched)).sum())
+    got = jobs.prompt_loss(lm.nn, lm.spec(), soft, batch, 1, 1, "kl")
+    torch.testing.assert_close(got, torch.stack(kl).mean(), rtol=1e-4, atol=1e-5)
+    # Eval surprisal of a prediction: -log p under the model's own distribution N ahead.
+    tops = [torch.tensor([17, 18, 19]), torch.tensor([20, 21, 22])]
+    scored = jobs.score_job(lm.nn, lm.spec(), [], [batch], 1, 1, [{"probe": tops}])
+    for _, _, n, _, surprisal, _ in scored:
+        expected = torch.stack([-own[b][n][tops[n][b]] for b in range(3)])
+        torch.testing.assert_close(surprisal, expected, rtol=1e-4, atol=1e-5)
