@@ -110,8 +110,9 @@ class LensModel:
             "logit_softcap": arch.logit_softcap,
             "is_tuple": arch.block_output == "tuple",
             "block_input": arch.block_input,
-            # The dtype of the model's own last-layer states (float32 for Mamba's residual in a bfloat16 model).
-            "hidden_dtype": self._hidden_dtype or str(self.dtype).replace("torch.", ""),
+            # The dtype of the model's own last-layer states where it is not the weights' (float32 for Mamba's
+            # residual in a bfloat16 model); None: the weights' dtype, read where the model runs.
+            "hidden_dtype": self._hidden_dtype,
             "kv_cache": arch.kv_cache,
             "n_layers": self.n_layers,
             "pad_id": self.pad_id,
@@ -340,8 +341,10 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     if isinstance(arch, Arch) or "block_input" in given:
         seen.block_input = found.block_input
     check_probe(module, found, seen)
-    lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote, _d_model=seen.d_model, _embed_dim=seen.embed_dim,
-                   _hidden_dtype=str(seen.last_hidden.dtype).replace("torch.", ""))
+    hidden_dtype = seen.last_hidden.dtype
+    own_dtype = None if hidden_dtype == module.get_submodule(found.embed).weight.dtype else str(hidden_dtype).split(".")[-1]
+    lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote,
+                   _d_model=seen.d_model, _embed_dim=seen.embed_dim, _hidden_dtype=own_dtype)
     if check and real:
         from .server.traces import head_modules
 

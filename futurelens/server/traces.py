@@ -55,8 +55,11 @@ def dtype_of(model, spec):
     return envoy_at(model, spec["embed"])._module.weight.dtype
 
 
-def hidden_dtype(spec):
-    """The dtype of the model's own last-layer states (Mamba in bfloat16 keeps its residual stream in float32)."""
+def hidden_dtype(model, spec):
+    """The dtype of the model's own last-layer states: its weights' (read here, where the model is), or the one
+    ``spec["hidden_dtype"]`` names where they differ (Mamba in bfloat16 keeps its residual stream in float32)."""
+    if spec["hidden_dtype"] is None:
+        return dtype_of(model, spec)
     return getattr(torch, spec["hidden_dtype"])
 
 
@@ -138,7 +141,7 @@ def decode(model, spec, hidden):
 
     States go in in the dtype of the model's own last-layer states, as a forward would give them to its head.
     """
-    hidden = hidden.to(device_of(model), hidden_dtype(spec))
+    hidden = hidden.to(device_of(model), hidden_dtype(model, spec))
     if spec["direct"]:
         return head_modules(model, spec, hidden)
     # Remotely the head runs inside a one-token trace, the way NDIF runs module calls.
