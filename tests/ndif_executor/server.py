@@ -56,9 +56,17 @@ def main():
     from ndif.services.ray.deployments.modeling.nns import block_scope, execute_traced_block, prepare_traced_block
     from ndif.services.ray.deployments.modeling.util import cpu_pickle_module
     from ndif.services.ray.sandbox.driver import RunnerError, SandboxDriver
-    from ndif.services.ray.sandbox.host import Pool
+    from ndif.services.ray.sandbox.host import Pool, spawn
     from nnsight.modeling.huggingface import HuggingFaceModel
     from nnsight.tracing.util import clean_traceback
+
+    class PatientPool(Pool):
+        """NDIF's runner pool, waiting up to 5 minutes (not 30 s) for a runner's socket: on a loaded 2-core test
+        machine a runner's start (torch, nnsight, a meta model) can take longer. Timing only; the runner is NDIF's."""
+
+        def _spawn(self):
+            return spawn(python=self.python, quiet=self.quiet, timeout=300.0, peers=self.peers,
+                         model_key=self.model_key, trust_remote_code=self.trust_remote_code)
 
     models, pools = {}, {}
 
@@ -81,8 +89,8 @@ def main():
     def sandboxed(model, message):
         key = message["key"]
         if key not in pools:
-            pools[key] = Pool(size=1, python=sys.executable, model_key=key)
-        sandbox = pools[key].acquire()
+            pools[key] = PatientPool(size=1, python=sys.executable, model_key=key)
+        sandbox = pools[key].acquire(timeout=300.0)
         connection = sandbox.connection()
         try:
             connection.send((message["payload"], message["compress"], str(torch.float32), None, message.get("env") or {}))
