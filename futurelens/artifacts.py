@@ -447,8 +447,12 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def shipped_prompts_dir(model_name: str) -> Path | None:
-    """The package's learned prompts for ``model_name`` (e.g. ``smollm2-135m``), or None if none ship."""
-    folder = PACKAGE_PROMPTS / model_name
+    """The package's learned prompts for ``model_name`` (e.g. ``smollm2-135m``; a hub id ``owner/name`` would be
+    ``owner--name``), or None if none ship."""
+    safe = str(model_name).replace("/", "--")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", safe):  # a folder path or anything odd: nothing ships for it
+        return None
+    folder = PACKAGE_PROMPTS / safe
     return folder if folder.is_dir() and any(folder.glob("layer-*.safetensors")) else None
 
 
