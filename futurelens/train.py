@@ -145,7 +145,7 @@ def train_prompt(
         raise FutureLensError(f"{final_path} was trained with other settings: use another --out, or delete it to retrain.")
 
     g = torch.Generator().manual_seed(cfg.seed + layer)
-    prompt = torch.randn(cfg.prompt_len, lm.d_model, generator=g) * cfg.init_std
+    prompt = torch.randn(cfg.prompt_len, lm.embed_dim, generator=g) * cfg.init_std
     carried = {"optimizer": None, "grad": None, "pending": []}
     state = {"epoch": 0, "batch": 0, "losses": []}
     if ckpt_path.exists():
