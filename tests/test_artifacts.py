@@ -195,16 +195,17 @@ def test_shipped_prompts_beat_the_fixed_prompt_on_held_out_prefixes(default_lm):
     seed, fraction = info["data"]["seed"], info["data"]["test_fraction"]
     g = torch.Generator().manual_seed(1)
     rows = []
-    for doc_id, text in documents("pydoc"):
-        if not is_test(doc_id, seed, fraction):
+    for doc in documents("pydoc"):
+        if not is_test(doc.id, seed, fraction):
             continue
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) < 40:
+        ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        if len(ids) < 80:
             continue
-        end = int(torch.randint(8, min(len(ids), 64), (1,), generator=g))
-        rows.append(ids[:end])
-        if len(rows) == 60:
-            break
+        for _ in range(4):  # a few prefixes per document, as the dataset cuts them: a random offset and length
+            length = int(torch.randint(8, 65, (1,), generator=g))
+            start = int(torch.randint(0, len(ids) - length, (1,), generator=g))
+            rows.append(ids[start : start + length])
+    rows = rows[:60]
     assert len(rows) == 60
     cont = fl.greedy(lm, rows, 2)  # the model's own next two tokens: N=0 and the N=1 target
     layers = [8, 14, 22]
