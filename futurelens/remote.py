@@ -253,7 +253,10 @@ def install_redaction() -> RedactSecrets:
     handlers directly, so the handlers present now get the filter as well: call
     this after logging is configured.
     """
-    shared = RedactSecrets()
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    # Reuse the filter an earlier call installed, so the one returned is the one in place.
+    installed = [f for t in loggers + [h for lg in loggers for h in lg.handlers] for f in t.filters if isinstance(f, RedactSecrets)]
+    shared = installed[0] if installed else RedactSecrets()
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         for target in [logger, *logger.handlers]:
