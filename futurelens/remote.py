@@ -199,7 +199,8 @@ _PATTERNS = [
 
 
 def _known_secrets() -> list[str]:
-    found = [os.environ.get("NDIF_API_KEY"), os.environ.get("WANDB_API_KEY")]
+    found = [os.environ.get("NDIF_API_KEY"), os.environ.get("WANDB_API_KEY"), os.environ.get("HF_TOKEN"),
+             os.environ.get("HUGGING_FACE_HUB_TOKEN")]
     # Read nnsight's key only if nnsight is already loaded: a log filter must not
     # import torch, and a key nnsight never loaded cannot leak through it.
     config = sys.modules.get("nnsight.schema.config")

@@ -78,5 +78,5 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_lens(tmp_path, default_dir)
     lens = run([str(venv / "bin" / "futurelens"), "lens", "def f(x):", "--layers", "1", "--rollout", "2",
                 "--out", "lens.html"], cwd=outside, env=env)
     page = (outside / "lens.html").read_text()
-    assert "fl-cell" in page and "fixed prompt" in lens.stdout
+    assert "fl-cell" in page and "shipped with futurelens" in lens.stdout
     assert "Traceback" not in lens.stderr and "Loading weights" not in lens.stderr
