@@ -148,7 +148,8 @@ of `eval` in one process at 1k and 5k prefixes); none of them has to, beyond a f
 def growth(rows: list[dict[str, Any]], memory_goal: float = MEMORY_GOAL, time_goal: float = TIME_GOAL,
            must_grow: dict[str, str] | None = None) -> dict[str, Any]:
     """Per stage, from ``rows`` (``{"size", "stage", "wall_s", "cpu_s", "peak_rss_mb", "samples"}``): the peak RSS
-    growth from the smallest to the largest size, each size's per-sample time against the largest size's, and
+    growth from the smallest to the largest size (and its slope, extrapolated to 100k), each size's per-sample time
+    against the largest size's, a least-squares split of wall time into a fixed part and a part per sample, and
     whether each goal holds. ``must_grow`` names stages whose memory has to grow (with why): their memory goal is
     reported, not required."""
     must_grow = must_grow or {}
@@ -161,8 +162,12 @@ def growth(rows: list[dict[str, Any]], memory_goal: float = MEMORY_GOAL, time_go
         ref, ref_cpu = per[large["size"]], per_cpu[large["size"]]
         dev = {s: v / ref - 1 for s, v in per.items()}
         dev_cpu = {s: v / ref_cpu - 1 for s, v in per_cpu.items()}
+        n = [r["samples"] for r in mine]
+        w = [r["wall_s"] for r in mine]
+        n_mean, w_mean = sum(n) / len(n), sum(w) / len(w)
+        var = sum((x - n_mean) ** 2 for x in n)
+        per_sample = sum((x - n_mean) * (y - w_mean) for x, y in zip(n, w)) / var if var else 0.0
         mem = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
-        memory_ok = mem <= memory_goal
         slope = (large["peak_rss_mb"] - small["peak_rss_mb"]) / (large["size"] - small["size"]) if large is not small else 0.0
         out[stage] = {
             "peak_growth": round(mem, 4),
@@ -174,7 +179,9 @@ def growth(rows: list[dict[str, Any]], memory_goal: float = MEMORY_GOAL, time_go
             "time_deviation": {s: round(v, 4) for s, v in dev.items()},
             "cpu_ms_per_sample": {s: round(1e3 * v, 3) for s, v in per_cpu.items()},
             "cpu_time_deviation": {s: round(v, 4) for s, v in dev_cpu.items()},
-            "memory_ok": memory_ok,
+            "fit_fixed_s": round(w_mean - per_sample * n_mean, 1),
+            "fit_ms_per_sample": round(1e3 * per_sample, 3),
+            "memory_ok": mem <= memory_goal,
             "time_ok": all(abs(v) <= time_goal for v in dev.values()),
             "cpu_time_ok": all(abs(v) <= time_goal for v in dev_cpu.values()),
             "must_grow": must_grow.get(stage),
@@ -189,19 +196,22 @@ def _fmt_s(s: float) -> str:
 def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The measured table: one row per stage and size, then one verdict row per stage."""
     lines = [
-        "| stage | train prefixes | samples | wall | CPU | ms / sample (wall) | ms / sample (CPU) | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | train prefixes | samples | wall | CPU | ms / sample (wall) | ms / sample (CPU) | peak RSS | load (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (STAGES.index(r["stage"]) if r["stage"] in STAGES else 99, r["size"])):
+        load = "{:.1f} → {:.1f}".format(*r["load"]) if r.get("load") else ""
         lines.append(
             f"| {r['stage']} | {r['size']:,} | {r['samples']:,} | {_fmt_s(r['wall_s'])} | {_fmt_s(r['cpu_s'])} | "
-            f"{1e3 * r['wall_s'] / r['samples']:.2f} | {1e3 * r['cpu_s'] / r['samples']:.2f} | {r['peak_rss_mb']:.0f} MB |"
+            f"{1e3 * r['wall_s'] / r['samples']:.2f} | {1e3 * r['cpu_s'] / r['samples']:.2f} | {r['peak_rss_mb']:.0f} MB | "
+            f"{load} |"
         )
     lines += [
         "",
         (f"| stage | peak RSS, largest vs smallest (goal ≤ +{MEMORY_GOAL:.0%}) | MB per 10k prefixes; at 100k "
-        f"(linear extrapolation) | time / sample vs the largest size, wall (goal ±{TIME_GOAL:.0%}) | same, CPU time |"),
-        "|---|---|---|---|---|",
+         f"(linear extrapolation) | time / sample vs the largest size, wall (goal ±{TIME_GOAL:.0%}) | same, CPU time "
+         "| wall = fixed + per sample (least squares) |"),
+        "|---|---|---|---|---|---|",
     ]
     for stage, s in summary.items():
         mem = f"{s['peak_growth']:+.1%} ({s['peak_growth_mb']:+.0f} MB) " + ("yes" if s["memory_ok"] else "**no**")
@@ -211,7 +221,8 @@ def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         dev_cpu = ", ".join(f"{v:+.0%}" for _, v in sorted(s["cpu_time_deviation"].items()))
         slope = f"{s['mb_per_10k_samples']:+.0f} MB; {s['peak_at_100k_mb']:.0f} MB ({s['growth_at_100k']:+.0%})"
         lines.append(f"| {stage} | {mem} | {slope} | {dev} {'yes' if s['time_ok'] else '**no**'} | "
-                     f"{dev_cpu} {'yes' if s['cpu_time_ok'] else '**no**'} |")
+                     f"{dev_cpu} {'yes' if s['cpu_time_ok'] else '**no**'} | "
+                     f"{s['fit_fixed_s']:.0f} s + {s['fit_ms_per_sample']:.2f} ms |")
     return "\n".join(lines) + "\n"
 
 
@@ -422,6 +433,7 @@ def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
     """Run ``python -m futurelens <args>`` as a fresh child; its wall time, CPU time and peak RSS (its own)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "futurelens", *args]
+    load_before = os.getloadavg()[0]
     with log.open("w") as fh:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -431,7 +443,8 @@ def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"`futurelens {name}` failed ({proc.returncode}): {shlex.join(cmd)}\n{log.read_text()[-3000:]}")
     return {"stage": name, "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": "futurelens " + shlex.join(args)}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "command": "futurelens " + shlex.join(args)}
 
 
 def _dataset_stats(folder: Path) -> dict[str, Any]:
@@ -687,6 +700,11 @@ def _write(folder: Path, out: dict[str, Any], rows: list[dict], summary: dict, e
         "",
         markdown_table(rows, summary),
         f"Verdict: {out['summary']}.",
+        "",
+        ("Time per sample includes each stage's fixed cost (a fresh process: imports and model load, ~10 s; eval also "
+         "draws its figures and saves its probes), which the least-squares column splits out. The machine is shared: "
+         "wall time, and CPU time too (two cores, their caches and memory bandwidth shared), move with the load "
+         "shown per stage."),
         "",
         *[line for stage, g in summary.items() if not g["memory_ok"] and stage in GROWTH_CAUSES
           for line in (f"Why `{stage}` grows: {GROWTH_CAUSES[stage]}", "")],

@@ -95,3 +95,14 @@ def test_gptj_estimate_arithmetic():
     assert est["fits_on_this_cpu_s"] == pytest.approx(fits / 1e11, rel=1e-3)
     text = ps.estimate_markdown(est)
     assert "| **total** |" in text and "| train |" in text and "362,500" in text
+
+
+def test_growth_fits_fixed_and_per_sample_time():
+    rows = [{"stage": "eval", "size": s, "samples": s, "wall_s": 20 + 0.003 * s, "cpu_s": 20 + 0.003 * s,
+             "peak_rss_mb": 1000} for s in (10_000, 20_000, 40_000)]
+    g = ps.growth(rows)["eval"]
+    assert g["fit_fixed_s"] == pytest.approx(20, abs=0.1)
+    assert g["fit_ms_per_sample"] == pytest.approx(3.0)
+    # 50 s for 10k vs 140 s for 40k: the fixed part alone puts 10k at +43% per sample
+    assert g["time_deviation"][10_000] == pytest.approx(5.0 / 3.5 - 1, abs=1e-3) and not g["time_ok"]
+    assert "20 s + 3.00 ms" in ps.markdown_table(rows, {"eval": g})
