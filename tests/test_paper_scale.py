@@ -106,3 +106,21 @@ def test_growth_fits_fixed_and_per_sample_time():
     # 50 s for 10k vs 140 s for 40k: the fixed part alone puts 10k at +43% per sample
     assert g["time_deviation"][10_000] == pytest.approx(5.0 / 3.5 - 1, abs=1e-3) and not g["time_ok"]
     assert "20 s + 3.00 ms" in ps.markdown_table(rows, {"eval": g})
+
+
+def test_linearity_uses_marginal_cpu_time_so_the_fixed_start_up_cancels():
+    rows = [{"stage": "eval", "size": s, "samples": s, "wall_s": 20 + 0.003 * s, "cpu_s": 15 + 0.002 * s,
+             "peak_rss_mb": 1000} for s in (10_000, 30_000, 100_000)]
+    g = ps.growth(rows)["eval"]
+    assert g["cpu_fit_fixed_s"] == pytest.approx(15, abs=0.1)
+    assert g["cpu_marginal_ms_per_sample"] == {"10000->30000": pytest.approx(2.0), "30000->100000": pytest.approx(2.0)}
+    assert g["linear_ok"] and not g["time_ok"]  # per-sample time carries the fixed part; the marginal does not
+
+
+def test_linearity_flags_a_quadratic_stage():
+    rows = [{"stage": "data", "size": s, "samples": s, "wall_s": 1e-7 * s * s, "cpu_s": 1e-7 * s * s,
+             "peak_rss_mb": 500} for s in (10_000, 30_000, 100_000)]
+    g = ps.growth(rows)["data"]
+    dev = g["cpu_marginal_deviation"]
+    assert dev["10000->30000"] < -0.35 and not g["linear_ok"]
+    assert "**no** |" in ps.markdown_table(rows, {"data": g}).splitlines()[-1]
