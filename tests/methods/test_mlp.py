@@ -1,0 +1,145 @@
+"""The MLP probe against plain PyTorch on the HF model's own head, its identity start, training, and artifacts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import futurelens as fl
+from futurelens.methods import mlp
+from futurelens.methods.mlp import MLPProbe
+
+HEADS = {"llama": ("model.norm", "lm_head"), "gptj": ("transformer.ln_f", "lm_head")}
+
+
+def plain_logits(model, kind, h, w1, b1, w2, b2):
+    """``[b, N+1, V]`` with nothing from futurelens: the residual block, then the HF model's own norm and head."""
+    norm, head = (model.get_submodule(p) for p in HEADS[kind])
+    out = []
+    for n in range(w1.shape[0]):
+        x = h + torch.nn.functional.silu(h @ w1[n].T + b1[n]) @ w2[n].T + b2[n]
+        out.append(head(norm(x)))
+    return torch.stack(out, 1)
+
+
+def kl_to_model(probe, lm, cache, layer):
+    """Mean over rows and N of KL(model N ahead || probe) on the train split."""
+    train = cache.load(layer, "train", final=True)
+    with torch.no_grad():
+        target = lm.module("lm_head")(lm.module("model.norm")(train.final.float())).log_softmax(-1)
+    guess = torch.stack([p.logprobs for p in probe.predict(train, layer, k=1)], 1)
+    return float((target.exp() * (target - guess)).sum(-1).mean())
+
+
+@pytest.fixture
+def probes_allowed(monkeypatch):
+    """`probe_path` knows only the kinds in `artifacts.PROBE_KINDS`; until "mlp" is wired in there, add it here."""
+    from futurelens import artifacts
+
+    monkeypatch.setattr(artifacts, "PROBE_KINDS", tuple(dict.fromkeys((*artifacts.PROBE_KINDS, "mlp"))))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gptj"])
+def test_logits_equal_the_block_and_the_models_own_head_in_plain_pytorch(tiny_cache, kind):
+    lm, model, cache = tiny_cache(kind, n=12)
+    batch = next(cache.batches(2, "test", batch_size=3))
+    d, h, heads = lm.d_model, 24, cache.n_max + 1
+    g = torch.Generator().manual_seed(1)
+    params = (torch.randn(heads, h, d, generator=g) / d**0.5, torch.randn(heads, h, generator=g),
+              torch.randn(heads, d, h, generator=g) / h**0.5, torch.randn(heads, d, generator=g))
+    probe = MLPProbe(lm, hidden=h, params={2: params})
+    with torch.no_grad():
+        ref = plain_logits(model, kind, batch.states.float(), *params).log_softmax(-1)
+    preds = probe.predict(batch, 2, k=4)
+    assert len(preds) == heads
+    for n, p in enumerate(preds):
+        torch.testing.assert_close(p.logprobs, ref[:, n], rtol=1e-4, atol=1e-4)
+        assert torch.equal(p.top_ids, p.logprobs.topk(4).indices)
+    # the block really changes the state: the probe is not the logit lens here
+    with torch.no_grad():
+        lens = plain_logits(model, kind, batch.states.float(), *(torch.zeros_like(t) for t in params)).log_softmax(-1)
+    assert (lens - ref).abs().max() > 1e-2
+    kind_, name, payload, write = probe.describe(2)
+    assert (kind_, name, write) == ("mlp", "mlp probe", None) and all(a is b for a, b in zip(payload, params))
+    # what the server side computes from that description (evaluate's scoring job) is the same
+    from futurelens.methods.base import plain_batch
+    from futurelens.server import jobs
+
+    with torch.no_grad():
+        served = jobs.method_logits(lm.nn, lm.spec(), probe.describe(2), plain_batch(batch), 2).float().log_softmax(-1)
+    torch.testing.assert_close(served, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unfitted_probe_is_the_logit_lens_of_the_state(tiny_cache):
+    lm, model, cache = tiny_cache("llama", n=12)
+    probe = MLPProbe(lm, epochs=0).fit(cache, 1)
+    w1, _, w2, b2 = probe.params[1]
+    assert w1.shape == (cache.n_max + 1, lm.d_model, lm.d_model) and w1.abs().sum() > 0  # hidden 0 = d_model
+    assert not w2.any() and not b2.any()
+    batch = next(cache.batches(1, "test", batch_size=3))
+    with torch.no_grad():
+        lens = model.lm_head(model.model.norm(batch.states.float())).log_softmax(-1)
+    for p in probe.predict(batch, 1, k=3):
+        torch.testing.assert_close(p.logprobs, lens, rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_the_kl_to_the_models_distribution_n_ahead(tiny_cache):
+    lm, model, cache = tiny_cache("llama", n=40)
+    with torch.no_grad():  # a random head is near uniform, which leaves nothing to learn: sharpen it
+        model.lm_head.weight.mul_(50)
+    assert lm.module("lm_head") is model.lm_head
+    start = kl_to_model(MLPProbe(lm, epochs=0).fit(cache, 1), lm, cache, 1)
+    trained = MLPProbe(lm, epochs=8, lr=1e-2, batch_size=8).fit(cache, 1)
+    after = kl_to_model(trained, lm, cache, 1)
+    assert start > 0.1 and after < 0.9 * start, (start, after)
+    assert not any(p.grad is not None for p in lm.nn._module.parameters()), "the frozen model collected gradients"
+
+
+def test_fitted_saves_and_reloads_it_and_refuses_other_settings(tiny_cache, tmp_path, monkeypatch, probes_allowed):
+    from futurelens.artifacts import data_fingerprint, probe_path
+    from futurelens.methods.linear import fitted
+
+    lm, _, cache = tiny_cache("llama", n=24)
+    data, folder = data_fingerprint(cache), tmp_path / "probes"
+    first = fitted(MLPProbe(lm, epochs=1, hidden=16), cache, 2, model=lm.name, data=data, folder=folder)
+    assert sorted(p.name for p in folder.iterdir()) == [probe_path(folder, "mlp", 2).name]  # no checkpoint left
+
+    def refuse(*a, **k):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(MLPProbe, "fit", refuse)
+    again = fitted(MLPProbe(lm, epochs=1, hidden=16), cache, 2, model=lm.name, data=data, folder=folder)
+    batch = cache.load(2, "test")
+    for a, b in zip(first.predict(batch, 2, k=5), again.predict(batch, 2, k=5)):
+        assert torch.equal(a.logprobs, b.logprobs) and torch.equal(a.top_ids, b.top_ids)
+    with pytest.raises(fl.FutureLensError, match=r"other settings \(epochs differ\)"):
+        fitted(MLPProbe(lm, epochs=2, hidden=16), cache, 2, model=lm.name, data=data, folder=folder)
+    with pytest.raises(fl.FutureLensError, match=r"other settings \(hidden differ\)"):
+        fitted(MLPProbe(lm, epochs=1), cache, 2, model=lm.name, data=data, folder=folder)
+
+
+def test_a_killed_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache, tmp_path, monkeypatch):
+    lm, _, cache = tiny_cache("llama", n=24)
+    settings = {"epochs": 3, "lr": 1e-2, "batch_size": 8, "hidden": 16}
+    whole = MLPProbe(lm, **settings).fit(cache, 2)
+    ckpt = tmp_path / "mlp-layer-2.ckpt.pt"
+    real, saves = mlp._save_checkpoint, []
+
+    def killed_after_one(path, blob):
+        real(path, blob)
+        saves.append(blob["epoch"])
+        if blob["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlp, "_save_checkpoint", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        MLPProbe(lm, **settings).fit(cache, 2, checkpoint=ckpt)
+    after_one = torch.load(ckpt, weights_only=False)
+    assert saves == [1] and after_one["epoch"] == 1
+    resumed = MLPProbe(lm, **settings).fit(cache, 2, checkpoint=ckpt)
+    assert saves == [1, 2, 3]  # epoch 1 was not run again
+    for got, want in zip(resumed.params[2], whole.params[2]):
+        assert torch.equal(got, want)
+    assert not torch.equal(resumed.params[2][2], after_one["params"][2])  # epochs 2-3 did train
+    with pytest.raises(fl.FutureLensError, match=r"other settings"):
+        MLPProbe(lm, **{**settings, "lr": 1e-3}).fit(cache, 2, checkpoint=ckpt)
