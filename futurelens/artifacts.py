@@ -47,8 +47,9 @@ PROMPT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 PACKAGE_PROMPTS = Path(__file__).parent / "prompts"
 """Learned prompts shipped in the package: one folder per model name (``smollm2-135m/layer-<L>.safetensors``)."""
 PROBE_FORMAT = "futurelens-probe/1"
-PROBE_KINDS = ("vocab", "linear")
-"""``vocab``: the direct vocabulary probe (`VocabProbe`); ``linear``: the linear model approximation (`LinearApprox`)."""
+PROBE_KINDS = ("vocab", "linear", "mlp")
+"""``vocab``: the direct vocabulary probe (`VocabProbe`); ``linear``: the linear model approximation (`LinearApprox`);
+``mlp``: the residual-MLP probe read by the model's own head (`MLPProbe`)."""
 MANIFEST = "futurelens.json"
 """What a pushed repository holds (model, layers, data, files), at its root."""
 CARD = "README.md"
@@ -104,18 +105,34 @@ def _layer_span(layers: Sequence[int]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
 
 
+def source_layers(keys: Any) -> tuple[int, ...]:
+    """The layers states are read at, from `PromptSet` keys (``L`` or ``(L, L')``)."""
+    return tuple(sorted({k if isinstance(k, int) else k[0] for k in keys}))
+
+
 class PromptSet(dict):
     """``{layer: soft prompt [P, d_model]}`` as `load_prompts` returns it, plus where it came from.
 
     A plain dict everywhere a dict goes; ``.source`` is a `Source`, ``.meta[layer]`` each file's metadata.
+    A prompt trained to receive a layer-L state at another layer L' (Patchscopes' target layer,
+    ``futurelens train --target-layers``) is keyed ``(L, L')``; `targeting` picks those of one L'.
     """
+
+    def same_layer(self) -> dict:
+        """``{L: prompt}``: the prompts that receive a state at its own layer (the paper's setting)."""
+        return {k: v for k, v in self.items() if isinstance(k, int)}
+
+    def targeting(self, target: int) -> dict:
+        """``{L: prompt}``: the prompts that receive a layer-L state at layer ``target``."""
+        return {(k if isinstance(k, int) else k[0]): v for k, v in self.items()
+                if (k == target if isinstance(k, int) else k[1] == target)}
 
     source: Source
     meta: dict
 
     def __init__(self, prompts: dict | None = None, source: Source | None = None, meta: dict | None = None):
         super().__init__(prompts or {})
-        self.source = source if source is not None else Source("memory", layers=tuple(sorted(self)))
+        self.source = source if source is not None else Source("memory", layers=source_layers(self))
         self.meta = meta or {}
 
 
@@ -193,9 +210,35 @@ def pull(repo_id: str, revision: str | None = None, allow_patterns: Sequence[str
 # --------------------------------------------------------------------------- soft prompts
 
 
-def prompt_path(out: str | os.PathLike, layer: int) -> Path:
-    """Where `futurelens train` writes the finished prompt of ``layer``."""
-    return Path(out) / f"layer-{layer}.safetensors"
+def select_target(prompts: Any, target: int | None) -> Any:
+    """From ``{layer or (layer, target): prompt}``, the ``{layer: prompt}`` that write at ``target`` (None: each at
+    its own layer), keeping a `PromptSet`'s source; refused with what exists when none do."""
+    keys = list(prompts)
+    if target is None:
+        picked = {k: v for k, v in prompts.items() if not isinstance(k, tuple)}
+    else:
+        picked = {(k if not isinstance(k, tuple) else k[0]): v for k, v in prompts.items()
+                  if (k == target if not isinstance(k, tuple) else k[1] == target)}
+    if not picked and keys:
+        pairs = sorted({k if isinstance(k, tuple) else (k, k) for k in keys})
+        raise FutureLensError(
+            f"No soft prompt writes at layer {'its own' if target is None else target}: the prompts given are for "
+            f"(layer, target layer) {pairs}. Train them with `futurelens train --target-layers`, or pick a target they have."
+        )
+    if isinstance(prompts, PromptSet):
+        return PromptSet(picked, prompts.source, prompts.meta)
+    return picked
+
+
+def prompt_key(layer: int, target_layer: int | None = None) -> int | tuple[int, int]:
+    """The `PromptSet` key of a prompt for states read at ``layer`` and written at ``target_layer``."""
+    return layer if target_layer is None or target_layer == layer else (layer, target_layer)
+
+
+def prompt_path(out: str | os.PathLike, layer: int, target_layer: int | None = None) -> Path:
+    """Where `futurelens train` writes the finished prompt of ``layer`` (``layer-<L>-to-<L'>`` for another target)."""
+    key = prompt_key(layer, target_layer)
+    return Path(out) / (f"layer-{layer}.safetensors" if isinstance(key, int) else f"layer-{layer}-to-{key[1]}.safetensors")
 
 
 def save_prompt(
@@ -212,7 +255,8 @@ def save_prompt(
     """Write a finished soft prompt ``[P, d]`` with what it belongs to (atomic; float32 unless ``dtype``).
 
     Metadata: ``model``, ``layer``, ``config`` (JSON, secrets masked), ``losses`` (JSON), plus ``extra``
-    (string values, e.g. the data fingerprint).
+    (string values, e.g. the data fingerprint, or ``target_layer``: the layer the state is written at
+    when it is not ``layer``).
     """
     import torch
     from safetensors.torch import save_file
@@ -299,6 +343,7 @@ def read_prompt(path: str | os.PathLike) -> tuple["torch.Tensor", dict]:
     if meta["format"] == "futurelens":
         try:
             meta["layer"] = int(meta["layer"])
+            meta["target_layer"] = int(meta.get("target_layer", meta["layer"]))
         except (KeyError, ValueError) as e:
             raise FutureLensError(f"{path} lacks an integer 'layer' in its metadata (found {meta.get('layer')!r}).") from e
         try:
@@ -326,12 +371,14 @@ def load_prompt(path: str | os.PathLike, lm: "LensModel | None" = None, *, layer
                 "receives the state at (--layer L, or layer=L); for the authors' gptj_soft_prefix.pt that is 14 "
                 "(the output of GPT-J block 13)."
             )
-        meta.update(layer=int(layer), model=None, config={}, losses=[])
+        meta.update(layer=int(layer), target_layer=int(layer), model=None, config={}, losses=[])
     elif layer is not None and int(layer) != meta["layer"] and not force:
         raise FutureLensError(
             f"{path} was trained for layer {meta['layer']}, not {layer}: drop --layer, or pass --force to use it there."
         )
     elif layer is not None:
+        if meta["target_layer"] == meta["layer"]:
+            meta["target_layer"] = int(layer)
         meta["layer"] = int(layer)
     if lm is not None:
         wrong_model = meta.get("model") not in (None, lm.name)
@@ -422,20 +469,24 @@ def load_prompts(
                 f"{f} was trained on {trained_on!r}, not {name!r}: a soft prompt only means something to its own model. "
                 "Pass force=True (--force) to use it anyway."
             )
+        target = meta.get("target_layer", at)
         if lm is not None:
-            at = lm.check_layer(at, f"{f}'s layer")
+            if meta.get("source_model") in (None, trained_on):  # a cross-model prompt's layer is the source model's
+                at = lm.check_layer(at, f"{f}'s layer")
+            target = lm.check_layer(target, f"{f}'s target layer")
             if prompt_width(tensor) != lm.embed_dim:
                 raise FutureLensError(
                     f"{f} is {prompt_width(tensor)} wide, but {lm.name} embeds in {lm.embed_dim}: it belongs to another model."
                 )
-        if at in prompts:
-            raise FutureLensError(f"Two soft prompts for layer {at}: {where[at]} and {f}. Keep one per layer.")
-        prompts[at], metas[at], where[at] = tensor, meta, f
+        key = prompt_key(at, target)
+        if key in prompts:
+            raise FutureLensError(f"Two soft prompts for layer {key}: {where[key]} and {f}. Keep one per layer.")
+        prompts[key], metas[key], where[key] = tensor, meta, f
     if len(given) > 1:
         source = Source("file", ", ".join(str(g) for g in given))
     if source.kind == "file" and len(files) == 1 and metas[next(iter(metas))]["format"] == "tensor":
         source = Source("tensor", source.location)
-    source = Source(source.kind, source.location, source.revision, tuple(sorted(prompts)))
+    source = Source(source.kind, source.location, source.revision, source_layers(prompts))
     return PromptSet(prompts, source, metas)
 
 
@@ -493,7 +544,7 @@ def data_fingerprint(cache: "StateCache") -> str:
 
 
 def probe_path(folder: str | os.PathLike, kind: str, layer: int) -> Path:
-    """``<folder>/<kind>-layer-<layer>.safetensors`` (kind ``vocab`` or ``linear``)."""
+    """``<folder>/<kind>-layer-<layer>.safetensors`` (kind ``vocab``, ``linear`` or ``mlp``)."""
     if kind not in PROBE_KINDS:
         raise FutureLensError(f"Unknown probe kind {kind!r}: choose from {', '.join(PROBE_KINDS)}.")
     return Path(folder) / f"{kind}-layer-{layer}.safetensors"
@@ -665,7 +716,7 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
         _, meta = read_prompt(f)
         if meta["format"] != "futurelens":
             continue
-        prompts[meta["layer"]] = f"prompts/{f.name}"
+        prompts[str(prompt_key(meta["layer"], meta["target_layer"])).replace(" ", "")] = f"prompts/{f.name}"
         model = model or meta.get("model")
         settings = settings or meta.get("config", {})
         prompt_data = prompt_data or meta.get("data")
@@ -684,8 +735,8 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
         "futurelens": __version__,
         "repo_id": repo_id,
         "model": model,
-        "prompt_layers": sorted(prompts),
-        "prompts": {str(k): v for k, v in sorted(prompts.items())},
+        "prompt_layers": sorted({int(k.strip("(").split(",")[0]) for k in prompts}),
+        "prompts": dict(sorted(prompts.items(), key=lambda kv: (int(kv[0].strip("(").split(",")[0]), kv[0]))),
         "probes": probes,
         "train_settings": {k: v for k, v in settings.items() if k not in ("cache", "out")},
         "data": {
@@ -728,7 +779,7 @@ def model_card(info: dict[str, Any], results: Any = None) -> str:
     kinds: dict[str, list[int]] = {}
     for p in info["probes"]:
         kinds.setdefault(p["kind"], []).append(p["layer"])
-    names = {"vocab": "vocabulary probes", "linear": "linear model approximations"}
+    names = {"vocab": "vocabulary probes", "linear": "linear model approximations", "mlp": "MLP probes"}
     for kind, at in sorted(kinds.items()):
         lines.append(f"- **Fitted {names.get(kind, kind)}**: {_layer_span(at)} (`probes/{kind}-layer-<L>.safetensors`)")
     lines.append(f"- **futurelens**: {info['futurelens']}")

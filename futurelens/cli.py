@@ -317,8 +317,9 @@ def _eval(cfg: Any, remote: bool = False) -> None:
         raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
     cache = _open_cache(cfg.cache)
     df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
-    typer.echo(precision_table(df))
-    typer.echo(f"Wrote results.csv, precision.png and surprisal.png to {cfg.out}.")
+    typer.echo(precision_table(df, against=cfg.against))
+    extra = ", target_layers.png" if (Path(cfg.out) / "target_layers.png").exists() and cfg.target_layers else ""
+    typer.echo(f"Wrote results.csv (scored against the model and the text), precision.png, surprisal.png{extra} to {cfg.out}.")
 
 
 def _lens(cfg: Any, remote: bool = False) -> None:
@@ -366,6 +367,7 @@ def _lens(cfg: Any, remote: bool = False) -> None:
         force=cfg.force,
         revision=cfg.revision or None,
         probes=cfg.probes or None,
+        target_layer=cfg.target_layer,
     )
     path = grid.save_html(cfg.out)
     typer.echo(grid.to_text(width=cfg.width))

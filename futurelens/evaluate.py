@@ -1,8 +1,11 @@
-"""Evaluate the five methods per layer and N on held-out prefixes: tidy table, the paper's figure, wandb.
+"""Evaluate the methods per layer and N on held-out prefixes: tidy table, the paper's figure, wandb.
 
-Every method sees the same cached test states (`futurelens.data.states.StateCache`);
-targets are the model's own continuation and surprisal is measured under the model's
-own distribution at the token N ahead (its head on the cached last-layer state).
+Every method sees the same cached test states (`futurelens.data.states.StateCache`). Each is
+scored twice: against the model's own continuation (the paper's target) and against the corpus's
+real next tokens (``against`` = ``model`` / ``text`` in the table); surprisal is measured under the
+model's own distribution at the token N ahead (its head on the cached last-layer state). The
+prompt methods can write the layer-L state at other layers L' (``target_layers``, Patchscopes'
+target layer), a ``target_layer`` column of the table.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from .errors import FutureLensError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from .models import LensModel
 
-METHODS = ("ngram", "vocab", "linear", "fixed", "learned")
+METHODS = ("ngram", "vocab", "linear", "mlp", "fixed", "learned")
+DEFAULT_METHODS = ("ngram", "vocab", "linear", "fixed", "learned")
+"""The paper's five."""
+AGAINST = ("model", "text")
+"""What a method is scored against: the model's own continuation (the paper), or the corpus's real next tokens."""
 
 
 @dataclass
@@ -36,8 +44,15 @@ class EvalConfig:
     """Hub id or folder; empty = the model recorded in the cache."""
     layers: list[int] = field(default_factory=list)
     """Layers to evaluate; empty = every cached layer."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Methods to run: ngram, vocab, linear, fixed, learned."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Methods to run: ngram, vocab, linear, mlp, fixed, learned (default: the paper's five; the MLP probe is opt-in,
+    as its fit reads the model's head every step: one request per batch with --remote)."""
+    target_layers: list[int] = field(default_factory=list)
+    """Layers the fixed and learned prompts write the state at (Patchscopes' target layer L'); learned prompts need
+    one trained for each (layer, target) pair (`futurelens train --target-layers`); empty = each layer itself."""
+    against: str = "model"
+    """What the figures score against: 'model' (its own continuation, the paper) or 'text' (the corpus's real next
+    tokens); results.csv always has both."""
     k: int = 10
     """Largest k of precision@k."""
     batch_size: int = 32
@@ -51,6 +66,8 @@ class EvalConfig:
     <out>/probes). Each fit is saved there as it finishes and reused when model, layer, data and settings match."""
     linear_sgd_epochs: int = 0
     """SGD epochs (KL) after the least-squares fit of the linear approximation."""
+    mlp_epochs: int = 3
+    """Training epochs (KL) of the MLP probe (one residual MLP block per N, then the model's own head)."""
     wandb: bool = False
     """Log the table and figures to Weights & Biases (works offline with WANDB_MODE=offline)."""
     wandb_project: str = "futurelens"
@@ -68,16 +85,27 @@ def _ngram(cache: Any, lm: LensModel):
     return NGram().fit(rows, n_max=cache.n_max, vocab_size=lm.vocab_size)
 
 
+def text_targets(cache: Any, lm: LensModel) -> torch.Tensor:
+    """``[rows, n_max + 1]`` the corpus's real next tokens of every dataset row (what ``--against text`` scores)."""
+    import torch
+
+    from .data.prefixes import load_prefixes
+
+    table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
+    return torch.tensor(table["next_ids"], dtype=torch.long)[:, : cache.n_max + 1]
+
+
 def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Score every requested method × layer × N; write ``results.csv`` and the figures to ``cfg.out``."""
 
     from tqdm.auto import tqdm
 
     from .data.states import StateCache
-    from .figure import plot_precision, plot_surprisal, rows_from_scores, save_table, tidy
+    from .figure import NO_LAYER, plot_precision, plot_surprisal, plot_target_layers, rows_from_scores, save_table, tidy
     from .methods.base import Prediction, plain_batch
     from .artifacts import data_fingerprint, probes_folder
     from .methods.linear import LinearApprox, VocabProbe, fitted
+    from .methods.mlp import MLPProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
     from .metrics import Tally, target_nll
     from .remote import request_spans, run_job
@@ -88,40 +116,47 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise FutureLensError(f"Unknown method(s) {sorted(unknown)}: choose from {', '.join(METHODS)}.")
+    if cfg.against not in AGAINST:
+        raise FutureLensError(f"against must be 'model' or 'text', not {cfg.against!r}.")
     cache = StateCache(cfg.cache)
     if lm is None:
         from .models import load_model
 
         lm = load_model(cfg.model or cache.settings["model"])
     layers = cfg.layers or cache.layers
+    targets = [lm.check_layer(t, "target layer") for t in cfg.target_layers]
     out = Path(cfg.out)
     sources: dict[str, Any] = {}
     learned = None
     if "learned" in cfg.methods:
         prompts = load_prompts(cfg.prompts, lm)  # a folder, a file or a hub id; its source is recorded
         sources["prompts"] = prompts.source.to_dict()
-        learned = LearnedPrompt(lm, {k: v for k, v in prompts.items() if k in layers})
+        learned = LearnedPrompt(lm, dict(prompts))
     fits = {}
-    if {"vocab", "linear"} & set(cfg.methods):
+    if {"vocab", "linear", "mlp"} & set(cfg.methods):
         # Fitted probes are artifacts: a finished layer's fit is loaded, never redone (futurelens.artifacts).
         read_dir, probe_source = probes_folder(cfg.probes or out / "probes")
         write_dir = read_dir if probe_source.kind == "folder" else out / "probes"
         fits = {"model": lm.name, "data": data_fingerprint(cache), "folder": read_dir, "save_to": write_dir}
         sources["probes"] = {**probe_source.to_dict(), "data": fits["data"]}
 
-    tallies: dict[tuple[str, int, int], Tally] = {}
+    text_ids = text_targets(cache, lm)
+    tallies: dict[tuple[str, int, int, int, str], Tally] = {}
     ngram = _ngram(cache, lm) if "ngram" in cfg.methods else None
     bar = tqdm(total=len(layers), desc="Evaluating", unit="layer", disable=not progress)
     for i_layer, layer in enumerate(layers):
-        client, model_side = [], []  # methods that need no model run here; the rest where the model is
+        client, model_side = [], []  # methods that need no model run here; (method, write layer) where the model is
         if "vocab" in cfg.methods:
             client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs), cache, layer, **fits))
         if "linear" in cfg.methods:
-            model_side.append(fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits))
-        if "fixed" in cfg.methods:
-            model_side.append(FixedPrompt(lm, cfg.fixed_prompt))
-        if learned is not None and layer in learned.prompts:
-            model_side.append(learned)
+            model_side.append((fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits), layer))
+        if "mlp" in cfg.methods:
+            model_side.append((fitted(MLPProbe(lm, epochs=cfg.mlp_epochs), cache, layer, **fits), layer))
+        for target in targets or [layer]:
+            if "fixed" in cfg.methods:
+                model_side.append((FixedPrompt(lm, cfg.fixed_prompt), target))
+            if learned is not None and learned.has(layer, target):
+                model_side.append((learned, target))
         batches = list(cache.batches(layer, "test", cfg.batch_size, final=True))
         local = []  # per batch: {name: [Prediction per N]}
         for batch in batches:
@@ -130,24 +165,34 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
                 preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
             local.append(preds)
         top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
-        methods = [m.describe(layer) for m in model_side]
-        plain = [plain_batch(b) for b in batches]
+        # Each model-side method goes by its index, so the same method at two target layers stays two rows.
+        labels = [(m.name, target) for m, target in model_side]
+        described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
+                     for m, target in model_side]
+        methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
+        plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
         scored = []
         for start, stop in request_spans(lm, plain, fixed=methods):
             for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, cfg.k, top1[start:stop]):
                 scored.append((start + i, *rest))
-        for i, name, n, top_ids, surprisals, nlls in scored:
-            target = batches[i].target[:, n]
+        for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
+            target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
             if top_ids is None:  # a client-side prediction: only its surprisal came back
+                name, write = key, (NO_LAYER if key == "bigram" else layer)
                 p = local[i][name][n]
-                top_ids, nlls = p.top_ids, target_nll(p.logprobs, target) if p.logprobs is not None else None
-            tallies.setdefault((name, -1 if name == "bigram" else layer, n), Tally()).add_reduced(
-                top_ids, target, surprisals, nlls
-            )
+                top_ids = p.top_ids
+                nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
+                                                                          target_nll(p.logprobs, text))
+            else:
+                name, write = labels[key]
+            at = NO_LAYER if name == "bigram" else layer
+            for against, wanted, nll in (("model", target_ids, nlls), ("text", text, text_nlls)):
+                tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
         bar.update(1)
     bar.close()
 
-    df = tidy([row for (name, layer, n), t in tallies.items() for row in rows_from_scores(name, layer, n, t.result())])
+    df = tidy([row for (name, layer, write, n, against), t in tallies.items()
+               for row in rows_from_scores(name, layer, n, t.result(), target_layer=write, against=against)])
     out.mkdir(parents=True, exist_ok=True)
     save_table(df, out / "results.csv")
     if sources:  # which prompts and probes (and hub revisions) these results came from
@@ -157,10 +202,13 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         with atomic_path(out / "sources.json") as tmp:
             Path(tmp).write_text(json.dumps(clean_config(sources), indent=2, default=str))
     title = f"{lm.name}: predicting the token N ahead from one hidden state"
-    plot_precision(df, out / "precision.png", k=1, title=title)
-    plot_surprisal(df, out / "surprisal.png", title=title)
+    plot_precision(df, out / "precision.png", k=1, title=title, against=cfg.against)
+    plot_surprisal(df, out / "surprisal.png", title=title, against=cfg.against)
+    figures = {"precision": out / "precision.png", "surprisal": out / "surprisal.png"}
+    if (df["target_layer"] != df["layer"]).any() and (df["layer"] != NO_LAYER).any():
+        figures["target_layers"] = plot_target_layers(df, out / "target_layers.png", against=cfg.against, title=title)
     with Tracker(cfg.wandb, cfg.wandb_project, config=asdict(cfg), job="eval") as tracker:
         tracker.table("eval/results", df)
-        tracker.image("eval/precision", out / "precision.png")
-        tracker.image("eval/surprisal", out / "surprisal.png")
+        for name, path in figures.items():
+            tracker.image(f"eval/{name}", path)
     return df

@@ -1,8 +1,11 @@
 """The tidy results table and the paper's figure: precision@k (or surprisal) per layer, one panel per N.
 
-One row per number: ``method, layer, n, metric, k, value``. ``layer = -1`` marks a
-method with no layer (the n-gram baseline), drawn as a dashed horizontal line;
-``k`` is the precision@k cutoff and missing (<NA>) for the other metrics.
+One row per number: ``method, layer, n, metric, k, value``, then ``target_layer`` (where a
+prompt method wrote the state: ``layer`` itself in the paper's setting, Patchscopes' L' otherwise)
+and ``against`` (``model``: the model's own continuation; ``text``: the corpus's real next tokens).
+``layer = -1`` marks a method with no layer (the n-gram baseline), drawn as a dashed horizontal
+line; ``k`` is the precision@k cutoff and missing (<NA>) for the other metrics. The paper's figure
+shows the rows with ``target_layer == layer``; `target_layer_figure` shows the (L, L') grid.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
@@ -20,7 +24,8 @@ from .errors import FutureLensError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COLUMNS = ("method", "layer", "n", "metric", "k", "value")
+COLUMNS = ("method", "layer", "n", "metric", "k", "value", "target_layer", "against")
+AGAINST = ("model", "text")
 METRICS = ("precision", "surprisal", "target_nll")
 NO_LAYER = -1
 
@@ -31,6 +36,11 @@ NO_LAYER = -1
 def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Validate result rows and return them as a DataFrame with the `COLUMNS` first (extra columns kept after)."""
     df = pd.DataFrame(list(rows))
+    if "layer" in df.columns:  # tables from before the target-layer and ground-truth columns: the paper's setting
+        if "target_layer" not in df.columns:
+            df["target_layer"] = df["layer"]
+        df["target_layer"] = df["target_layer"].fillna(df["layer"])
+        df["against"] = df["against"].fillna("model") if "against" in df.columns else "model"
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing or df.empty:
         raise FutureLensError(
@@ -41,13 +51,17 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if bad:
         raise FutureLensError(f"Unknown metric(s) {bad}: use one of {list(METRICS)}.")
     df["method"] = df["method"].astype(str)
-    for col in ("layer", "n", "value"):
+    for col in ("layer", "n", "value", "target_layer"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    if df[["layer", "n", "value"]].isna().any().any():
+    bad_against = sorted(set(df["against"].astype(str)) - set(AGAINST))
+    if bad_against:
+        raise FutureLensError(f"Unknown against value(s) {bad_against}: use 'model' or 'text'.")
+    if df[["layer", "n", "value", "target_layer"]].isna().any().any():
         raise FutureLensError("Every row needs a numeric layer, n and value (layer = -1 for a method with no layer).")
     if (df["layer"] < NO_LAYER).any() or (df["n"] < 0).any():
         raise FutureLensError("layer must be >= -1 (-1 = no layer) and n >= 0.")
-    df["layer"], df["n"] = df["layer"].astype(int), df["n"].astype(int)
+    df["layer"], df["n"], df["target_layer"] = df["layer"].astype(int), df["n"].astype(int), df["target_layer"].astype(int)
+    df["against"] = df["against"].astype(str)
 
     k = pd.to_numeric(df["k"], errors="coerce")
     is_p = df["metric"] == "precision"
@@ -57,37 +71,50 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
         raise FutureLensError("precision values must lie in [0, 1].")
     # k means nothing for the other metrics; NaN/0 both arrive here and become <NA>.
     df["k"] = k.where(is_p).astype("Int64")
-    dup = df.duplicated(["method", "layer", "n", "metric", "k"], keep=False)
+    dup = df.duplicated(["method", "layer", "target_layer", "n", "metric", "k", "against"], keep=False)
     if dup.any():
         first = df[dup].iloc[0]
         raise FutureLensError(
-            f"Two rows for method={first['method']!r} layer={first['layer']} n={first['n']} metric={first['metric']!r}: "
+            f"Two rows for method={first['method']!r} layer={first['layer']} target_layer={first['target_layer']} "
+            f"n={first['n']} metric={first['metric']!r} against={first['against']!r}: "
             "keep one run per table (add the run to the method name to compare runs)."
         )
     return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
 
 
-def rows_from_scores(method: str, layer: int, n: int, scores: Mapping[str, float]) -> list[dict[str, Any]]:
+def rows_from_scores(method: str, layer: int, n: int, scores: Mapping[str, float], *, target_layer: int | None = None,
+                     against: str = "model") -> list[dict[str, Any]]:
     """Tidy rows from a `futurelens.metrics.Tally.result()` dict (``precision@k``, ``surprisal``, ``target_nll``)."""
     rows = []
     for key, value in scores.items():
         metric, _, k = key.partition("@")
         if metric in METRICS:
             rows.append({"method": method, "layer": layer, "n": n, "metric": metric, "k": int(k) if k else None,
-                         "value": float(value)})
+                         "value": float(value), "target_layer": layer if target_layer is None else target_layer,
+                         "against": against})
     return rows
 
 
-def precision_table(df: pd.DataFrame, k: int = 1, digits: int = 3) -> str:
+def paper_rows(df: pd.DataFrame, against: str = "model") -> pd.DataFrame:
+    """The rows of the paper's setting: each state written at its own layer, scored ``against`` model or text."""
+    if against not in AGAINST:
+        raise FutureLensError(f"against must be 'model' or 'text', not {against!r}.")
+    return df[(df["against"] == against) & ((df["target_layer"] == df["layer"]) | (df["layer"] == NO_LAYER))]
+
+
+def precision_table(df: pd.DataFrame, k: int = 1, digits: int = 3, against: str = "model") -> str:
     """precision@k as text with no empty cells: each layer-free method on its own line, then N × layer × method.
 
     A method missing at some layer (e.g. no learned prompt there) shows ``-``, said once below the table.
+    Rows written at another layer than their own (``target_layer``) follow as one L × L' grid per method and N.
     """
     df = tidy(df.to_dict("records"))
-    sel = df[(df["metric"] == "precision") & df["k"].eq(k).fillna(False).astype(bool)]
+    every = df[(df["metric"] == "precision") & df["k"].eq(k).fillna(False).astype(bool) & (df["against"] == against)]
+    sel = paper_rows(every, against)
     if sel.empty:
-        raise FutureLensError(f"No precision@{k} rows in the table: score the methods first.")
-    lines = [f"precision@{k} of the token N ahead (N=0 is the next token):"]
+        raise FutureLensError(f"No precision@{k} rows against {against!r} in the table: score the methods first.")
+    what = "the model's own continuation" if against == "model" else "the text's real next tokens"
+    lines = [f"precision@{k} of the token N ahead (N=0 is the next token), against {what}:"]
     flat = sel[sel["layer"] == NO_LAYER]
     for method in dict.fromkeys(flat["method"]):
         rows = flat[flat["method"] == method].sort_values("n")
@@ -104,6 +131,14 @@ def precision_table(df: pd.DataFrame, k: int = 1, digits: int = 3) -> str:
         lines += ["  " + line for line in text.splitlines()]
         if missing:
             lines.append("  (- = the method was not run at that layer)")
+    crossed = every[(every["layer"] != NO_LAYER) & (every["target_layer"] != every["layer"])]
+    for method in dict.fromkeys(crossed["method"]):
+        mine = every[(every["method"] == method) & (every["layer"] != NO_LAYER)]
+        for n in sorted(mine["n"].unique()):
+            grid = mine[mine["n"] == n].pivot_table(index="layer", columns="target_layer", values="value", sort=True)
+            lines.append(f"  {method}, N={n}: source layer L (rows) x target layer L' (columns)")
+            text = grid.to_string(na_rep="-", float_format=lambda v: f"{v:.{digits}f}")
+            lines += ["    " + line for line in text.splitlines()]
     return "\n".join(lines)
 
 
@@ -133,14 +168,15 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tuple[float, float | None],
-            title: str) -> Figure:
-    """One panel per N: a line per layered method, a dashed horizontal line per layer-less one."""
+            title: str, against: str = "model") -> Figure:
+    """One panel per N: a line per layered method, a dashed horizontal line per layer-less one (the paper's
+    setting: each state at its own layer; scored ``against`` the model's continuation or the text)."""
     # A bare Figure (no pyplot) renders with Agg, leaves the user's backend alone and needs no close().
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    df = tidy(df.to_dict("records"))
+    df = paper_rows(tidy(df.to_dict("records")), against)
     sel = df[df["metric"] == metric]
     if k is not None:
         sel = sel[sel["k"].eq(k).fillna(False).astype(bool)]
@@ -194,14 +230,55 @@ def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tup
     return fig
 
 
-def precision_figure(df: pd.DataFrame, k: int = 1, title: str = "") -> Figure:
-    """The paper's figure as a matplotlib Figure: precision@k against layer, one panel per N."""
-    return _panels(df, "precision", k, f"precision@{k}", (0.0, 1.0), title)
+def precision_figure(df: pd.DataFrame, k: int = 1, title: str = "", against: str = "model") -> Figure:
+    """The paper's figure as a matplotlib Figure: precision@k against layer, one panel per N, scored ``against``
+    the model's own continuation (the paper) or the text's real next tokens."""
+    return _panels(df, "precision", k, f"precision@{k}" + (" (vs text)" if against == "text" else ""), (0.0, 1.0),
+                   title, against)
 
 
-def surprisal_figure(df: pd.DataFrame, title: str = "") -> Figure:
+def surprisal_figure(df: pd.DataFrame, title: str = "", against: str = "model") -> Figure:
     """Surprisal (−log p_model of each method's top-1 guess, nats) against layer, one panel per N."""
-    return _panels(df, "surprisal", None, "surprisal (nats)", (0.0, None), title)
+    return _panels(df, "surprisal", None, "surprisal (nats)", (0.0, None), title, against)
+
+
+def target_layer_figure(df: pd.DataFrame, n: int | None = None, k: int = 1, against: str = "model",
+                        title: str = "") -> Figure:
+    """Patchscopes' target-layer grid: precision@k at N = ``n`` (default 1, or the smallest N there is) of each prompt
+    method for a state read at layer L (rows) and written at layer L' (columns), one heatmap per method."""
+    from matplotlib.figure import Figure
+
+    df = tidy(df.to_dict("records"))
+    sel = df[(df["metric"] == "precision") & df["k"].eq(k).fillna(False).astype(bool) & (df["against"] == against)
+             & (df["layer"] != NO_LAYER)]
+    crossed = sel[sel["target_layer"] != sel["layer"]]
+    if crossed.empty:
+        raise FutureLensError("No rows with a target layer other than the source layer: evaluate with --target-layers.")
+    ns = sorted(crossed["n"].unique())
+    n = (1 if 1 in ns else ns[0]) if n is None else n
+    methods = list(dict.fromkeys(crossed.loc[crossed["n"] == n, "method"]))
+    if not methods:
+        raise FutureLensError(f"No target-layer rows at N={n}; the table has them for N in {ns}.")
+    fig = Figure(figsize=(3.6 * len(methods) + 1.0, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, method in zip(axes, methods):
+        grid = sel[(sel["method"] == method) & (sel["n"] == n)].pivot_table(
+            index="layer", columns="target_layer", values="value", sort=True)
+        image = ax.imshow(grid.to_numpy(), vmin=0.0, vmax=max(float(sel["value"].max()), 1e-9), cmap="viridis",
+                          origin="lower", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
+        for (r, c), v in np.ndenumerate(grid.to_numpy()):
+            if v == v:  # not NaN: a pair that was run
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 0.6 * max(float(sel["value"].max()), 1e-9) else "black")
+        ax.set_xlabel("target layer L' (written at)")
+        ax.set_ylabel("source layer L (read at)")
+        ax.set_title(f"{method}, N={n}")
+    fig.colorbar(image, ax=list(axes), label=f"precision@{k}" + (" (vs text)" if against == "text" else ""))
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -211,12 +288,18 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_precision(df: pd.DataFrame, path: str | os.PathLike, k: int = 1, title: str = "") -> Path:
+def plot_precision(df: pd.DataFrame, path: str | os.PathLike, k: int = 1, title: str = "", against: str = "model") -> Path:
     """Save `precision_figure` to ``path`` (PNG by default). Returns the path."""
-    return _save(precision_figure(df, k, title), path)
+    return _save(precision_figure(df, k, title, against), path)
 
 
-def plot_surprisal(df: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+def plot_surprisal(df: pd.DataFrame, path: str | os.PathLike, title: str = "", against: str = "model") -> Path:
     """Save `surprisal_figure` to ``path`` (PNG by default). Returns the path."""
-    return _save(surprisal_figure(df, title), path)
+    return _save(surprisal_figure(df, title, against), path)
+
+
+def plot_target_layers(df: pd.DataFrame, path: str | os.PathLike, n: int | None = None, k: int = 1,
+                       against: str = "model", title: str = "") -> Path:
+    """Save `target_layer_figure` to ``path`` (PNG by default). Returns the path."""
+    return _save(target_layer_figure(df, n, k, against, title), path)
 

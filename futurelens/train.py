@@ -6,6 +6,9 @@ own first ``N`` continuation tokens teacher-forced after it, the model's next-to
 distribution matches the original model's at the token N ahead (KL), or hits that
 token (CE). The model's weights stay frozen; only the prompt gets gradients.
 
+With ``target_layers`` (Patchscopes' target layer L') the state read at L is written at L' instead, one prompt
+per pair (``layer-<L>-to-<L'>.*``); the paper's L' = L stays the default.
+
 Checkpoints are atomic and resumable: ``layer-<L>.ckpt.pt`` holds the prompt, the
 optimizer and the position in the data while training; ``layer-<L>.safetensors``
 (tensor ``soft_prompt [P, d]``, metadata ``model``, ``layer``, ``config``, ``losses``)
@@ -39,6 +42,9 @@ class TrainConfig:
     """Hub id or folder; empty = the model recorded in the cache."""
     layers: list[int] = field(default_factory=list)
     """Layers to train a prompt for; empty = every cached layer."""
+    target_layers: list[int] = field(default_factory=list)
+    """Layers the state is written at (Patchscopes' target layer L'): one prompt per (layer, target) pair, saved as
+    layer-<L>-to-<L'>.safetensors; empty = each state at its own layer (the paper)."""
     target_n: int = 1
     """Which token ahead the prompt is trained to decode (the paper trains for N=1)."""
     prompt_len: int = 10
@@ -76,7 +82,7 @@ def _atomic(write, path: Path) -> None:
 
 # The prompt file format lives in `futurelens.artifacts` (with every other on-disk and hub format); these
 # names stay importable from here.
-from .artifacts import load_prompt, load_prompts, prompt_path, save_prompt  # noqa: E402,F401
+from .artifacts import load_prompt, load_prompts, prompt_key, prompt_path, save_prompt  # noqa: E402,F401
 
 
 _OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -107,8 +113,11 @@ def train_prompt(
     cfg: TrainConfig,
     progress: bool = True,
     log: Any = None,
+    target_layer: int | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Train (or resume, or load if finished) the soft prompt for ``layer``. Returns ``(prompt [P, d], losses)``.
+
+    The state read at ``layer`` is written at ``target_layer`` (default ``layer``, the paper's setting).
 
     ``losses`` has one entry per optimizer step; ``log(dict)`` is called with each step's loss.
     The steps run in chunks (`futurelens.server.jobs.train_steps`): ``checkpoint_every``
@@ -133,11 +142,17 @@ def train_prompt(
         raise FutureLensError(f"target_n must be in 0..{cache.n_max} (the cache's n_max), got {cfg.target_n}.")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.prompt_len < 1 or cfg.checkpoint_every < 1:
         raise FutureLensError("batch_size, grad_accum, prompt_len and checkpoint_every must be >= 1.")
-    layer = lm.check_layer(layer)
+    if layer not in cache.layers:  # a source layer is the cache's (another model's, for a mapped cache)
+        layer = lm.check_layer(layer)
+        if layer not in cache.layers:
+            raise FutureLensError(f"Layer {layer} is not cached; the cache holds layers {cache.layers}.")
+    write = lm.check_layer(layer if target_layer is None else target_layer, "target layer")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    final_path, ckpt_path = prompt_path(out, layer), out / f"layer-{layer}.ckpt.pt"
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "layers", "checkpoint_every", "wandb", "wandb_project")}
+    final_path = prompt_path(out, layer, write)
+    ckpt_path = final_path.with_name(final_path.name.replace(".safetensors", ".ckpt.pt"))
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project")}
     if final_path.exists():
         prompt, meta = load_prompt(final_path, lm)
         if meta["config"] == settings:
@@ -184,11 +199,12 @@ def train_prompt(
         if chunk:
             yield chunk
 
+    name = f"L{layer}" if write == layer else f"L{layer}->L{write}"
     bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
-               disable=not progress, desc=f"Training prompt L{layer}", unit="batch")
+               disable=not progress, desc=f"Training prompt {name}", unit="batch")
     for chunk in chunks():
         prompt, carried["optimizer"], carried["grad"], carried["pending"], steps = run_job(
-            lm, jobs.train_steps, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, layer
+            lm, jobs.train_steps, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, write
         )
         state["losses"] += [step_loss for _, _, step_loss in steps]
         epoch, i, last, _ = chunk[-1]
@@ -197,11 +213,11 @@ def train_prompt(
         for _, _, step_loss in steps:
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if log is not None:
-                log({f"train/loss_L{layer}": step_loss})
+                log({f"train/loss_{name}": step_loss})
         bar.update(len(chunk))
     bar.close()
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"],
-                extra={"data": _fingerprint(cache)})
+                extra={"data": _fingerprint(cache), **({} if write == layer else {"target_layer": write})})
     ckpt_path.unlink(missing_ok=True)
     return prompt, state["losses"]
 
@@ -212,8 +228,9 @@ def _fingerprint(cache: StateCache) -> str:
     return data_fingerprint(cache)
 
 
-def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
-    """Train a prompt for each requested layer; ``{layer: prompt}``. Loads the model named in the cache if not given."""
+def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) -> dict:
+    """Train a prompt for each requested layer (and target layer); ``{layer or (layer, target): prompt}``
+    (`futurelens.artifacts.prompt_key`). Loads the model named in the cache if not given."""
     from .data.states import StateCache
     from .tracking import Tracker
 
@@ -226,5 +243,7 @@ def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) 
     prompts = {}
     with Tracker(cfg.wandb, cfg.wandb_project, config=asdict(cfg), job="train") as tracker:
         for layer in layers:
-            prompts[layer], _ = train_prompt(lm, cache, layer, cfg, progress=progress, log=tracker.log)
+            for target in cfg.target_layers or [layer]:
+                prompts[prompt_key(layer, target)], _ = train_prompt(lm, cache, layer, cfg, progress=progress,
+                                                                     log=tracker.log, target_layer=target)
     return prompts

@@ -17,7 +17,8 @@ def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
     cfg = EvalConfig(cache=str(cache.path), prompts=str(tmp_path / "prompts"), out=str(tmp_path / "eval"),
                      layers=[2, 3], k=5, vocab_epochs=1, batch_size=4, fixed_prompt="Tell me about")
     df = evaluate(cfg, lm=lm, progress=False)
-    precision = df[df.metric == "precision"]
+    assert set(df.against) == {"model", "text"} and (df.target_layer == df.layer).all()
+    precision = df[(df.metric == "precision") & (df.against == "model")]
     expected = {("bigram", -1)} | {(m, layer) for m in ("linear (vocab)", "linear (hidden)", "fixed prompt") for layer in (2, 3)}
     assert set(zip(precision.method, precision.layer)) == expected | {("learned prompt", 2)}
     assert len(precision) == len(expected | {("learned prompt", 2)}) * (cache.n_max + 1) * 5
@@ -33,12 +34,22 @@ def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
     hand = sum(int(a == b) for a, b in zip(top1.tolist(), test.target[:, 1].tolist())) / len(test.row)
     row = precision[(precision.method == "fixed prompt") & (precision.layer == 3) & (precision.n == 1) & (precision.k == 1)]
     assert row.value.item() == pytest.approx(hand)
+    # against the text: the same predictions counted against the corpus's real next tokens, from the dataset itself
+    from futurelens.data.prefixes import load_prefixes
+
+    table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
+    real = [table[int(r)]["next_ids"][1] for r in test.row]
+    hand_text = sum(int(a == b) for a, b in zip(top1.tolist(), real)) / len(real)
+    text_rows = df[(df.metric == "precision") & (df.against == "text")]
+    row = text_rows[(text_rows.method == "fixed prompt") & (text_rows.layer == 3) & (text_rows.n == 1) & (text_rows.k == 1)]
+    assert row.value.item() == pytest.approx(hand_text)
+    assert real != test.target[:, 1].tolist()  # a random model's continuation is not the text: the scorings differ
     # surprisal of that prediction under the model's own distribution, by hand from the cached final states
     final = cache.load(3, "test", final=True).final[:, 1]
     with torch.no_grad():
         model_lp = fl.decode(lm, final).log_softmax(-1)
     hand_surprisal = -model_lp[torch.arange(len(top1)), top1].mean().item()
-    sur = df[(df.method == "fixed prompt") & (df.layer == 3) & (df.n == 1) & (df.metric == "surprisal")]
+    sur = df[(df.method == "fixed prompt") & (df.layer == 3) & (df.n == 1) & (df.metric == "surprisal") & (df.against == "model")]
     assert sur.value.item() == pytest.approx(hand_surprisal, rel=1e-4)
 
 

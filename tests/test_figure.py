@@ -38,7 +38,7 @@ def test_rows_from_scores_and_tidy():
     rows = rows_from_scores("bigram", -1, 0, {"n": 5, "precision@1": 0.2, "precision@10": 0.5, "surprisal": 7.5})
     assert [(r["metric"], r["k"]) for r in rows] == [("precision", 1), ("precision", 10), ("surprisal", None)]
     df = tidy(rows)
-    assert list(df.columns) == ["method", "layer", "n", "metric", "k", "value"]
+    assert list(df.columns) == ["method", "layer", "n", "metric", "k", "value", "target_layer", "against"]
     assert df["k"].tolist()[:2] == [1, 10] and df["k"].isna().tolist() == [False, False, True]
 
 
@@ -135,7 +135,7 @@ def test_precision_table_has_the_baseline_on_its_own_line_and_no_nan():
     df = df[~((df.method == "learned prompt") & (df.layer == 14))]  # e.g. no prompt trained there
     text = precision_table(df)
     lines = text.splitlines()
-    assert lines[0] == "precision@1 of the token N ahead (N=0 is the next token):"
+    assert lines[0] == "precision@1 of the token N ahead (N=0 is the next token), against the model's own continuation:"
     assert lines[1] == "  bigram (no layer): N=0 0.340  N=1 0.270"
     assert lines[2].split() == ["N", "layer", "learned", "prompt", "fixed", "prompt"]
     assert [line.split() for line in lines[3:7]] == [
@@ -146,3 +146,42 @@ def test_precision_table_has_the_baseline_on_its_own_line_and_no_nan():
     assert "precision@2" in precision_table(df, k=2)
     with pytest.raises(FutureLensError, match="No precision@7"):
         precision_table(df, k=7)
+
+
+def test_old_tables_read_as_the_papers_setting_and_target_rows_stay_apart(tmp_path):
+    old = [{"method": "fixed prompt", "layer": 2, "n": 1, "metric": "precision", "k": 1, "value": 0.3}]
+    df = tidy(old)
+    assert df["target_layer"].tolist() == [2] and df["against"].tolist() == ["model"]
+    rows = (rows_from_scores("fixed prompt", 2, 1, {"precision@1": 0.3})
+            + rows_from_scores("fixed prompt", 2, 1, {"precision@1": 0.1}, target_layer=4)
+            + rows_from_scores("fixed prompt", 2, 1, {"precision@1": 0.2}, against="text"))
+    df = tidy(rows)  # three distinct rows: not duplicates
+    assert len(df) == 3
+    with pytest.raises(FutureLensError, match="against"):
+        tidy(rows_from_scores("fixed prompt", 2, 1, {"precision@1": 0.3}, against="oracle"))
+
+
+def test_paper_figure_uses_own_layer_rows_and_the_grid_figure_the_rest(tmp_path):
+    from futurelens.figure import paper_rows, plot_target_layers, precision_table, target_layer_figure
+
+    rows = []
+    for src in (1, 3):
+        for dst in (1, 3, 5):
+            rows += rows_from_scores("learned prompt", src, 1, {"precision@1": 0.1 * src + 0.01 * dst}, target_layer=dst)
+            rows += rows_from_scores("learned prompt", src, 1, {"precision@1": 0.05}, target_layer=dst, against="text")
+    df = tidy(rows)
+    paper = paper_rows(df)
+    assert sorted(zip(paper.layer, paper.target_layer)) == [(1, 1), (3, 3)]
+    fig = precision_figure(df)
+    xs, ys = fig.axes[0].lines[0].get_data()
+    assert list(xs) == [1, 3] and np.allclose(ys, [0.11, 0.33])  # only L' = L on the paper's figure
+    fig_text = precision_figure(df, against="text")
+    assert np.allclose(fig_text.axes[0].lines[0].get_data()[1], [0.05, 0.05])
+    grid = target_layer_figure(df)
+    image = grid.axes[0].images[0].get_array()
+    assert image.shape == (2, 3) and np.isclose(image[1, 2], 0.35)  # row L=3, column L'=5
+    assert plot_target_layers(df, tmp_path / "t.png").read_bytes().startswith(PNG_MAGIC)
+    text = precision_table(df)
+    assert "source layer L (rows) x target layer L' (columns)" in text and "0.350" in text
+    with pytest.raises(FutureLensError, match="target-layers"):
+        target_layer_figure(tidy(rows_from_scores("fixed prompt", 2, 1, {"precision@1": 0.3})))

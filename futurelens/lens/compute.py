@@ -76,6 +76,9 @@ class LensConfig:
     runs/eval/probes, or a hub id): their top-1 guesses N = 0..n_max ahead show on hover, for the layers they have."""
     layers: list[int] = field(default_factory=list)
     """Layers to show (0 = embeddings, n = last block); empty = all, or all that have a learned prompt."""
+    target_layer: Optional[int] = None
+    """Write each row's state at this layer instead of its own (Patchscopes' target layer): with --prompts, the ones
+    trained for (row layer, this layer) by `futurelens train --target-layers`; else the fixed prompt."""
     rollout: int = 4
     """Tokens rolled out from each cell's state."""
     top_k: int = 5
@@ -111,6 +114,7 @@ def lens_grid(
     progress: Progress = None,
     patch_layer: int | None = None,
     source: str | None = None,
+    target_layer: int | None = None,
 ) -> LensGrid:
     """The Future Lens grid of ``text``: per (layer, token) the logit-lens top-k and a rolled-out phrase.
 
@@ -136,6 +140,9 @@ def lens_grid(
         patch_layer: patch every row's state into this one layer (with one soft prompt, or the fixed
             prompt), as the authors' demo does; default each row's own layer.
         source: where the prompts came from, for the page header (default: what `load_prompts` recorded).
+        target_layer: write each row's state at this layer (Patchscopes' target layer L') instead of its own:
+            with learned prompts, the ones trained for (row layer, L') (`futurelens train --target-layers`);
+            else the fixed prompt. Still one request remotely.
 
     Returns:
         `LensGrid` with ``L = len(layers)`` rows and ``T`` columns; ``top_probs [L, T, top_k]``,
@@ -158,6 +165,10 @@ def lens_grid(
     if patch_layer is not None:
         return _one_layer_grid(lm, ids, n_pre, prompts, layers, lm.check_layer(patch_layer, "patch_layer"), rollout,
                                top_k, fixed_prompt, chunk_size, progress, source)
+    if isinstance(prompts, Mapping):
+        from ..artifacts import select_target
+
+        prompts = select_target(prompts, None if target_layer is None else lm.check_layer(target_layer, "target_layer"))
     rows, soft, method = _resolve_prompts(lm, prompts, layers)
     target = None
     if soft is None:
@@ -165,6 +176,10 @@ def lens_grid(
         if not target:
             raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
         method = f"fixed prompt {fixed_prompt!r}"
+    writes = None
+    if target_layer is not None:
+        writes = {layer: lm.check_layer(target_layer, "target_layer") for layer in rows}
+        method += f", every row's state written at layer {writes[rows[0]]}"
 
     L, T = len(rows), len(ids) - n_pre
     bar = None
@@ -176,7 +191,7 @@ def lens_grid(
     try:
         # Remotely the whole grid is one request; only ids and probabilities come back.
         top_probs, top_ids, phrase_ids, phrase_probs = run_job(
-            lm, jobs.lens_job, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, step
+            lm, jobs.lens_job, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, step, writes
         )
     finally:
         if bar is not None:
@@ -283,6 +298,7 @@ def lens(
     force: bool = False,
     revision: str | None = None,
     probes: "str | os.PathLike | None" = None,
+    target_layer: int | None = None,
 ) -> LensGrid:
     """The Future Lens of ``text`` in one call: ``fl.lens(lm, "Marty McFly from")`` shows inline in a notebook.
 
@@ -302,6 +318,8 @@ def lens(
         revision: a hub revision for ``prompts`` given as a hub id.
         probes: fitted probes (a folder `futurelens eval` saved them in, or a hub id): each cell's tooltip adds
             their top-1 guess N = 0..n_max ahead, at the layers they were fitted for.
+        target_layer: write every row's state at this layer (Patchscopes' target layer), with the prompts trained
+            for (row layer, target_layer) (`futurelens train --target-layers`) or the fixed prompt.
 
     Returns:
         the `LensGrid`; its page header says where the prompts came from (package, folder, file,
@@ -343,7 +361,7 @@ def lens(
         base = found.describe() if found is not None else "soft prompt given in memory"
         source = f"{base}; every row's state patched at layer {lm.check_layer(layer)}"
     grid = lens_grid(lm, text, prompts, layers=layers, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt,
-                     chunk_size=chunk_size, progress=progress, patch_layer=layer, source=source)
+                     chunk_size=chunk_size, progress=progress, patch_layer=layer, source=source, target_layer=target_layer)
     if probes:
         ids, n_pre = _text_ids(lm, text)
         grid.probes, where = _probe_guesses(lm, ids, n_pre, grid.layers, probes, revision)
@@ -360,7 +378,7 @@ def _probe_guesses(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int],
     from ..tracing import decode, token_states
 
     folder, where = probes_folder(probes, revision)
-    names = {"vocab": "linear (vocab)", "linear": "linear (hidden)"}
+    names = {"vocab": "linear (vocab)", "linear": "linear (hidden)", "mlp": "mlp probe"}
     states = None
     out, data = {}, set()
     for kind in PROBE_KINDS:
@@ -379,6 +397,9 @@ def _probe_guesses(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int],
             with torch.no_grad():
                 if kind == "vocab":
                     logits = (x @ tensors["weight"].float().T + tensors["bias"].float()).view(len(x), -1, lm.vocab_size)
+                elif kind == "mlp":
+                    params = tuple(tensors[k].float() for k in ("w1", "b1", "w2", "b2"))
+                    logits = decode(lm, jobs.mlp_states(params, x)).float()
                 else:
                     maps = tensors["maps"].float()
                     xb = torch.cat([x, torch.ones(len(x), 1)], -1)

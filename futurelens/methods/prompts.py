@@ -5,6 +5,9 @@
 - `LearnedPrompt`: a trained soft prompt per layer (`futurelens.train`); the state
   overwrites layer L's output at the soft prompt's last vector.
 
+Both can write a layer-L state at another layer L' (Patchscopes' target layer; the paper's L' = L
+is the default): `FixedPrompt(target_layer=L')`, or a soft prompt trained for ``(L, L')``.
+
 For N >= 1 the model's own earlier continuation tokens are teacher-forced after the
 prompt, so one forward reads every N at once: position ``P - 1 + N`` predicts the
 token N ahead.
@@ -51,36 +54,48 @@ class FixedPrompt:
     lm: LensModel
     prompt: str = PAPER_PROMPTS[0]
     name: str = "fixed prompt"
+    target_layer: int | None = None
+    """Layer the state is written at (Patchscopes' target layer); None = the layer it was read at (the paper)."""
 
     def __post_init__(self) -> None:
         self.prompt_ids = self.lm.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
 
-    def describe(self, layer: int) -> tuple:
-        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
-        return ("fixed", self.name, self.prompt_ids)
+    def describe(self, layer: int, target: int | None = None) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`), writing at ``target``."""
+        target = self.target_layer if target is None else target
+        return ("fixed", self.name, self.prompt_ids, None if target is None else self.lm.check_layer(target, "target layer"))
 
-    def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
+    def predict(self, batch: StateBatch, layer: int, k: int, target: int | None = None) -> list[Prediction]:
         with torch.no_grad():
-            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), plain_batch(batch), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 
 @dataclass
 class LearnedPrompt:
     lm: LensModel
-    prompts: dict[int, torch.Tensor] = field(default_factory=dict)
-    """``{layer: soft prompt [P, d]}``, as trained by `futurelens.train`."""
+    prompts: dict = field(default_factory=dict)
+    """``{layer: soft prompt [P, d]}`` as trained by `futurelens.train`; a prompt that receives a layer-L state at
+    another layer L' is keyed ``(L, L')`` (`futurelens.artifacts.prompt_key`)."""
     name: str = "learned prompt"
 
-    def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
+    def predict(self, batch: StateBatch, layer: int, k: int, target: int | None = None) -> list[Prediction]:
         with torch.no_grad():
-            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), plain_batch(batch), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
-    def describe(self, layer: int) -> tuple:
-        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
+    def has(self, layer: int, target: int | None = None) -> bool:
+        from ..artifacts import prompt_key
+
+        return prompt_key(layer, target) in self.prompts
+
+    def describe(self, layer: int, target: int | None = None) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`): the prompt for states
+        read at ``layer`` and written at ``target`` (default ``layer``)."""
+        from ..artifacts import prompt_key
         from ..errors import FutureLensError
 
-        if layer not in self.prompts:
-            raise FutureLensError(f"No soft prompt for layer {layer}; trained layers: {sorted(self.prompts)}.")
-        return ("learned", self.name, self.prompts[layer].float())
+        key = prompt_key(layer, target)
+        if key not in self.prompts:
+            raise FutureLensError(f"No soft prompt for layer {key}; trained: {sorted(self.prompts, key=str)}.")
+        return ("learned", self.name, self.prompts[key].float(), None if isinstance(key, int) else key[1])

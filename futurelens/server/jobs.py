@@ -120,15 +120,34 @@ def prompt_logits(model, spec, states, layer, teacher, prompt_ids, soft_prompt):
 
 
 def method_logits(model, spec, method, batch, layer):
-    """``[b, N + 1, vocab]`` logits of a model-side method on one batch."""
-    kind, _, payload = method
+    """``[b, N + 1, vocab]`` logits of a model-side method on one batch of states read at ``layer``.
+
+    ``method`` is ``(kind, name, payload[, write layer])``: a prompt method patches the state at
+    its write layer (Patchscopes' target layer), ``layer`` itself when that is None or absent.
+    """
+    kind, _, payload = method[:3]
+    write = method[3] if len(method) > 3 and method[3] is not None else layer
     if kind == "linear":
         x = torch.cat([batch["states"].float(), torch.ones(batch["states"].shape[0], 1)], -1)
         return decode(model, spec, torch.einsum("bd,nde->bne", x, payload))
+    if kind == "mlp":
+        return decode(model, spec, mlp_states(payload, batch["states"]))
     teacher = batch["target"][:, :-1]
     if kind == "fixed":
-        return prompt_logits(model, spec, batch["states"], layer, teacher, payload, None)
-    return prompt_logits(model, spec, batch["states"], layer, teacher, None, payload)
+        return prompt_logits(model, spec, batch["states"], write, teacher, payload, None)
+    return prompt_logits(model, spec, batch["states"], write, teacher, None, payload)
+
+
+def mlp_states(params, states):
+    """The MLP probe's residual block per N: ``states [b, d]`` -> ``[b, N + 1, d]`` (decode them with the model's head).
+
+    ``params = (w1 [N+1, h, d], b1 [N+1, h], w2 [N+1, d, h], b2 [N+1, d])``; row N is
+    ``x + w2[N] silu(w1[N] x + b1[N]) + b2[N]``. Differentiable in ``params`` (the probe trains through it).
+    """
+    w1, b1, w2, b2 = params
+    x = states.float().to(w1.device)
+    inner = torch.nn.functional.silu(torch.einsum("bd,nhd->bnh", x, w1) + b1)
+    return x[:, None] + torch.einsum("bnh,ndh->bnd", inner, w2) + b2
 
 
 def nll_of(logprobs, ids):
@@ -140,10 +159,11 @@ def nll_of(logprobs, ids):
 def score_job(model, spec, methods, batches, layer, k, client_top1):
     """Score one layer where the model is; only ``[b, k]`` ids and ``[b]`` numbers come back.
 
-    For each model-side method: ``(i, name, n, top_ids, surprisal, target nll)`` per batch and
-    N, surprisal being −log p_model of its top-1 under the model's own distribution N ahead
-    (its head on the cached last-layer state). For predictions made client-side
-    (``client_top1[i][name] = [top-1 ids per N]``): ``(i, name, n, None, surprisal, None)``.
+    For each model-side method: ``(i, name, n, top_ids, surprisal, target nll, text nll)`` per
+    batch and N, surprisal being −log p_model of its top-1 under the model's own distribution N
+    ahead (its head on the cached last-layer state), text nll −log p_method of the corpus's real
+    token N ahead (None unless the batch has ``text [b, N + 1]``). For predictions made
+    client-side (``client_top1[i][name] = [top-1 ids per N]``): ``(i, name, n, None, surprisal, None, None)``.
     """
     rows = []
     with torch.no_grad():
@@ -153,11 +173,13 @@ def score_job(model, spec, methods, batches, layer, k, client_top1):
                 logprobs = method_logits(model, spec, method, batch, layer).float().log_softmax(-1)
                 for n in range(logprobs.shape[1]):
                     top = logprobs[:, n].topk(k, dim=-1).indices
+                    text = batch.get("text")
                     rows.append((i, method[1], n, top.cpu(), nll_of(model_lp[:, n], top[:, 0]),
-                                 nll_of(logprobs[:, n], batch["target"][:, n])))
+                                 nll_of(logprobs[:, n], batch["target"][:, n]),
+                                 None if text is None else nll_of(logprobs[:, n], text[:, n])))
             for name, tops in client_top1[i].items():
                 for n, top in enumerate(tops):
-                    rows.append((i, name, n, None, nll_of(model_lp[:, n], top), None))
+                    rows.append((i, name, n, None, nll_of(model_lp[:, n], top), None, None))
     return rows
 
 
@@ -224,10 +246,11 @@ def train_steps(model, spec, prompt, optimizer_state, grad, pending, batches, se
 # --------------------------------------------------------------------------- the lens
 
 
-def lens_job(model, spec, ids, n_pre, rows, soft, target, top_k, n_rollout, chunk_size, progress):
+def lens_job(model, spec, ids, n_pre, rows, soft, target, top_k, n_rollout, chunk_size, progress, writes=None):
     """Logit lens and phrases for every (layer, token) cell: ``[L*T, top_k]`` and ``[L*T, n_rollout]`` ids/probs.
 
-    ``soft`` is ``{layer: [P, d]}`` or None (then ``target`` is the fixed prompt's ids).
+    ``soft`` is ``{layer: [P, d]}`` or None (then ``target`` is the fixed prompt's ids). ``writes``
+    (``{row layer: layer}``) patches each row's state at another layer than its own (Patchscopes' target layer).
     """
     with torch.no_grad():
         states = row_states(model, spec, torch.tensor([ids], dtype=torch.long), rows)[:, n_pre:]  # [L, T, d]
@@ -242,11 +265,12 @@ def lens_job(model, spec, ids, n_pre, rows, soft, target, top_k, n_rollout, chun
         phrase_ids = torch.zeros(L * T, n_rollout, dtype=torch.long)
         phrase_probs = torch.zeros(L * T, n_rollout)
         if n_rollout:
-            lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size, progress, phrase_ids, phrase_probs)
+            lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size, progress, phrase_ids, phrase_probs,
+                         writes)
     return torch.cat(probs), torch.cat(tops), phrase_ids, phrase_probs
 
 
-def lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size, progress, out_ids, out_probs):
+def lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size, progress, out_ids, out_probs, writes=None):
     """Roll out a phrase for every cell of ``flat [L*T, d]`` (row ``i*T + t``), filling ``out_* [L*T, R]``.
 
     Cells of all layers share each batch (per-row layers, per-row soft prompts); prompts of
@@ -258,7 +282,7 @@ def lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size
     for members in groups.values():
         cells = torch.tensor([i * T + t for i in members for t in range(T)])
         grid_rows = (cells // T).tolist()
-        layers = [rows[i] for i in grid_rows]
+        layers = [rows[i] if writes is None else writes[rows[i]] for i in grid_rows]
         if len(set(layers)) == 1:
             layers = layers[0]
         state = flat[cells.to(flat.device)]

@@ -251,6 +251,6 @@ def test_the_kl_target_and_eval_surprisal_are_the_models_own_distribution(arch):
     # Eval surprisal of a prediction: -log p under the model's own distribution N ahead.
     tops = [torch.tensor([17, 18, 19]), torch.tensor([20, 21, 22])]
     scored = jobs.score_job(lm.nn, lm.spec(), [], [batch], 1, 1, [{"probe": tops}])
-    for _, _, n, _, surprisal, _ in scored:
+    for _, _, n, _, surprisal, *_ in scored:
         expected = torch.stack([-own[b][n][tops[n][b]] for b in range(3)])
         torch.testing.assert_close(surprisal, expected, rtol=1e-4, atol=1e-5)
