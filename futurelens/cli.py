@@ -302,7 +302,8 @@ def _train(cfg: Any, remote: bool = False) -> None:
     if cfg.optimizer not in ("adamw", "adam", "sgd"):
         raise FutureLensError(f"--optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
     cache = _open_cache(cfg.cache)
-    for note in _resume_notes(cfg, cfg.layers or cache.layers):
+    states = _open_cache(cfg.source_cache) if cfg.source_cache else cache  # --source-cache: model A's layers
+    for note in _resume_notes(cfg, cfg.layers or states.layers):
         typer.echo(f"Resuming in {cfg.out}: {note}.", err=True)
     prompts = train(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
     typer.echo(f"Trained soft prompts for layers {sorted(prompts)} in {cfg.out}.")

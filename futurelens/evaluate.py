@@ -5,13 +5,15 @@ scored twice: against the model's own continuation (the paper's target) and agai
 real next tokens (``against`` = ``model`` / ``text`` in the table); surprisal is measured under the
 model's own distribution at the token N ahead (its head on the cached last-layer state). The
 prompt methods can write the layer-L state at other layers L' (``target_layers``, Patchscopes'
-target layer), a ``target_layer`` column of the table.
+target layer), a ``target_layer`` column of the table. With ``source_cache`` the states are another model A's,
+mapped into this model (`futurelens.mapping.MappedCache`); then only the fixed and learned prompts run.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,9 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     """Methods to run: ngram, vocab, linear, mlp, fixed, learned (default: the paper's five; the MLP probe is opt-in,
     as its fit reads the model's head every step: one request per batch with --remote)."""
+    source_cache: str = ""
+    """State cache of another model A (same `futurelens data` folder): its states are mapped into this model (B) by
+    affine least squares and written at --target-layers; prompts are trained in B (only fixed and learned run)."""
     target_layers: list[int] = field(default_factory=list)
     """Layers the fixed and learned prompts write the state at (Patchscopes' target layer L'); learned prompts need
     one trained for each (layer, target) pair (`futurelens train --target-layers`); empty = each layer itself."""
@@ -119,19 +124,51 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     if cfg.against not in AGAINST:
         raise FutureLensError(f"against must be 'model' or 'text', not {cfg.against!r}.")
     cache = StateCache(cfg.cache)
+    source = StateCache(cfg.source_cache) if cfg.source_cache else None  # model A's states, mapped into this model
+    if source is not None:
+        dropped = [m for m in cfg.methods if m not in ("fixed", "learned")]
+        if dropped:
+            logging.getLogger(__name__).warning("With --source-cache only the fixed and learned prompts run (states "
+                                                "of another model): skipping %s.", ", ".join(dropped))
+        cfg = replace(cfg, methods=[m for m in cfg.methods if m in ("fixed", "learned")])
+        if not cfg.methods:
+            raise FutureLensError("With --source-cache only the fixed and learned prompts apply: --methods fixed learned.")
     if lm is None:
         from .models import load_model
 
         lm = load_model(cfg.model or cache.settings["model"])
-    layers = cfg.layers or cache.layers
+    layers = cfg.layers or (source or cache).layers
     targets = [lm.check_layer(t, "target layer") for t in cfg.target_layers]
     out = Path(cfg.out)
     sources: dict[str, Any] = {}
+    mapped: dict[int, Any] = {}
+    if source is not None:
+        sources["source_model"] = {"model": source.settings["model"], "cache": str(source.path)}
+
+    def views(layer: int) -> list[tuple[Any, list[int]]]:
+        """``(cache view, write layers)`` for ``layer``: the cache itself, or A's states mapped at each target."""
+        if source is None:
+            return [(cache, targets or [layer])]
+        from .mapping import MappedCache
+
+        maps = Path(cfg.prompts) if (Path(cfg.prompts) / "maps").is_dir() else None  # saved by training, if local
+        writes = targets or [lm.check_layer(layer, "target layer")]  # default: the same layer number in this model
+        for t in writes:
+            if t not in mapped:
+                mapped[t] = MappedCache(source, cache, t, folder=maps)
+        return [(mapped[t], [t]) for t in writes]
+
     learned = None
     if "learned" in cfg.methods:
         prompts = load_prompts(cfg.prompts, lm)  # a folder, a file or a hub id; its source is recorded
         sources["prompts"] = prompts.source.to_dict()
-        learned = LearnedPrompt(lm, dict(prompts))
+        # A prompt trained on another model's mapped states (its `source_model`) is only used for those states.
+        wanted = None if source is None else source.settings["model"]
+        chosen = {k: v for k, v in prompts.items() if prompts.meta.get(k, {}).get("source_model") == wanted}
+        if source is not None and not chosen:
+            raise FutureLensError(f"No soft prompt in {cfg.prompts} was trained on {wanted!r}'s mapped states: train them "
+                                  f"with `futurelens train --source-cache {source.path}`.")
+        learned = LearnedPrompt(lm, chosen)
     fits = {}
     if {"vocab", "linear", "mlp"} & set(cfg.methods):
         # Fitted probes are artifacts: a finished layer's fit is loaded, never redone (futurelens.artifacts).
@@ -145,49 +182,50 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     ngram = _ngram(cache, lm) if "ngram" in cfg.methods else None
     bar = tqdm(total=len(layers), desc="Evaluating", unit="layer", disable=not progress)
     for i_layer, layer in enumerate(layers):
-        client, model_side = [], []  # methods that need no model run here; (method, write layer) where the model is
-        if "vocab" in cfg.methods:
-            client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs), cache, layer, **fits))
-        if "linear" in cfg.methods:
-            model_side.append((fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits), layer))
-        if "mlp" in cfg.methods:
-            model_side.append((fitted(MLPProbe(lm, epochs=cfg.mlp_epochs), cache, layer, **fits), layer))
-        for target in targets or [layer]:
-            if "fixed" in cfg.methods:
-                model_side.append((FixedPrompt(lm, cfg.fixed_prompt), target))
-            if learned is not None and learned.has(layer, target):
-                model_side.append((learned, target))
-        batches = list(cache.batches(layer, "test", cfg.batch_size, final=True))
-        local = []  # per batch: {name: [Prediction per N]}
-        for batch in batches:
-            preds = {m.name: m.predict(batch, layer, cfg.k) for m in client}
-            if ngram is not None and i_layer == 0:  # layer-free: scored once, recorded at layer -1
-                preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
-            local.append(preds)
-        top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
-        # Each model-side method goes by its index, so the same method at two target layers stays two rows.
-        labels = [(m.name, target) for m, target in model_side]
-        described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
-                     for m, target in model_side]
-        methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
-        plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
-        scored = []
-        for start, stop in request_spans(lm, plain, fixed=methods):
-            for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, cfg.k, top1[start:stop]):
-                scored.append((start + i, *rest))
-        for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
-            target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
-            if top_ids is None:  # a client-side prediction: only its surprisal came back
-                name, write = key, (NO_LAYER if key == "bigram" else layer)
-                p = local[i][name][n]
-                top_ids = p.top_ids
-                nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
-                                                                          target_nll(p.logprobs, text))
-            else:
-                name, write = labels[key]
-            at = NO_LAYER if name == "bigram" else layer
-            for against, wanted, nll in (("model", target_ids, nlls), ("text", text, text_nlls)):
-                tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
+        for view, writes in views(layer):  # one view of the states (per target layer when they are mapped)
+            client, model_side = [], []  # methods that need no model run here; (method, write layer) where the model is
+            if "vocab" in cfg.methods:
+                client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs), cache, layer, **fits))
+            if "linear" in cfg.methods:
+                model_side.append((fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits), layer))
+            if "mlp" in cfg.methods:
+                model_side.append((fitted(MLPProbe(lm, epochs=cfg.mlp_epochs), cache, layer, **fits), layer))
+            for target in writes:
+                if "fixed" in cfg.methods:
+                    model_side.append((FixedPrompt(lm, cfg.fixed_prompt), target))
+                if learned is not None and learned.has(layer, target):
+                    model_side.append((learned, target))
+            batches = list(view.batches(layer, "test", cfg.batch_size, final=True))
+            local = []  # per batch: {name: [Prediction per N]}
+            for batch in batches:
+                preds = {m.name: m.predict(batch, layer, cfg.k) for m in client}
+                if ngram is not None and i_layer == 0:  # layer-free: scored once, recorded at layer -1
+                    preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
+                local.append(preds)
+            top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
+            # Each model-side method goes by its index, so the same method at two target layers stays two rows.
+            labels = [(m.name, target) for m, target in model_side]
+            described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
+                         for m, target in model_side]
+            methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
+            plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
+            scored = []
+            for start, stop in request_spans(lm, plain, fixed=methods):
+                for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, cfg.k, top1[start:stop]):
+                    scored.append((start + i, *rest))
+            for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
+                target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
+                if top_ids is None:  # a client-side prediction: only its surprisal came back
+                    name, write = key, (NO_LAYER if key == "bigram" else layer)
+                    p = local[i][name][n]
+                    top_ids = p.top_ids
+                    nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
+                                                                              target_nll(p.logprobs, text))
+                else:
+                    name, write = labels[key]
+                at = NO_LAYER if name == "bigram" else layer
+                for against, wanted, nll in (("model", target_ids, nlls), ("text", text, text_nlls)):
+                    tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
         bar.update(1)
     bar.close()
 
@@ -202,8 +240,13 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         with atomic_path(out / "sources.json") as tmp:
             Path(tmp).write_text(json.dumps(clean_config(sources), indent=2, default=str))
     title = f"{lm.name}: predicting the token N ahead from one hidden state"
-    plot_precision(df, out / "precision.png", k=1, title=title, against=cfg.against)
-    plot_surprisal(df, out / "surprisal.png", title=title, against=cfg.against)
+    shown = df
+    if source is not None:  # A's layer on the x axis, a line per method and write layer L' in this model
+        title = f"{lm.name}: predicting the token N ahead from one hidden state of {source.settings['model']}"
+        shown = df.assign(method=df["method"] + " at L'" + df["target_layer"].astype(int).astype(str),
+                          target_layer=df["layer"])
+    plot_precision(shown, out / "precision.png", k=1, title=title, against=cfg.against)
+    plot_surprisal(shown, out / "surprisal.png", title=title, against=cfg.against)
     figures = {"precision": out / "precision.png", "surprisal": out / "surprisal.png"}
     if (df["target_layer"] != df["layer"]).any() and (df["layer"] != NO_LAYER).any():
         figures["target_layers"] = plot_target_layers(df, out / "target_layers.png", against=cfg.against, title=title)

@@ -9,6 +9,10 @@ token (CE). The model's weights stay frozen; only the prompt gets gradients.
 With ``target_layers`` (Patchscopes' target layer L') the state read at L is written at L' instead, one prompt
 per pair (``layer-<L>-to-<L'>.*``); the paper's L' = L stays the default.
 
+With ``source_cache`` the states are another model A's (`futurelens.mapping.MappedCache`: mapped into this
+model B by affine least squares, the maps saved in ``<out>/maps/``); the prompts are trained in B and record
+``source_model`` and ``target_layer``.
+
 Checkpoints are atomic and resumable: ``layer-<L>.ckpt.pt`` holds the prompt, the
 optimizer and the position in the data while training; ``layer-<L>.safetensors``
 (tensor ``soft_prompt [P, d]``, metadata ``model``, ``layer``, ``config``, ``losses``)
@@ -45,6 +49,9 @@ class TrainConfig:
     target_layers: list[int] = field(default_factory=list)
     """Layers the state is written at (Patchscopes' target layer L'): one prompt per (layer, target) pair, saved as
     layer-<L>-to-<L'>.safetensors; empty = each state at its own layer (the paper)."""
+    source_cache: str = ""
+    """State cache of another model A (same `futurelens data` folder): its states are mapped into this model (B) by
+    affine least squares and written at --target-layers; prompts are trained in B."""
     target_n: int = 1
     """Which token ahead the prompt is trained to decode (the paper trains for N=1)."""
     prompt_len: int = 10
@@ -216,8 +223,10 @@ def train_prompt(
                 log({f"train/loss_{name}": step_loss})
         bar.update(len(chunk))
     bar.close()
-    save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"],
-                extra={"data": _fingerprint(cache), **({} if write == layer else {"target_layer": write})})
+    extra = {"data": _fingerprint(cache), **({} if write == layer else {"target_layer": write})}
+    if cache.settings.get("source_model"):  # a mapped cache (futurelens.mapping): the states are another model's
+        extra.update(source_model=cache.settings["source_model"], target_layer=write)
+    save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"], extra=extra)
     ckpt_path.unlink(missing_ok=True)
     return prompt, state["losses"]
 
@@ -239,11 +248,23 @@ def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) 
         from .models import load_model
 
         lm = load_model(cfg.model or cache.settings["model"])
-    layers = cfg.layers or cache.layers
+    source = StateCache(cfg.source_cache) if cfg.source_cache else None  # model A's states, mapped into B
+    views: dict[int, Any] = {}
+
+    def states(target: int) -> Any:
+        if source is None:
+            return cache
+        if target not in views:
+            from .mapping import MappedCache
+
+            views[target] = MappedCache(source, cache, lm.check_layer(target, "target layer"), folder=cfg.out)
+        return views[target]
+
+    layers = cfg.layers or (source or cache).layers
     prompts = {}
     with Tracker(cfg.wandb, cfg.wandb_project, config=asdict(cfg), job="train") as tracker:
         for layer in layers:
             for target in cfg.target_layers or [layer]:
-                prompts[prompt_key(layer, target)], _ = train_prompt(lm, cache, layer, cfg, progress=progress,
+                prompts[prompt_key(layer, target)], _ = train_prompt(lm, states(target), layer, cfg, progress=progress,
                                                                      log=tracker.log, target_layer=target)
     return prompts

@@ -7,6 +7,8 @@
 
 Both can write a layer-L state at another layer L' (Patchscopes' target layer; the paper's L' = L
 is the default): `FixedPrompt(target_layer=L')`, or a soft prompt trained for ``(L, L')``.
+Both can take the state of another model A (``mapping``: ``[d_A + 1, d_B]``, `futurelens.mapping`): it is
+mapped into this model's space before it is patched.
 
 For N >= 1 the model's own earlier continuation tokens are teacher-forced after the
 prompt, so one forward reads every N at once: position ``P - 1 + N`` predicts the
@@ -56,6 +58,8 @@ class FixedPrompt:
     name: str = "fixed prompt"
     target_layer: int | None = None
     """Layer the state is written at (Patchscopes' target layer); None = the layer it was read at (the paper)."""
+    mapping: torch.Tensor | None = None
+    """``[d_A + 1, d]``: the states are another model A's, mapped into this model first (`futurelens.mapping`)."""
 
     def __post_init__(self) -> None:
         self.prompt_ids = self.lm.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
@@ -67,8 +71,18 @@ class FixedPrompt:
 
     def predict(self, batch: StateBatch, layer: int, k: int, target: int | None = None) -> list[Prediction]:
         with torch.no_grad():
-            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), plain_batch(batch), layer)
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), _mapped(batch, self.mapping), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
+
+
+def _mapped(batch: StateBatch, mapping: torch.Tensor | None) -> dict:
+    """The batch as the server side takes it, its states mapped from model A into this model when ``mapping``."""
+    plain = plain_batch(batch)
+    if mapping is not None:
+        from ..mapping import apply_map
+
+        plain["states"] = apply_map(mapping, plain["states"])
+    return plain
 
 
 @dataclass
@@ -78,10 +92,12 @@ class LearnedPrompt:
     """``{layer: soft prompt [P, d]}`` as trained by `futurelens.train`; a prompt that receives a layer-L state at
     another layer L' is keyed ``(L, L')`` (`futurelens.artifacts.prompt_key`)."""
     name: str = "learned prompt"
+    mapping: torch.Tensor | None = None
+    """``[d_A + 1, d]``: the states are another model A's, mapped into this model first (`futurelens.mapping`)."""
 
     def predict(self, batch: StateBatch, layer: int, k: int, target: int | None = None) -> list[Prediction]:
         with torch.no_grad():
-            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), plain_batch(batch), layer)
+            logits = run_job(self.lm, jobs.method_logits, self.describe(layer, target), _mapped(batch, self.mapping), layer)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
     def has(self, layer: int, target: int | None = None) -> bool:
