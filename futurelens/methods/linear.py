@@ -241,6 +241,8 @@ def fitted(
     target = probe_path(out, method.kind, layer)
     if target.exists():  # reading from elsewhere (a hub snapshot), writing here: a fit saved earlier
         return method.restore(layer, load_probe(target, info))
+    for stale in out.glob(f".{method.kind}-layer-{layer}.*.tmp"):  # this fit's half-written files, left by a kill
+        stale.unlink(missing_ok=True)
     method.fit(cache, layer, checkpoint=ckpt)
     save_probe(target, method.tensors(layer), info)
     ckpt.unlink(missing_ok=True)
