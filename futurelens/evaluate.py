@@ -108,7 +108,7 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     from .data.states import StateCache
     from .figure import NO_LAYER, plot_precision, plot_surprisal, plot_target_layers, rows_from_scores, save_table, tidy
     from .methods.base import Prediction, plain_batch
-    from .artifacts import data_fingerprint, probes_folder
+    from .artifacts import Source, data_fingerprint, probes_folder
     from .methods.linear import LinearApprox, VocabProbe, fitted
     from .methods.mlp import MLPProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
@@ -172,7 +172,8 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     fits = {}
     if {"vocab", "linear", "mlp"} & set(cfg.methods):
         # Fitted probes are artifacts: a finished layer's fit is loaded, never redone (futurelens.artifacts).
-        read_dir, probe_source = probes_folder(cfg.probes or out / "probes")
+        # The default <out>/probes is a folder even before it exists (an out of one path part is no hub id).
+        read_dir, probe_source = probes_folder(cfg.probes) if cfg.probes else (out / "probes", Source("folder", str(out / "probes")))
         write_dir = read_dir if probe_source.kind == "folder" else out / "probes"
         fits = {"model": lm.name, "data": data_fingerprint(cache), "folder": read_dir, "save_to": write_dir}
         sources["probes"] = {**probe_source.to_dict(), "data": fits["data"]}

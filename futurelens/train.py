@@ -160,6 +160,8 @@ def train_prompt(
     ckpt_path = final_path.with_name(final_path.name.replace(".safetensors", ".ckpt.pt"))
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project")}
+    if not settings["source_cache"]:  # prompts trained before cross-model training existed keep matching
+        del settings["source_cache"]
     if final_path.exists():
         prompt, meta = load_prompt(final_path, lm)
         if meta["config"] == settings:
