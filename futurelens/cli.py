@@ -276,9 +276,14 @@ def _cache(cfg: Any, remote: bool = False) -> None:
 
 def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
     """What `train` will reuse in ``cfg.out``: finished prompts and checkpoints to resume from."""
+    from futurelens.artifacts import prompt_path
+
     notes = []
-    for layer in layers:
-        final, ckpt = Path(cfg.out) / f"layer-{layer}.safetensors", Path(cfg.out) / f"layer-{layer}.ckpt.pt"
+    for layer, target in [(layer, t) for layer in layers for t in (cfg.target_layers or [layer])]:
+        final = prompt_path(cfg.out, layer, target)
+        ckpt = final.with_name(final.name.replace(".safetensors", ".ckpt.pt"))
+        if target != layer:
+            layer = f"{layer} -> {target}"
         if final.exists():
             notes.append(f"layer {layer}: already trained ({final}), kept")
         elif ckpt.exists():
@@ -306,7 +311,13 @@ def _train(cfg: Any, remote: bool = False) -> None:
     for note in _resume_notes(cfg, cfg.layers or states.layers):
         typer.echo(f"Resuming in {cfg.out}: {note}.", err=True)
     prompts = train(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
-    typer.echo(f"Trained soft prompts for layers {sorted(prompts)} in {cfg.out}.")
+    from futurelens.artifacts import source_layers
+
+    pairs = sorted(k for k in prompts if isinstance(k, tuple))
+    targets = f" and (layer, target layer) pairs {pairs}" if pairs else ""
+    same = sorted(k for k in prompts if isinstance(k, int))
+    typer.echo(f"Trained {len(prompts)} soft prompts: layers {same or 'none'} at their own layer{targets} "
+               f"(read at {list(source_layers(prompts))}) in {cfg.out}.")
 
 
 def _eval(cfg: Any, remote: bool = False) -> None:
@@ -480,7 +491,7 @@ def _register() -> None:
     app.command("train", help="Train a soft prompt per layer (the learned-prompt intervention) on cached states.")(
         cmd(TrainConfig, "train", _train)
     )
-    app.command("eval", help="Score all five methods per layer and N: results.csv and the paper's figure.")(
+    app.command("eval", help="Score the methods per layer and N, against the model and the text: results.csv and the paper's figure.")(
         cmd(EvalConfig, "eval", _eval)
     )
     app.command("doctor", help="Check every remote operation against NDIF on a served model (--remote): a pass/fail "
