@@ -232,6 +232,29 @@ def test_ctrl_c_during_train_says_what_was_kept_and_resume_says_so(tiny_run, tmp
     assert f"layer 2: already trained ({out / 'layer-2.safetensors'}), kept" in again.stderr
 
 
+def test_train_eval_and_lens_with_target_layers(tiny_run, tmp_path):
+    out = tmp_path / "prompts"
+    args = ["train", "--cache", tiny_run["cache"], "--out", str(out), "--layers", "1", "--target-layers", "1",
+            "--target-layers", "3", "--prompt-len", "3", "--batch-size", "8"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "Trained 2 soft prompts: layers [1] at their own layer and (layer, target layer) pairs [(1, 3)]" in result.stdout
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["layer-1-to-3.safetensors", "layer-1.safetensors"]
+    again = invoke(*args)
+    assert f"layer 1 -> 3: already trained ({out / 'layer-1-to-3.safetensors'}), kept" in again.stderr
+    result = invoke("eval", "--cache", tiny_run["cache"], "--prompts", str(out), "--out", str(tmp_path / "eval"),
+                    "--layers", "1", "--target-layers", "1", "--target-layers", "3", "--methods", "fixed",
+                    "--methods", "learned", "--against", "text")
+    assert result.exit_code == 0, result.output
+    assert "against the text's real next tokens" in result.stdout and "target layer L' (columns)" in result.stdout
+    assert (tmp_path / "eval" / "target_layers.png").exists()
+    html = tmp_path / "lens.html"
+    result = invoke("lens", "def f(x):", "--model", tiny_run["model"], "--prompts", str(out), "--target-layer", "3",
+                    "--rollout", "1", "--out", str(html))
+    assert result.exit_code == 0, result.output
+    assert "written at layer 3" in result.stdout
+
+
 def test_ctrl_c_during_data_and_cache(tiny_run, tmp_path, monkeypatch):
     import futurelens.data.prefixes as prefixes
     import futurelens.data.states as states
