@@ -100,21 +100,73 @@ def text_targets(cache: Any, lm: LensModel) -> torch.Tensor:
     return torch.tensor(table["next_ids"], dtype=torch.long)[:, : cache.n_max + 1]
 
 
+def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: list, ngram: Any, k: int,
+           text_ids: torch.Tensor, tallies: dict) -> None:
+    """Score one layer's test ``batches`` into ``tallies`` (keyed ``(method, layer, target layer, n, against)``).
+
+    ``client`` methods predict here (no model run), ``model_side`` ``(method, write layer)`` pairs where the model
+    is, in requests bounded by ``lm.max_request_mb``; ``ngram`` (layer-free) is scored once, at layer -1. Every
+    prediction is tallied against the model's own continuation and against the text.
+    """
+    from .figure import NO_LAYER
+    from .methods.base import Prediction, plain_batch
+    from .methods.prompts import FixedPrompt, LearnedPrompt
+    from .metrics import Tally, target_nll
+    from .remote import request_spans, run_job
+    from .server import jobs
+
+    local = []  # per batch: {name: [Prediction per N]}
+    for batch in batches:
+        preds = {m.name: m.predict(batch, layer, k) for m in client}
+        if ngram is not None:
+            preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, k)[0]) for n in range(batch.target.shape[1])]
+        local.append(preds)
+    top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
+    # Each model-side method goes by its index, so the same method at two target layers stays two rows.
+    labels = [(m.name, target) for m, target in model_side]
+    described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
+                 for m, target in model_side]
+    methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
+    plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
+    scored = []
+    for start, stop in request_spans(lm, plain, fixed=methods):
+        for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, k, top1[start:stop]):
+            scored.append((start + i, *rest))
+    for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
+        target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
+        if top_ids is None:  # a client-side prediction: only its surprisal came back
+            name, write = key, (NO_LAYER if key == "bigram" else layer)
+            p = local[i][name][n]
+            top_ids = p.top_ids
+            nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
+                                                                      target_nll(p.logprobs, text))
+        else:
+            name, write = labels[key]
+        at = NO_LAYER if name == "bigram" else layer
+        for against, wanted, nll in (("model", target_ids, nlls), ("text", text, text_nlls)):
+            tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
+
+
 def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Score every requested method × layer × N; write ``results.csv`` and the figures to ``cfg.out``."""
 
     from tqdm.auto import tqdm
 
-    from .data.states import StateCache
-    from .figure import NO_LAYER, plot_precision, plot_surprisal, plot_target_layers, rows_from_scores, save_table, tidy
-    from .methods.base import Prediction, plain_batch
     from .artifacts import Source, data_fingerprint, probes_folder
+    from .data.states import StateCache
+    from .figure import (
+        NO_LAYER,
+        plot_precision,
+        plot_surprisal,
+        plot_target_layers,
+        rows_from_scores,
+        save_table,
+        tidy,
+    )
     from .methods.linear import LinearApprox, VocabProbe, fitted
     from .methods.mlp import MLPProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
-    from .metrics import Tally, target_nll
-    from .remote import request_spans, run_job
-    from .server import jobs
+    from .metrics import Tally
     from .tracking import Tracker
     from .train import load_prompts
 
@@ -197,36 +249,7 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
                 if learned is not None and learned.has(layer, target):
                     model_side.append((learned, target))
             batches = list(view.batches(layer, "test", cfg.batch_size, final=True))
-            local = []  # per batch: {name: [Prediction per N]}
-            for batch in batches:
-                preds = {m.name: m.predict(batch, layer, cfg.k) for m in client}
-                if ngram is not None and i_layer == 0:  # layer-free: scored once, recorded at layer -1
-                    preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, cfg.k)[0]) for n in range(cache.n_max + 1)]
-                local.append(preds)
-            top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
-            # Each model-side method goes by its index, so the same method at two target layers stays two rows.
-            labels = [(m.name, target) for m, target in model_side]
-            described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
-                         for m, target in model_side]
-            methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
-            plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
-            scored = []
-            for start, stop in request_spans(lm, plain, fixed=methods):
-                for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, cfg.k, top1[start:stop]):
-                    scored.append((start + i, *rest))
-            for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
-                target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
-                if top_ids is None:  # a client-side prediction: only its surprisal came back
-                    name, write = key, (NO_LAYER if key == "bigram" else layer)
-                    p = local[i][name][n]
-                    top_ids = p.top_ids
-                    nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
-                                                                              target_nll(p.logprobs, text))
-                else:
-                    name, write = labels[key]
-                at = NO_LAYER if name == "bigram" else layer
-                for against, wanted, nll in (("model", target_ids, nlls), ("text", text, text_nlls)):
-                    tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
+            _score(lm, layer, batches, client, model_side, ngram if i_layer == 0 else None, cfg.k, text_ids, tallies)
         bar.update(1)
     bar.close()
 
