@@ -19,6 +19,7 @@ and ``target_layers.png``. Run: ``python benchmarks/patchscopes.py``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -66,20 +67,30 @@ def run(layers: list[int]) -> Path:
     _run(["train", "--cache", str(cache), "--out", str(prompts), *grid, *TRAIN], log)
     _run(["eval", "--cache", str(cache), "--prompts", str(prompts), "--out", str(RUN / "eval"), *grid,
           *_many("--methods", METHODS), "--probes", str(RUN / "probes")], log)
+    (RUN / "commands.txt").write_text("\n".join(log) + "\n")
     return write(RUN, layers, log)
+
+
+def _md(df) -> str:
+    """A DataFrame as a markdown table (pandas' to_markdown needs tabulate, which futurelens does not install)."""
+    head = [str(df.index.name or "")] + [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    rows = [[str(i)] + ["" if v != v else f"{v:.3f}" for v in row] for i, row in zip(df.index, df.to_numpy())]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [head, ["---"] * len(head), *rows])
 
 
 def write(run_dir: Path, layers: list[int], log: list[str]) -> Path:
     """The report: the commands, the N = 1 target-layer grid and the methods under both scorings."""
-    from futurelens.figure import load_table, paper_rows, plot_precision
+    from futurelens.figure import load_table, paper_rows, plot_precision, plot_target_layers
 
     df = load_table(run_dir / "eval" / "results.csv")
+    meta = json.loads((SHIPPED / "data" / "futurelens.json").read_text())
     p1 = df[(df.metric == "precision") & (df.k == 1)]
     lines = [
         "# Beyond the paper: target layer, MLP probe, scoring against the text",
         "",
-        "SmolLM2-135M-Instruct on the dataset and cache of the shipped prompts (1,200 pydoc prefixes, correctness "
-        "filter on: 931 train, 269 test), made by `python benchmarks/patchscopes.py`, which ran:",
+        f"SmolLM2-135M-Instruct on the dataset and cache of the shipped prompts ({meta['n_kept']:,} pydoc prefixes, "
+        f"correctness filter on: {meta['n_train']} train, {meta['n_test']} test), made by "
+        "`python benchmarks/patchscopes.py`, which ran:",
         "",
         "```bash",
         *log,
@@ -94,7 +105,7 @@ def write(run_dir: Path, layers: list[int], log: list[str]) -> Path:
         mine = p1[(p1.method == method) & (p1.n == 1) & (p1.against == "model")]
         grid = mine.pivot_table(index="layer", columns="target_layer", values="value").round(3)
         grid.index.name, grid.columns.name = "L \\ L'", None
-        lines += [f"**{method}**", "", grid.to_markdown(), ""]
+        lines += [f"**{method}**", "", _md(grid), ""]
     lines += ["## Every method at its own layer, N = 1, precision@1", "",
               "![precision against the model](precision.png) ![precision against the text](precision_text.png)", ""]
     own = paper_rows(p1[p1.n == 1], "model")
@@ -105,15 +116,20 @@ def write(run_dir: Path, layers: list[int], log: list[str]) -> Path:
     import pandas as pd
 
     table = pd.concat(both).pivot_table(index=["method"], columns=["column", "layer"], values="value").round(3)
-    lines += [table.to_markdown(), "",
+    lines += [_md(table), "",
               "Layer −1 is the layer-free skip-gram baseline. \"vs model\": the model's own greedy continuation (the "
               "paper's target); \"vs text\": the corpus's real next tokens. With the correctness filter on, N = 0 "
               "is the same token for both, so the scorings differ from N = 1 on.", ""]
     best = own[own.layer >= 0].sort_values("value", ascending=False).iloc[0]
-    lines += [f"Best at N = 1 against the model: {best.method} at layer {best.layer} ({best.value:.3f}).", ""]
+    n_test = meta["n_test"]
+    se = (best.value * (1 - best.value) / n_test) ** 0.5
+    lines += [f"Best at N = 1 against the model: {best.method} at layer {best.layer} ({best.value:.3f}). With "
+              f"{n_test} test prefixes a precision near {best.value:.2f} has a standard error of about {se:.3f}: "
+              "differences under ~0.06 between cells are within noise.", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in ("results.csv", "precision.png", "target_layers.png"):
+    for name in ("results.csv", "precision.png"):
         shutil.copy2(run_dir / "eval" / name, RESULTS / name)
+    plot_target_layers(df, RESULTS / "target_layers.png", n=1, title="SmolLM2-135M: a state read at L, written at L'")
     title = "SmolLM2-135M: scored against the corpus's real next tokens"
     plot_precision(df, RESULTS / "precision_text.png", k=1, title=title, against="text")  # same table, other target
     (RESULTS / "README.md").write_text("\n".join(lines))
@@ -123,4 +139,10 @@ def write(run_dir: Path, layers: list[int], log: list[str]) -> Path:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 14, 22], help="source and target layers")
-    print(run(parser.parse_args().layers))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from runs/patchscopes")
+    a = parser.parse_args()
+    if a.report_only:
+        os.chdir(ROOT)
+        print(write(RUN, a.layers, (RUN / "commands.txt").read_text().splitlines()))
+    else:
+        print(run(a.layers))

@@ -259,19 +259,20 @@ def target_layer_figure(df: pd.DataFrame, n: int | None = None, k: int = 1, agai
     methods = list(dict.fromkeys(crossed.loc[crossed["n"] == n, "method"]))
     if not methods:
         raise FutureLensError(f"No target-layer rows at N={n}; the table has them for N in {ns}.")
+    top = max(float(sel.loc[sel["n"] == n, "value"].max()), 1e-9)  # one colour scale for the panels of this N
     fig = Figure(figsize=(3.6 * len(methods) + 1.0, 3.4), layout="constrained")
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     for ax, method in zip(axes, methods):
         grid = sel[(sel["method"] == method) & (sel["n"] == n)].pivot_table(
             index="layer", columns="target_layer", values="value", sort=True)
-        image = ax.imshow(grid.to_numpy(), vmin=0.0, vmax=max(float(sel["value"].max()), 1e-9), cmap="viridis",
+        image = ax.imshow(grid.to_numpy(), vmin=0.0, vmax=top, cmap="viridis",
                           origin="lower", aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
         for (r, c), v in np.ndenumerate(grid.to_numpy()):
             if v == v:  # not NaN: a pair that was run
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 * max(float(sel["value"].max()), 1e-9) else "black")
+                        color="white" if v < 0.6 * top else "black")
         ax.set_xlabel("target layer L' (written at)")
         ax.set_ylabel("source layer L (read at)")
         ax.set_title(f"{method}, N={n}")
