@@ -51,9 +51,9 @@ def test_tidy_table_with_missing_k_logs_offline(tmp_path, monkeypatch):
     logged = json.loads(table.read_text())
     assert logged["columns"] == list(df.columns)
     assert logged["data"] == [
-        ["bigram", -1, 0, "precision", 1, 0.25],
-        ["bigram", -1, 0, "surprisal", None, 3.5],
-        ["learned prompt", 14, 1, "precision", 1, 0.5],
-        ["learned prompt", 14, 1, "precision", 2, 0.75],
-        ["learned prompt", 14, 1, "surprisal", None, 2.0],
+        ["bigram", -1, 0, "precision", 1, 0.25, -1, "model"],
+        ["bigram", -1, 0, "surprisal", None, 3.5, -1, "model"],
+        ["learned prompt", 14, 1, "precision", 1, 0.5, 14, "model"],
+        ["learned prompt", 14, 1, "precision", 2, 0.75, 14, "model"],
+        ["learned prompt", 14, 1, "surprisal", None, 2.0, 14, "model"],
     ]
