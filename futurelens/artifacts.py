@@ -754,7 +754,9 @@ def collect_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "prompts": prompts,
         "probes": probes,
         "results": _first(eval_dir / "results.csv") if eval_dir else None,
-        "figures": [f for f in (eval_dir / "precision.png", eval_dir / "surprisal.png") if eval_dir and f.exists()],
+        "maps": sorted((prompts_dir / "maps").glob("layer-*-to-*.safetensors")) if prompts_dir else [],
+        "figures": [f for f in (eval_dir / "precision.png", eval_dir / "surprisal.png", eval_dir / "target_layers.png")
+                    if eval_dir and f.exists()],
         "data": _first(run / "data" / "futurelens.json"),
         "cache": _first(run / "cache" / "cache.json"),
         "lens": _first(run / "lens.html"),
@@ -912,6 +914,8 @@ def stage_run(found: dict, repo_id: str, into: Path) -> dict[str, Any]:
     info = manifest(found, repo_id)
     for f in found["prompts"]:
         _copy(f, into / "prompts" / f.name)
+    for f in found.get("maps", []):  # a cross-model run's state maps, where `evaluate` looks for them
+        _copy(f, into / "prompts" / "maps" / f.name)
     for f in found["probes"]:
         _copy(f, into / "probes" / f.name)
     results = None

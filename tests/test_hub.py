@@ -205,3 +205,18 @@ def test_the_lens_shows_fitted_probes_guesses(run, tmp_path):
     assert again.probes["linear (hidden)"]["tokens"] == grid.probes["linear (hidden)"]["tokens"]
     with pytest.raises(fl.FutureLensError, match=r"No fitted probes for layers \[1\]"):
         fl.lens(lm, TEXT, prompts="fixed", layers=[1], probes=str(folder), rollout=1, top_k=1)
+
+
+def test_push_carries_a_cross_model_runs_maps_and_the_target_layer_grid(run, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(run.root, root)
+    maps = root / "prompts" / "maps"
+    maps.mkdir()
+    (maps / "layer-1-to-2.safetensors").write_bytes(b"map")
+    (root / "eval" / "target_layers.png").write_bytes(b"png")
+    api = FakeApi(tmp_path / "uploaded")
+    result = fl.push(root, "me/lens", api=api)
+    assert "prompts/maps/layer-1-to-2.safetensors" in result.files and "results/target_layers.png" in result.files
+    assert (api.into / "prompts" / "maps" / "layer-1-to-2.safetensors").read_bytes() == b"map"
