@@ -80,14 +80,24 @@ class EvalConfig:
 
 
 def _ngram(cache: Any, lm: LensModel):
-    """The skip-gram baseline counted on the train prefixes and their continuations."""
+    """The skip-gram baseline counted on the train prefixes and their continuations.
+
+    The rows stream from the Arrow table a batch at a time into `NGram.fit`, which merges its pair keys every
+    `futurelens.methods.ngram.CHUNK`: memory is one batch plus the distinct pairs, whatever the train split's size.
+    """
     from .data.prefixes import load_prefixes
     from .methods.ngram import NGram
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
-    train = table.filter(lambda split: split == "train", input_columns="split")
-    rows = [p + t for p, t in zip(train["prefix_ids"], train["target_ids"])]
-    return NGram().fit(rows, n_max=cache.n_max, vocab_size=lm.vocab_size)
+    columns = table.select_columns(["split", "prefix_ids", "target_ids"])
+
+    def train_rows():
+        for batch in columns.iter(batch_size=1024):
+            for split, prefix, target in zip(batch["split"], batch["prefix_ids"], batch["target_ids"]):
+                if split == "train":
+                    yield prefix + target
+
+    return NGram().fit(train_rows(), n_max=cache.n_max, vocab_size=lm.vocab_size)
 
 
 def text_targets(cache: Any, lm: LensModel) -> torch.Tensor:

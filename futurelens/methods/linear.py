@@ -55,17 +55,56 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
 
 
+def normal_equations(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([x, 1]^T [x, 1], [x, 1]^T y)`` in float64: ``[d + 1, d + 1]`` and ``[d + 1, e]``.
+
+    Sums over rows, so a split's totals are the sums of its shards' (`ridge_solve` them once at the end).
+    """
+    xb = _with_bias(x.double())
+    return xb.T @ xb, xb.T @ y.double()
+
+
+def ridge_solve(gram: torch.Tensor, xty: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The ridge solution from `normal_equations` totals: penalty ``alpha`` times the mean of the Gram
+    diagonal without the bias, bias unpenalised. ``xty`` ``[d + 1, e]`` -> ``w [d + 1, e]`` (float32)."""
+    penalty = alpha * gram.diagonal()[:-1].mean() * torch.eye(gram.shape[0], dtype=torch.float64)
+    penalty[-1, -1] = 0
+    return torch.linalg.solve(gram + penalty, xty).float()
+
+
 def ridge(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     """Least squares with an L2 penalty and an unpenalised bias.
 
     ``x [n, d]``, ``y [n, e]`` -> ``w [d + 1, e]`` so that ``[x, 1] @ w ≈ y``. Solved in
     float64: states have a few huge coordinates and float32 normal equations lose them.
     """
-    xb = _with_bias(x.double())
-    gram = xb.T @ xb
-    penalty = alpha * gram.diagonal()[:-1].mean() * torch.eye(xb.shape[1], dtype=torch.float64)
-    penalty[-1, -1] = 0
-    return torch.linalg.solve(gram + penalty, xb.T @ y.double()).float()
+    return ridge_solve(*normal_equations(x, y), alpha)
+
+
+def streamed_ridge(cache: StateCache, layer: int, alpha: float, batch_size: int = 1024) -> torch.Tensor:
+    """`ridge` of the train states at ``layer`` onto the last layer's state N ahead, for every N, read from
+    ``cache`` a batch (at most one shard) at a time: ``[n_max + 1, d + 1, d]``.
+
+    The float64 totals ``[x, 1]^T [x, 1]`` (shared by every N) and ``[x, 1]^T y_N`` are all that is kept, so
+    memory is ``(n_max + 2) (d + 1)^2`` doubles plus one batch, whatever the split's size; the solution equals
+    the one-shot `ridge` up to float64 round-off.
+    """
+    gram = xty = None
+    for batch in cache.batches(layer, "train", batch_size=batch_size, final=True):
+        xb = _with_bias(batch.states.float().double())
+        g = xb.T @ xb
+        y = torch.einsum("bd,bne->nde", xb, batch.final.float().double())  # [n_max + 1, d + 1, d]
+        if gram is None:
+            gram, xty = g, y
+        else:
+            gram += g
+            xty += y
+        del xb, g, y, batch
+    if gram is None:
+        from ..errors import FutureLensError
+
+        raise FutureLensError(f"The cache has no train states at layer {layer}: nothing to fit the linear map on.")
+    return torch.stack([ridge_solve(gram, xty[n], alpha) for n in range(len(xty))])
 
 
 @dataclass
@@ -95,14 +134,14 @@ class LinearApprox:
         return self
 
     def fit(self, cache: StateCache, layer: int, checkpoint: str | os.PathLike | None = None) -> LinearApprox:
-        """Ridge least squares per N (then ``sgd_epochs`` of SGD, each epoch checkpointed to ``checkpoint``)."""
+        """Ridge least squares per N, streamed shard by shard (`streamed_ridge`), then ``sgd_epochs`` of SGD, each
+        epoch checkpointed to ``checkpoint``."""
         ckpt = Path(checkpoint) if checkpoint is not None else None
         saved = _load_checkpoint(ckpt, self.settings()) if self.sgd_epochs else None
         if saved is not None:
             maps = saved["maps"]
         else:
-            train = cache.load(layer, "train", final=True)
-            maps = torch.stack([ridge(train.states.float(), train.final[:, n].float(), self.alpha) for n in range(cache.n_max + 1)])
+            maps = streamed_ridge(cache, layer, self.alpha)
         if self.sgd_epochs:
             maps = self._refine(maps, cache, layer, ckpt, saved)
         self.maps[layer] = maps

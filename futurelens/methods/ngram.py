@@ -20,6 +20,9 @@ from ..atomic import atomic_path
 from ..errors import FutureLensError
 
 KIND = "futurelens.ngram"
+CHUNK = 1 << 20
+"""Pair keys buffered per N before they are merged into the counts (``NGram.fit``'s default ``chunk``): 8 MB of
+int64 per N, so fitting's memory is this plus the distinct pairs, whatever the number of rows."""
 
 
 def _reduce(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,13 +82,19 @@ class NGram:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, rows: Iterable[Sequence[int]], n_max: int, vocab_size: int, chunk: int = 1 << 24) -> NGram:
+    def fit(self, rows: Iterable[Sequence[int]], n_max: int, vocab_size: int, chunk: int | None = None) -> NGram:
         """Count, for N = 0..n_max, how often token y sits N + 1 positions after token x, in every row.
 
         ``rows``: token-id sequences (lists, arrays or 1-D tensors): documents, or
-        prefixes + continuations; pairs never cross a row boundary. ``chunk``: keys
-        buffered before merging (memory vs. speed). Returns self.
+        prefixes + continuations; pairs never cross a row boundary. Any iterable works
+        and is read once, row by row, so a generator streaming from disk keeps memory
+        independent of the number of rows. ``chunk``: keys buffered per N before merging
+        (memory vs. speed; default `CHUNK`); the counts are exact whatever its value.
+        Returns self.
         """
+        chunk = CHUNK if chunk is None else chunk
+        if chunk < 1:
+            raise FutureLensError(f"chunk must be >= 1 (pair keys buffered before a merge), got {chunk}.")
         if n_max < 0 or vocab_size < 1:
             raise FutureLensError(f"Need n_max >= 0 and vocab_size >= 1, got n_max={n_max}, vocab_size={vocab_size}.")
         V = vocab_size

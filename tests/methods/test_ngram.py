@@ -113,3 +113,87 @@ def test_errors_say_what_to_do(ngram, tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(FutureLensError, match="not a futurelens n-gram"):
         NGram.load(tmp_path / "other.safetensors")
+
+
+# --------------------------------------------------------------------------- streaming fit: exact, bounded memory
+
+
+def _tables(model):
+    return [[t.tolist() for t in getattr(model, name)] for name in ("offsets", "ids", "counts", "totals")] + [
+        model.unigram.tolist()
+    ]
+
+
+def test_a_streamed_fit_with_many_flushes_equals_the_one_shot_fit_exactly():
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 40, size=rng.integers(0, 60)).tolist() for _ in range(300)]
+    V, n_max = 41, 3
+    one_shot = NGram(keep=5).fit(rows, n_max=n_max, vocab_size=V, chunk=1 << 30)  # one merge per N, at the end
+    assert one_shot.counts[0].sum() > 1000  # enough keys that chunk=3 means hundreds of merges
+    for chunk in (1, 3, 64):
+        streamed = NGram(keep=5).fit((r for r in rows), n_max=n_max, vocab_size=V, chunk=chunk)  # a one-pass generator
+        assert _tables(streamed) == _tables(one_shot)
+    # and those counts are the true ones
+    pairs = Counter((r[i], r[i + 2]) for r in rows for i in range(len(r) - 2))
+    assert one_shot.totals[1].tolist() == [sum(c for (a, _), c in pairs.items() if a == x) for x in range(V)]
+    with pytest.raises(FutureLensError, match="chunk must be >= 1"):
+        NGram().fit(rows, n_max=0, vocab_size=V, chunk=0)
+
+
+def _fake_data(monkeypatch, n_rows):
+    """`evaluate._ngram`'s inputs: a prefix table of ``n_rows`` rows (3 in 4 train), a cache, a model."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    import futurelens.data.prefixes as prefixes
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 30, size=(n_rows, 40))
+    table = datasets.Dataset.from_dict({
+        "split": ["test" if i % 4 == 3 else "train" for i in range(n_rows)],
+        "prefix_ids": tokens[:, :32].tolist(),
+        "target_ids": tokens[:, 32:].tolist(),
+    })
+    monkeypatch.setattr(prefixes, "load_prefixes", lambda *a, **k: (table, {}))
+    return SimpleNamespace(index={"data": "unused"}, n_max=2), SimpleNamespace(tokenizer=None, vocab_size=32), tokens
+
+
+def test_ngram_baseline_streams_the_train_rows_and_counts_them_exactly(monkeypatch):
+    from futurelens.evaluate import _ngram
+
+    cache, lm, tokens = _fake_data(monkeypatch, 200)
+    got = _ngram(cache, lm)
+    train = [row.tolist() for i, row in enumerate(tokens) if i % 4 != 3]
+    assert _tables(got) == _tables(NGram().fit(train, n_max=2, vocab_size=32))
+    assert int(got.totals[0].sum()) == 150 * 39  # only the 150 train rows, each prefix + target as one row
+
+
+def test_ngram_baseline_memory_does_not_grow_with_the_train_rows(monkeypatch):
+    """Python-heap peak (tracemalloc: lists, ints, numpy buffers) of `_ngram` over 3k vs 12k rows of 40 tokens.
+
+    Bound: with a 4 096-key chunk the peak may grow by at most 25 % + 1 MB from 3k to 12k rows; holding the rows
+    (or every pair key until the end) grows it ~4x, by >= 8 MB (12k x 40 ids as list slots alone are 3.8 MB, the
+    three N's keys 11 MB).
+    """
+    import gc
+    import tracemalloc
+
+    import futurelens.methods.ngram as ngram
+    from futurelens.evaluate import _ngram
+
+    monkeypatch.setattr(ngram, "CHUNK", 1 << 12, raising=False)  # the default chunk, scaled to this test's size
+    peaks = []
+    for n_rows in (3000, 12000):
+        cache, lm, tokens = _fake_data(monkeypatch, n_rows)
+        del tokens
+        gc.collect()
+        tracemalloc.start()
+        try:
+            model = _ngram(cache, lm)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert int(model.totals[0].sum()) == n_rows * 3 // 4 * 39
+    small, big = peaks
+    assert big <= 1.25 * small + (1 << 20), f"peak {small / 2**20:.1f} MB at 3k rows, {big / 2**20:.1f} MB at 12k"

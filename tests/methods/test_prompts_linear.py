@@ -173,3 +173,47 @@ def test_a_killed_probe_fit_resumes_after_its_last_epoch_and_ends_identical(tiny
     torch.testing.assert_close(again.maps[3], full.maps[3], rtol=0, atol=0)
     with pytest.raises(Exception, match=r"other settings"):
         VocabProbe(lm.vocab_size, epochs=4).fit(cache, 2, checkpoint=ckpt)
+
+
+# --------------------------------------------------------------------------- the linear map, streamed shard by shard
+
+
+def test_ridge_is_its_normal_equations_solved_and_those_sum_over_row_blocks():
+    from futurelens.methods.linear import normal_equations, ridge_solve
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 5, generator=g) * torch.tensor([1.0, 50, 0.1, 1, 1])
+    y = x @ torch.randn(5, 4, generator=g) + torch.randn(300, 4, generator=g)
+    gram, xty = normal_equations(x, y)
+    parts = [normal_equations(x[a : a + 37], y[a : a + 37]) for a in range(0, 300, 37)]
+    torch.testing.assert_close(sum(p[0] for p in parts), gram, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(sum(p[1] for p in parts), xty, rtol=1e-12, atol=1e-9)
+    for alpha in (0.0, 0.1):
+        assert torch.equal(ridge_solve(gram, xty, alpha), ridge(x, y, alpha))
+    # the penalty is alpha x the mean squared coordinate (bias excluded) on the weights, none on the bias
+    w = ridge_solve(gram, xty, 10.0).double()
+    xb = torch.cat([x.double(), torch.ones(300, 1, dtype=torch.float64)], 1)
+    lam = 10.0 * (x.double() ** 2).sum(0).mean()
+    grad = xb.T @ (xb @ w - y.double()) + lam * torch.cat([w[:-1], torch.zeros(1, 4, dtype=torch.float64)])
+    assert grad.abs().max() < 1e-3 * (xb.T @ y.double()).abs().max()
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.0])
+def test_linear_approx_streams_the_cache_and_equals_the_one_shot_ridge(tiny_cache, monkeypatch, alpha):
+    from futurelens.methods.linear import streamed_ridge
+
+    lm, _, cache = tiny_cache("llama", n=90, shard_size=16)  # several shards, batches straddling them
+    layer = 2
+    train = cache.load(layer, "train", final=True)
+    one_shot = torch.stack([ridge(train.states.float(), train.final[:, n].float(), alpha) for n in range(cache.n_max + 1)])
+    for batch_size in (5, 1024):
+        got = streamed_ridge(cache, layer, alpha, batch_size=batch_size)
+        torch.testing.assert_close(got, one_shot, rtol=1e-6, atol=1e-6)
+
+    def whole_split(*a, **k):
+        raise AssertionError("LinearApprox.fit loaded the whole train split")
+
+    monkeypatch.setattr(type(cache), "load", whole_split)
+    fit = LinearApprox(lm, alpha=alpha).fit(cache, layer).maps[layer]
+    assert fit.shape == (cache.n_max + 1, lm.d_model + 1, lm.d_model)
+    torch.testing.assert_close(fit, one_shot, rtol=1e-6, atol=1e-6)
