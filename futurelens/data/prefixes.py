@@ -44,6 +44,7 @@ from .corpus import EMBEDDED, documents
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
     from ..models import LensModel
 
@@ -327,20 +328,22 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     is labelled), with the candidates labelled, the rate and the time left; its total stays the
     same across a resume.
     """
+    import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
     check_config(cfg)
     work = partial_dir(cfg.out)
     _open_partial(work, _settings(lm, cfg))
     stream = _candidates(cfg, lm.tokenizer)
-    columns: dict[str, list] = {k: [] for k in COLUMNS}
-    n_candidates = n_passed = 0
+    # Only counts are kept here: the rows are on disk in the labelled shards, and the final table is assembled
+    # from them one shard at a time (`_assemble`), so memory does not grow with the number of prefixes.
+    taken: list[int] = []  # per shard: how many of its passing candidates the dataset keeps (in shard order)
+    kept = n_candidates = n_passed = 0
     max_candidates = 50 * cfg.n_prefixes  # a model that never predicts right would otherwise loop forever
     bar = None
     k = 0
     try:
-        while len(columns["doc_id"]) < cfg.n_prefixes:
-            kept = len(columns["doc_id"])
+        while kept < cfg.n_prefixes:
             # Size the shard from the keep rate seen so far, so a small dataset labels few spare candidates
             # (none without the filter); candidates are decoded in groups of equal length, so a shard must be
             # large enough to fill them.
@@ -378,20 +381,13 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
                 _write_shard(path, pool, targets)
             k += 1
             n_candidates += len(pool)
-            for (doc_id, offset, prefix, nxt), target in zip(pool, targets):
-                if cfg.filter_correct and target[0] != nxt[0]:
-                    continue
-                n_passed += 1
-                if len(columns["doc_id"]) == cfg.n_prefixes:
-                    continue  # a spare: labelled and correct, but the dataset is full
-                columns["doc_id"].append(doc_id)
-                columns["offset"].append(offset)
-                columns["prefix_ids"].append(prefix)
-                columns["next_ids"].append(nxt)
-                columns["target_ids"].append(target)
-                columns["split"].append("test" if is_test(doc_id, cfg.seed, cfg.test_fraction) else "train")
+            passing = sum(not cfg.filter_correct or t[0] == c[3][0] for c, t in zip(pool, targets))
+            n_passed += passing
+            taken.append(min(passing, cfg.n_prefixes - kept))  # the rest are spares: correct, but the dataset is full
+            kept += taken[-1]
+            del pool, targets
             if bar is not None:
-                _advance(bar, len(columns["doc_id"]))
+                _advance(bar, kept)
                 bar.set_postfix_str(f"{n_candidates} candidates")
     except KeyboardInterrupt as err:
         if bar is not None:
@@ -402,31 +398,73 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
         if bar is not None:
             bar.close()
 
+    del stream  # the candidate stream's shuffle buffer and `seen` set are not needed for the assembly
+    table = _assemble(work, taken, cfg)
+    n_test = pc.sum(pc.equal(table["split"], "test")).as_py() or 0
     meta = {
         "model": lm.name,
         "tokenizer_hash": tokenizer_hash(lm.tokenizer),
         "config": asdict(cfg),
         "n_candidates": n_candidates,
-        "n_kept": len(columns["doc_id"]),
+        "n_kept": kept,
         "n_dropped": n_candidates - n_passed,
-        "n_unused": n_passed - len(columns["doc_id"]),
-        "n_train": columns["split"].count("train"),
-        "n_test": columns["split"].count("test"),
+        "n_unused": n_passed - kept,
+        "n_train": kept - n_test,
+        "n_test": n_test,
     }
-    out = save_prefixes(columns, meta, cfg.out)
+    out = save_prefixes(table, meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def save_prefixes(columns: dict[str, list], meta: dict, out: str | os.PathLike) -> Path:
-    """Write a prefix table and its metadata to ``out`` atomically (a half-written dataset never exists)."""
+def _assemble(work: Path, taken: list[int], cfg: DataConfig) -> "pa.Table":
+    """The dataset's rows as one Arrow table, read back from the labelled shards one at a time.
+
+    Shard ``k`` gives its first ``taken[k]`` candidates that pass the correctness filter, in shard
+    order, with their split: the rows, order and types the build keeps. Only one shard is decoded
+    at a time, and the rows stay in Arrow buffers (a few hundred bytes a prefix, not Python lists).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = []
+    for k, n in enumerate(taken):
+        if not n:
+            continue
+        shard = pq.read_table(_shard_path(work, k), columns=list(COLUMNS[:-1]))
+        if cfg.filter_correct:  # the first target against the first real next token, in Arrow
+            right = pc.equal(pc.list_element(shard["target_ids"], 0), pc.list_element(shard["next_ids"], 0))
+            passing = np.flatnonzero(right.to_numpy(zero_copy_only=False))
+            shard = shard.take(pa.array(passing[:n]))
+        else:
+            shard = shard.slice(0, n)
+        split = ["test" if is_test(d, cfg.seed, cfg.test_fraction) else "train" for d in shard["doc_id"].to_pylist()]
+        parts.append(shard.append_column("split", pa.array(split, pa.string())).combine_chunks())
+        del shard
+    ids = pa.list_(pa.int64())
+    schema = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("prefix_ids", ids), ("next_ids", ids),
+                        ("target_ids", ids), ("split", pa.string())])
+    table = pa.concat_tables([p.cast(schema) for p in parts], promote_options="none") if parts else schema.empty_table()
+    # One chunk per column, as a table made from Python lists has: the saved bytes and the fingerprint depend on it.
+    return table.combine_chunks()
+
+
+def save_prefixes(columns: "dict[str, list] | pa.Table", meta: dict, out: str | os.PathLike) -> Path:
+    """Write a prefix table (columns as lists, or an Arrow table) and its metadata to ``out`` atomically.
+
+    A half-written dataset never exists.
+    """
     from datasets import Dataset
+    from datasets.table import InMemoryTable
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        Dataset.from_dict(columns).save_to_disk(str(tmp / "table"))
+        dataset = Dataset.from_dict(columns) if isinstance(columns, dict) else Dataset(InMemoryTable(columns))
+        dataset.save_to_disk(str(tmp / "table"))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
