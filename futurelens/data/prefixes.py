@@ -24,6 +24,9 @@ How `build_prefixes` gets there, at any corpus size:
 - **Counts.** ``futurelens.json`` records ``n_candidates`` (labelled) = ``n_kept`` (in the dataset)
   + ``n_dropped`` (failed the correctness filter) + ``n_unused`` (passed it after the dataset was
   full: the spare candidates of the last shard).
+- **Memory.** The build keeps counts, not rows: at the end the dataset's table is read back from the
+  labelled shards one at a time (filtered and split as the build decided) into Arrow buffers, so
+  no Python object per prefix is held but one int key per candidate drawn (to skip repeats).
 """
 
 from __future__ import annotations
@@ -169,7 +172,12 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
 
     rng = np.random.default_rng(cfg.seed)
     need = cfg.n_max + 1
-    seen: set[tuple[str, int, int]] = set()
+    # Every (document, offset, length) drawn so far, each as one exact int key: the document's index in `docs`,
+    # the length and the offset packed into separate bit fields (a tuple costs about twice as much). An offset
+    # too large for its field keeps the tuple itself; an int and a tuple are never equal, so this is exactly the
+    # membership test of a set of tuples.
+    seen: set[int | tuple[str, int, int]] = set()
+    docs: dict[str, int] = {}
     misses = 0  # consecutive repeats; a small corpus can run out of distinct prefixes
     n_pieces = 0  # usable document pieces in one pass
     corpus: list | None = None  # the whole corpus, once a pass has shown that it fits in the buffer
@@ -182,13 +190,18 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
         else:
             length = int(rng.integers(cfg.min_len, hi + 1))
         offset = int(rng.integers(0, len(tokens) - length - need + 1))
-        if (doc_id, base + offset, length) in seen:
+        start = base + offset
+        if start < 1 << 40:
+            key = ((docs.setdefault(doc_id, len(docs)) * (cfg.max_len + 1) + length) << 40) | start
+        else:
+            key = (doc_id, start, length)
+        if key in seen:
             misses += 1
             return None
         misses = 0
-        seen.add((doc_id, base + offset, length))
+        seen.add(key)
         end = offset + length
-        return doc_id, base + offset, tokens[offset:end].tolist(), tokens[end : end + need].tolist()
+        return doc_id, start, tokens[offset:end].tolist(), tokens[end : end + need].tolist()
 
     while True:
         if misses > 100 * max(n_pieces, 1):
