@@ -464,6 +464,46 @@ def _assemble(work: Path, taken: list[int], cfg: DataConfig) -> "pa.Table":
     return table.combine_chunks()
 
 
+class _HashWriter:
+    """A file that feeds what is written to it into an xxhash, instead of keeping it."""
+
+    def __init__(self):
+        import xxhash
+
+        self.m = xxhash.xxh64()
+
+    def write(self, data) -> int:
+        self.m.update(data)
+        return len(data)
+
+
+def _fingerprint(dataset: Any) -> str:
+    """`datasets.fingerprint.generate_fingerprint`, the same digest, with each value pickled straight into the hash.
+
+    `Hasher.update` hashes ``dumps(value)``: the whole pickled table as one bytes object (and copies of it), the
+    largest allocation of saving a big dataset. Here the same pickle stream is written into the hash as it is made.
+    """
+    from datasets.fingerprint import Hasher
+    from datasets.utils._dill import dump
+
+    def digest(value: Any) -> str:
+        out = _HashWriter()
+        dump(value, out)
+        return out.m.hexdigest()
+
+    state = dataset.__dict__
+    hasher = Hasher()
+    for key in sorted(state):
+        if key == "_fingerprint":
+            continue
+        for value in (key, state[key]):  # as Hasher.update(value)
+            hasher.m.update(f"=={type(value)}==".encode("utf8"))
+            hasher.m.update(digest(value).encode("utf-8"))
+    for cache_file in dataset.cache_files:
+        hasher.update(os.path.getmtime(cache_file["filename"]))
+    return hasher.hexdigest()
+
+
 def save_prefixes(columns: "dict[str, list] | pa.Table", meta: dict, out: str | os.PathLike) -> Path:
     """Write a prefix table (columns as lists, or an Arrow table) and its metadata to ``out`` atomically.
 
@@ -476,7 +516,16 @@ def save_prefixes(columns: "dict[str, list] | pa.Table", meta: dict, out: str | 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        dataset = Dataset.from_dict(columns) if isinstance(columns, dict) else Dataset(InMemoryTable(columns))
+        if isinstance(columns, dict):
+            dataset = Dataset.from_dict(columns)
+        else:  # the fingerprint `datasets` computes itself, but without pickling the whole table into memory first
+            import datasets.arrow_dataset
+
+            real, datasets.arrow_dataset.generate_fingerprint = datasets.arrow_dataset.generate_fingerprint, _fingerprint
+            try:
+                dataset = Dataset(InMemoryTable(columns))
+            finally:
+                datasets.arrow_dataset.generate_fingerprint = real
         dataset.save_to_disk(str(tmp / "table"))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if out.exists():
