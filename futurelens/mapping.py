@@ -153,12 +153,6 @@ class MappedCache:
             yield StateBatch(apply_map(w, x.states), y.target, y.last_token, y.row, y.final)
 
     def load(self, layer: int | None, split: str = "train", final: bool = False) -> StateBatch:
-        import torch
+        from .data.states import whole_split
 
-        from .data.states import StateBatch
-
-        parts = list(self.batches(layer, split, batch_size=1 << 30, final=final))
-        if len(parts) == 1:
-            return parts[0]
-        names = [k for k, v in vars(parts[0]).items() if v is not None]
-        return StateBatch(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+        return whole_split(self, layer, split, final)

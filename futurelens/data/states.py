@@ -433,10 +433,15 @@ class StateCache:
 
     def load(self, layer: int | None, split: str = "train", final: bool = False) -> StateBatch:
         """A whole split as one batch (for methods fitted in closed form, and small caches)."""
-        import torch
+        return whole_split(self, layer, split, final)
 
-        parts = list(self.batches(layer, split, batch_size=1 << 30, final=final))
-        if len(parts) == 1:
-            return parts[0]
-        names = [k for k, v in vars(parts[0]).items() if v is not None]
-        return StateBatch(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+
+def whole_split(view: Any, layer: int | None, split: str, final: bool) -> StateBatch:
+    """Every batch of ``view.batches`` (a `StateCache` or a view with the same ``batches``) joined into one."""
+    import torch
+
+    parts = list(view.batches(layer, split, batch_size=1 << 30, final=final))
+    if len(parts) == 1:
+        return parts[0]
+    names = [k for k, v in vars(parts[0]).items() if v is not None]
+    return StateBatch(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
