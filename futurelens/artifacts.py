@@ -115,17 +115,8 @@ class PromptSet(dict):
 
     A plain dict everywhere a dict goes; ``.source`` is a `Source`, ``.meta[layer]`` each file's metadata.
     A prompt trained to receive a layer-L state at another layer L' (Patchscopes' target layer,
-    ``futurelens train --target-layers``) is keyed ``(L, L')``; `targeting` picks those of one L'.
+    ``futurelens train --target-layers``) is keyed ``(L, L')``; `select_target` picks those of one L'.
     """
-
-    def same_layer(self) -> dict:
-        """``{L: prompt}``: the prompts that receive a state at its own layer (the paper's setting)."""
-        return {k: v for k, v in self.items() if isinstance(k, int)}
-
-    def targeting(self, target: int) -> dict:
-        """``{L: prompt}``: the prompts that receive a layer-L state at layer ``target``."""
-        return {(k if isinstance(k, int) else k[0]): v for k, v in self.items()
-                if (k == target if isinstance(k, int) else k[1] == target)}
 
     source: Source
     meta: dict
