@@ -120,7 +120,6 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     """
     from .figure import NO_LAYER
     from .methods.base import Prediction, plain_batch
-    from .methods.prompts import FixedPrompt, LearnedPrompt
     from .metrics import Tally, target_nll
     from .remote import request_spans, run_job
     from .server import jobs
@@ -134,9 +133,8 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
     # Each model-side method goes by its index, so the same method at two target layers stays two rows.
     labels = [(m.name, target) for m, target in model_side]
-    described = [m.describe(layer, target) if isinstance(m, (FixedPrompt, LearnedPrompt)) else m.describe(layer)
-                 for m, target in model_side]
-    methods = [(d[0], i, d[2], d[3] if len(d) > 3 else None) for i, d in enumerate(described)]
+    methods = [(kind, i, payload, write)
+               for i, (kind, _, payload, write) in enumerate(m.describe(layer, target) for m, target in model_side)]
     plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
     scored = []
     for start, stop in request_spans(lm, plain, fixed=methods):

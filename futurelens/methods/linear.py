@@ -171,9 +171,10 @@ class LinearApprox:
                                     "optimizer": opt.state_dict()})
         return maps.detach()
 
-    def describe(self, layer: int) -> tuple:
-        """This method as the server side takes it (`futurelens.server.jobs.method_logits`)."""
-        return ("linear", self.name, self.maps[layer])
+    def describe(self, layer: int, target: int | None = None) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`); it writes nowhere, so
+        ``target`` is unused."""
+        return ("linear", self.name, self.maps[layer], None)
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
         from ..remote import run_job

@@ -101,8 +101,9 @@ class MLPProbe:
         self.params[layer] = tuple(p.detach() for p in params)
         return self
 
-    def describe(self, layer: int) -> tuple:
-        """This method as the server side takes it (`futurelens.server.jobs.method_logits`); no write layer."""
+    def describe(self, layer: int, target: int | None = None) -> tuple:
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`); it writes nowhere, so
+        ``target`` is unused."""
         return ("mlp", self.name, self.params[layer], None)
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
