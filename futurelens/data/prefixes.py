@@ -24,9 +24,10 @@ How `build_prefixes` gets there, at any corpus size:
 - **Counts.** ``futurelens.json`` records ``n_candidates`` (labelled) = ``n_kept`` (in the dataset)
   + ``n_dropped`` (failed the correctness filter) + ``n_unused`` (passed it after the dataset was
   full: the spare candidates of the last shard).
-- **Memory.** The build keeps counts, not rows: at the end the dataset's table is read back from the
-  labelled shards one at a time (filtered and split as the build decided) into Arrow buffers, so
-  no Python object per prefix is held but one int key per candidate drawn (to skip repeats).
+- **Memory.** The build keeps counts, not rows: at the end the dataset's rows are read back from the
+  labelled shards one at a time (filtered and split as the build decided) and streamed into one
+  Arrow file, which `datasets` then copies batch by batch into the saved dataset; no Python object
+  per prefix is held but one int key per candidate drawn (to skip repeats).
 """
 
 from __future__ import annotations
@@ -341,7 +342,6 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     is labelled), with the candidates labelled, the rate and the time left; its total stays the
     same across a resume.
     """
-    import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
     check_config(cfg)
@@ -412,8 +412,8 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
             bar.close()
 
     del stream  # the candidate stream's shuffle buffer and `seen` set are not needed for the assembly
-    table = _assemble(work, taken, cfg)
-    n_test = pc.sum(pc.equal(table["split"], "test")).as_py() or 0
+    rows = work / "table.arrow"
+    n_test = _assemble(work, taken, cfg, rows)
     meta = {
         "model": lm.name,
         "tokenizer_hash": tokenizer_hash(lm.tokenizer),
@@ -425,92 +425,65 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
         "n_train": kept - n_test,
         "n_test": n_test,
     }
-    out = save_prefixes(table, meta, cfg.out)
+    out = save_prefixes(rows, meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _assemble(work: Path, taken: list[int], cfg: DataConfig) -> "pa.Table":
-    """The dataset's rows as one Arrow table, read back from the labelled shards one at a time.
+def _assemble(work: Path, taken: list[int], cfg: DataConfig, path: Path) -> int:
+    """Write the dataset's rows to ``path`` as one Arrow IPC stream, a labelled shard at a time; the test rows' count.
 
     Shard ``k`` gives its first ``taken[k]`` candidates that pass the correctness filter, in shard
-    order, with their split: the rows, order and types the build keeps. Only one shard is decoded
-    at a time, and the rows stay in Arrow buffers (a few hundred bytes a prefix, not Python lists).
+    order, with their split: the rows, order and types the build keeps. One shard is decoded and
+    written at a time, so memory holds one shard, whatever the dataset's size.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    parts = []
-    for k, n in enumerate(taken):
-        if not n:
-            continue
-        shard = pq.read_table(_shard_path(work, k), columns=list(COLUMNS[:-1]))
-        if cfg.filter_correct:  # the first target against the first real next token, in Arrow
-            right = pc.equal(pc.list_element(shard["target_ids"], 0), pc.list_element(shard["next_ids"], 0))
-            passing = np.flatnonzero(right.to_numpy(zero_copy_only=False))
-            shard = shard.take(pa.array(passing[:n]))
-        else:
-            shard = shard.slice(0, n)
-        split = ["test" if is_test(d, cfg.seed, cfg.test_fraction) else "train" for d in shard["doc_id"].to_pylist()]
-        parts.append(shard.append_column("split", pa.array(split, pa.string())).combine_chunks())
-        del shard
     ids = pa.list_(pa.int64())
     schema = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("prefix_ids", ids), ("next_ids", ids),
                         ("target_ids", ids), ("split", pa.string())])
-    table = pa.concat_tables([p.cast(schema) for p in parts], promote_options="none") if parts else schema.empty_table()
-    # One chunk per column, as a table made from Python lists has: the saved bytes and the fingerprint depend on it.
-    return table.combine_chunks()
+    n_test = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for k, n in enumerate(taken):
+            if not n:
+                continue
+            shard = pq.read_table(_shard_path(work, k), columns=list(COLUMNS[:-1]))
+            if cfg.filter_correct:  # the first target against the first real next token, in Arrow
+                right = pc.equal(pc.list_element(shard["target_ids"], 0), pc.list_element(shard["next_ids"], 0))
+                passing = np.flatnonzero(right.to_numpy(zero_copy_only=False))
+                shard = shard.take(pa.array(passing[:n]))
+            else:
+                shard = shard.slice(0, n)
+            split = ["test" if is_test(d, cfg.seed, cfg.test_fraction) else "train" for d in shard["doc_id"].to_pylist()]
+            n_test += split.count("test")
+            writer.write_table(shard.append_column("split", pa.array(split, pa.string())).cast(schema))
+            del shard
+    return n_test
 
 
-class _HashWriter:
-    """A file that feeds what is written to it into an xxhash, instead of keeping it."""
+def _file_hash(path: Path) -> str:
+    """xxh64 of a file's bytes, read 1 MiB at a time (16 hex digits, the form of a `datasets` fingerprint)."""
+    import xxhash
 
-    def __init__(self):
-        import xxhash
-
-        self.m = xxhash.xxh64()
-
-    def write(self, data) -> int:
-        self.m.update(data)
-        return len(data)
+    h = xxhash.xxh64()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def _fingerprint(dataset: Any) -> str:
-    """`datasets.fingerprint.generate_fingerprint`, the same digest, with each value pickled straight into the hash.
+def save_prefixes(columns: "dict[str, list] | Path", meta: dict, out: str | os.PathLike) -> Path:
+    """Write a prefix table and its metadata to ``out`` atomically; a half-written dataset never exists.
 
-    `Hasher.update` hashes ``dumps(value)``: the whole pickled table as one bytes object (and copies of it), the
-    largest allocation of saving a big dataset. Here the same pickle stream is written into the hash as it is made.
-    """
-    from datasets.fingerprint import Hasher
-    from datasets.utils._dill import dump
-
-    def digest(value: Any) -> str:
-        out = _HashWriter()
-        dump(value, out)
-        return out.m.hexdigest()
-
-    state = dataset.__dict__
-    hasher = Hasher()
-    for key in sorted(state):
-        if key == "_fingerprint":
-            continue
-        for value in (key, state[key]):  # as Hasher.update(value)
-            hasher.m.update(f"=={type(value)}==".encode("utf8"))
-            hasher.m.update(digest(value).encode("utf-8"))
-    for cache_file in dataset.cache_files:
-        hasher.update(os.path.getmtime(cache_file["filename"]))
-    return hasher.hexdigest()
-
-
-def save_prefixes(columns: "dict[str, list] | pa.Table", meta: dict, out: str | os.PathLike) -> Path:
-    """Write a prefix table (columns as lists, or an Arrow table) and its metadata to ``out`` atomically.
-
-    A half-written dataset never exists.
+    ``columns``: the columns as lists, or the path of an Arrow IPC stream of the rows (`_assemble`), which is
+    memory-mapped and copied batch by batch (never held in memory whole); its fingerprint for `datasets` is then
+    the hash of that file's bytes: the same rows, the same fingerprint.
     """
     from datasets import Dataset
-    from datasets.table import InMemoryTable
+    from datasets.table import MemoryMappedTable
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -518,15 +491,10 @@ def save_prefixes(columns: "dict[str, list] | pa.Table", meta: dict, out: str | 
     try:
         if isinstance(columns, dict):
             dataset = Dataset.from_dict(columns)
-        else:  # the fingerprint `datasets` computes itself, but without pickling the whole table into memory first
-            import datasets.arrow_dataset
-
-            real, datasets.arrow_dataset.generate_fingerprint = datasets.arrow_dataset.generate_fingerprint, _fingerprint
-            try:
-                dataset = Dataset(InMemoryTable(columns))
-            finally:
-                datasets.arrow_dataset.generate_fingerprint = real
+        else:
+            dataset = Dataset(MemoryMappedTable.from_file(str(columns)), fingerprint=_file_hash(Path(columns)))
         dataset.save_to_disk(str(tmp / "table"))
+        del dataset
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
