@@ -75,3 +75,15 @@ def test_remote_evaluation_is_one_job_per_layer_and_matches_local(tiny_cache, tm
     assert len(sessions) == 2  # one request per layer, all methods and batches inside it
     assert remote[["method", "layer", "n", "metric", "k"]].equals(local[["method", "layer", "n", "metric", "k"]])
     assert remote.value.tolist() == pytest.approx(local.value.tolist(), rel=1e-4, abs=1e-5)
+
+
+def test_text_targets_are_the_datasets_next_ids(tiny_cache):
+    """Read from the Arrow buffers, they equal the dataset's `next_ids` column as Python lists, row for row."""
+    from futurelens.data.prefixes import load_prefixes
+    from futurelens.evaluate import text_targets
+
+    lm, _, cache = tiny_cache("llama", n=12, n_max=2)
+    table, _ = load_prefixes(cache.index["data"])
+    ids = text_targets(cache, lm)
+    assert ids.dtype == torch.long and ids.shape == (12, 3)
+    assert ids.tolist() == [row[:3] for row in table["next_ids"]]
