@@ -121,27 +121,21 @@ UTILISATION = {"compute": 0.40, "bandwidth": 0.70}
 
 GROWTH_CAUSES = {
     "data": (
-        "`build_prefixes` keeps every kept row as Python lists (`columns`: prefix, next and target ids) until "
-        "`save_prefixes` turns them into one Arrow table at the end, and `_candidates` keeps a `seen` set of every "
-        "(document, offset, length). Only the set has to grow (tens of bytes a prefix); the table could be assembled "
-        "from the labelled shards already on disk (`<out>.partial/shard-*.parquet`, one at a time: filter, assign the "
-        "split, append with `pyarrow.parquet.ParquetWriter`), so that memory holds one shard."
+        "what has to grow is one int key per candidate drawn (`_candidates`' `seen` set, to skip repeats: ~60 bytes a "
+        "candidate); the rows are never held: the table streams from the labelled shards into one Arrow file "
+        "(`prefixes._assemble`), which `datasets` copies batch by batch (the memory-mapped file's pages count in RSS "
+        "while it is copied: ~0.5 KB a prefix)."
     ),
     "eval": (
-        "(1) `evaluate._ngram` materialises the train split's `prefix_ids` and `target_ids` as Python lists and builds "
-        "`rows` from them, and `NGram.fit` buffers every pair key until `chunk` (2^24 keys per N) is reached: below "
-        "~300k prefixes it never flushes early, so the buffer and its sort are proportional to the data (streaming the "
-        "Arrow table in batches and a chunk of ~2^20 keys would bound both); (2) the vocabulary probe's 50 MB "
-        "logits and gradient temporaries fragment glibc's heap, so its peak rises with the number of steps "
-        "(1k prefixes x 5 epochs peaks like 5k x 1; with MALLOC_MMAP_THRESHOLD_=1000000 the 5k fit peaks at +285 "
-        "instead of +497 MB over the loaded model); (3) `LinearApprox.fit` loads the whole train split "
-        "(`cache.load(layer, 'train', final=True)`, then float64 copies): small at width 32, but 100k x 5 x 4096 x 4 B "
-        "= 8 GB for GPT-J, where accumulating X^T X and X^T Y shard by shard would keep it at one shard. Only the "
-        "n-gram table's distinct pairs must grow, and they grow slower than the data."
+        "what has to grow is the n-gram table's distinct pairs (sublinear in the data); the rows stream from Arrow "
+        "into `NGram.fit` (merged every 2^20 keys), the linear approximation accumulates its normal equations shard "
+        "by shard (`streamed_ridge`), the vocabulary probe reads one shard at a time, but its 25 MB logits and "
+        "gradients fragment glibc's heap a little more over more steps (measured alone: +47 MB from 100 to 3,125 "
+        "steps)."
     ),
 }
-"""Why a stage's peak grows with the sample count where it does (found by reading the code and by measuring the parts
-of `eval` in one process at 1k and 5k prefixes); none of them has to, beyond a few bytes per prefix."""
+"""What still grows with the sample count in a stage whose peak misses the goal (found by reading the code and by
+measuring the parts alone)."""
 
 
 # --------------------------------------------------------------------------- pure logic (tests/test_paper_scale.py)
@@ -732,7 +726,7 @@ def _write(folder: Path, out: dict[str, Any], rows: list[dict], summary: dict, e
          "shown per stage."),
         "",
         *[line for stage, g in summary.items() if not g["memory_ok"] and stage in GROWTH_CAUSES
-          for line in (f"Why `{stage}` grows: {GROWTH_CAUSES[stage]}", "")],
+          for line in (f"Where `{stage}` grows: {GROWTH_CAUSES[stage]}", "")],
         "## GPT-J-6B on one GPU (estimate)",
         "",
         estimate_markdown(est),
