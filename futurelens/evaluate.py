@@ -129,13 +129,24 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     from .remote import request_spans, run_job
     from .server import jobs
 
-    local = []  # per batch: {name: [Prediction per N]}
+    def reduced(p: Prediction, target: torch.Tensor, text: torch.Tensor) -> tuple:
+        """``(top ids, nll of the model's token, nll of the text's)``: what is tallied of a client prediction."""
+        if p.logprobs is None:
+            return p.top_ids, None, None
+        return p.top_ids, target_nll(p.logprobs, target), target_nll(p.logprobs, text)
+
+    # Per batch: {name: [reduced prediction per N]}. Reduced as each batch is predicted, so memory holds one batch's
+    # log-distributions (a vocabulary each), not the whole test split's.
+    local = []
     for batch in batches:
         preds = {m.name: m.predict(batch, layer, k) for m in client}
         if ngram is not None:
             preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, k)[0]) for n in range(batch.target.shape[1])]
-        local.append(preds)
-    top1 = [{name: [p.top_ids[:, 0] for p in preds] for name, preds in d.items()} for d in local]
+        text = text_ids[batch.row]
+        local.append({name: [reduced(p, batch.target[:, n], text[:, n]) for n, p in enumerate(ps)]
+                      for name, ps in preds.items()})
+        del preds
+    top1 = [{name: [p[0][:, 0] for p in preds] for name, preds in d.items()} for d in local]
     # Each model-side method goes by its index, so the same method at two target layers stays two rows.
     labels = [(m.name, target) for m, target in model_side]
     methods = [(kind, i, payload, write)
@@ -149,10 +160,7 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
         target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
         if top_ids is None:  # a client-side prediction: only its surprisal came back
             name, write = key, (NO_LAYER if key == "bigram" else layer)
-            p = local[i][name][n]
-            top_ids = p.top_ids
-            nlls, text_nlls = (None, None) if p.logprobs is None else (target_nll(p.logprobs, target_ids),
-                                                                      target_nll(p.logprobs, text))
+            top_ids, nlls, text_nlls = local[i][name][n]
         else:
             name, write = labels[key]
         at = NO_LAYER if name == "bigram" else layer

@@ -87,3 +87,36 @@ def test_text_targets_are_the_datasets_next_ids(tiny_cache):
     ids = text_targets(cache, lm)
     assert ids.dtype == torch.long and ids.shape == (12, 3)
     assert ids.tolist() == [row[:3] for row in table["next_ids"]]
+
+
+def test_scoring_holds_one_batchs_distributions_at_a_time(tiny_cache):
+    """A client method's log-distributions (a vocabulary per row and N) are reduced to what is tallied as each
+    batch is predicted: none of an earlier batch is alive when the next is predicted, and every row is tallied."""
+    import weakref
+
+    from futurelens.evaluate import _score, text_targets
+    from futurelens.methods.base import Prediction
+
+    lm, _, cache = tiny_cache("llama", n=40)
+    alive, most = [], [0]
+
+    class Probe:
+        name = "probe"
+
+        def predict(self, batch, layer, k):
+            most[0] = max(most[0], sum(ref() is not None for ref in alive))
+            out = []
+            for _ in range(batch.target.shape[1]):
+                logprobs = torch.randn(len(batch.states), lm.vocab_size).log_softmax(-1)
+                alive.append(weakref.ref(logprobs))
+                out.append(Prediction(logprobs.topk(3, dim=-1).indices, logprobs))
+            return out
+
+    layer = cache.layers[-1]
+    batches = list(cache.batches(layer, "test", 2, final=True))
+    tallies = {}
+    _score(lm, layer, batches, [Probe()], [], None, 3, text_targets(cache, lm), tallies)
+    assert len(batches) >= 3 and most[0] == 0
+    rows = sum(len(b.states) for b in batches)
+    assert {key[3] for key in tallies} == set(range(cache.n_max + 1))
+    assert all(t.result()["n"] == rows for key, t in tallies.items() if key[0] == "probe")
