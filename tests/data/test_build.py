@@ -322,12 +322,13 @@ def test_killed_build_resumes_to_a_bit_identical_dataset(tiny, tokenizer, tmp_pa
     deadline = time.time() + 120
     while not list(work.glob("shard-*.parquet")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
-    time.sleep(random.uniform(0, 0.5))
+    time.sleep(random.uniform(0, 0.25))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(list(work.glob("shard-*.parquet")))
-    assert 0 < done < 12, f"the kill should land mid-build ({done} of 12 shards)"
-    assert not (tmp_path / "killed" / "data").exists()
+    # Mid-labelling, or (on a fast machine) after the last shard, while the dataset is assembled and saved.
+    assert 0 < done <= 12, f"the kill should land mid-build ({done} of 12 shards)"
+    assert not (tmp_path / "killed" / "data").exists(), "the build finished before the kill"
 
     # The uninterrupted build and the resume run in this process, on the same saved weights.
     lm = fl.load_model(str(model_dir))
