@@ -127,11 +127,11 @@ GROWTH_CAUSES = {
         "while it is copied: ~0.5 KB a prefix)."
     ),
     "eval": (
-        "what has to grow is the n-gram table's distinct pairs (sublinear in the data); the rows stream from Arrow "
-        "into `NGram.fit` (merged every 2^20 keys), the linear approximation accumulates its normal equations shard "
-        "by shard (`streamed_ridge`), the vocabulary probe reads one shard at a time, but its 25 MB logits and "
-        "gradients fragment glibc's heap a little more over more steps (measured alone: +47 MB from 100 to 3,125 "
-        "steps)."
+        "the n-gram table's distinct pairs have to grow (sublinear in the data; +0.17 GB at 100k); the vocabulary "
+        "probe's fit peaks +0.53 GB over the loaded model at 10k and +0.70 GB at 100k (glibc heap fragmentation by "
+        "its 25 MB logits and gradients over more steps); and scoring the test split with the learned prompt among "
+        "the model-side methods peaked at 2.8 GB with 1k test rows (measured by phase, resetting VmHWM through "
+        "/proc/self/clear_refs), against 0.73 GB for the same scoring without it: not found yet."
     ),
 }
 """What still grows with the sample count in a stage whose peak misses the goal (found by reading the code and by
