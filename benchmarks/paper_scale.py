@@ -129,9 +129,11 @@ GROWTH_CAUSES = {
     "eval": (
         "the n-gram table's distinct pairs have to grow (sublinear in the data; +0.17 GB at 100k); the vocabulary "
         "probe's fit peaks +0.53 GB over the loaded model at 10k and +0.70 GB at 100k (glibc heap fragmentation by "
-        "its 25 MB logits and gradients over more steps); and scoring the test split with the learned prompt among "
-        "the model-side methods peaked at 2.8 GB with 1k test rows (measured by phase, resetting VmHWM through "
-        "/proc/self/clear_refs), against 0.73 GB for the same scoring without it: not found yet."
+        "its 25 MB logits and gradients over more steps); and scoring the test split right after that fit, in the same "
+        "process, peaked at 2.8 GB with 1k test rows against 0.73 GB with the probes loaded from disk (measured by "
+        "phase, resetting VmHWM through /proc/self/clear_refs). glibc's dynamic mmap threshold, raised by the fit's "
+        "freed 25 MB buffers, is the cause: with MALLOC_MMAP_THRESHOLD_=4000000 the fit peaks at 810 MB and "
+        "scoring at 749 MB (but the fit takes 305 s instead of 193 s)."
     ),
 }
 """What still grows with the sample count in a stage whose peak misses the goal (found by reading the code and by
