@@ -135,23 +135,22 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
             return p.top_ids, None, None
         return p.top_ids, target_nll(p.logprobs, target), target_nll(p.logprobs, text)
 
+    plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
     # Per batch: {name: [reduced prediction per N]}. Reduced as each batch is predicted, so memory holds one batch's
     # log-distributions (a vocabulary each), not the whole test split's.
     local = []
-    for batch in batches:
+    for batch, sent in zip(batches, plain):
         preds = {m.name: m.predict(batch, layer, k) for m in client}
         if ngram is not None:
             preds["bigram"] = [Prediction(ngram.predict(batch.last_token, n, k)[0]) for n in range(batch.target.shape[1])]
-        text = text_ids[batch.row]
-        local.append({name: [reduced(p, batch.target[:, n], text[:, n]) for n, p in enumerate(ps)]
+        local.append({name: [reduced(p, batch.target[:, n], sent["text"][:, n]) for n, p in enumerate(ps)]
                       for name, ps in preds.items()})
-        del preds
+        del preds  # before the next batch's predict, not after it
     top1 = [{name: [p[0][:, 0] for p in preds] for name, preds in d.items()} for d in local]
     # Each model-side method goes by its index, so the same method at two target layers stays two rows.
     labels = [(m.name, target) for m, target in model_side]
     methods = [(kind, i, payload, write)
                for i, (kind, _, payload, write) in enumerate(m.describe(layer, target) for m, target in model_side)]
-    plain = [{**plain_batch(b), "text": text_ids[b.row]} for b in batches]
     scored = []
     for start, stop in request_spans(lm, plain, fixed=methods):
         for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, k, top1[start:stop]):
