@@ -214,8 +214,9 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
                 shard.update(bytes=old["bytes"], sha256=old["sha256"])
             shards[split].append(shard)
         (out / split).mkdir(exist_ok=True)
-        for stale in (out / split).glob(".shard-*.tmp"):  # left by a killed build mid-write
-            stale.unlink()
+    # Left by a killed build mid-write: a shard's or the index's half-written temporary file.
+    for stale in [*out.glob(f".{INDEX}-*.tmp"), *(p for split in shards for p in (out / split).glob(".shard-*.tmp"))]:
+        stale.unlink()
 
     # Verify what is there before trusting it: a damaged shard is rebuilt, alone.
     keys = {f"layer.{layer}" for layer in layers} | {"final", "target", "last_token", "row"}

@@ -125,6 +125,21 @@ def test_killed_build_resumes_to_a_bit_identical_cache(tiny, tokenizer, tmp_path
     assert len(StateCache(resumed)) == 240
 
 
+def test_a_resume_removes_the_half_written_files_a_kill_leaves(llama, tokenizer, tmp_path):
+    """A kill mid-write leaves an atomic write's temporary file, of a shard or of the index: the next build removes
+    both kinds (the kill test above meets them only when its kill lands mid-write)."""
+    data, _ = synthetic_prefixes(tmp_path / "data", tokenizer, llama.name, n=12)
+    out = tmp_path / "cache"
+    cfg = CacheConfig(data=str(data), out=str(out), layers=[1], shard_size=4)
+    build_cache(llama, cfg, progress=False)
+    before = (out / INDEX).read_text()
+    stale = [out / f".{INDEX}-abc123.tmp", out / "train" / ".shard-00000.safetensors-abc123.tmp"]
+    for path in stale:
+        path.write_text("half")
+    build_cache(llama, cfg, progress=False)
+    assert not [p for p in out.rglob("*.tmp")] and (out / INDEX).read_text() == before
+
+
 def test_cache_cli_has_help_text():
     from typer.testing import CliRunner
 
