@@ -185,6 +185,28 @@ class LinearApprox:
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 
+@torch.no_grad()
+def cross_entropy_grad_(probe: torch.nn.Linear, x: torch.Tensor, target: torch.Tensor, scratch: torch.Tensor) -> None:
+    """Write into ``probe.weight.grad`` and ``probe.bias.grad`` the gradient of the mean cross-entropy of
+    ``probe(x)`` (``heads`` distributions over the vocabulary per row) against ``target``.
+
+    ``x [b, d]``, ``target [b, heads]``, ``scratch [>= b, heads * vocab]`` float32, overwritten. The gradient of
+    the loss in the logits is ``(softmax - onehot) / (b * heads)``, computed in place in ``scratch``, so a step
+    allocates nothing vocabulary-sized: autograd allocates and frees half a dozen logits-sized tensors a step, and
+    on CPU glibc's heap then grows with the number of steps (it raises its mmap threshold after the first free).
+    """
+    b, heads = target.shape
+    z = torch.addmm(probe.bias, x, probe.weight.T, out=scratch[:b])  # [b, heads * vocab]
+    p = z.view(b * heads, -1)
+    p -= p.amax(-1, keepdim=True)
+    p.exp_()
+    p /= p.sum(-1, keepdim=True)
+    p[torch.arange(b * heads), target.flatten()] -= 1
+    p /= b * heads
+    torch.mm(z.T, x, out=probe.weight.grad)
+    torch.sum(z, 0, out=probe.bias.grad)
+
+
 @dataclass
 class VocabProbe:
     """Direct vocabulary prediction: a linear map from the state to the vocabulary, per N."""
@@ -231,22 +253,23 @@ class VocabProbe:
         probe = torch.nn.Linear(cache.d_model, heads * self.vocab_size)
         torch.nn.init.zeros_(probe.weight)
         torch.nn.init.zeros_(probe.bias)
-        opt = torch.optim.AdamW(probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # Fused: one pass over the parameters per step, where the default builds parameter-sized temporaries.
+        opt = torch.optim.AdamW(probe.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         start = 0
         saved = _load_checkpoint(ckpt, self.settings())
         if saved is not None:
             probe.load_state_dict(saved["probe"])
             opt.load_state_dict(saved["optimizer"])
             start = saved["epoch"]
+        probe.weight.grad, probe.bias.grad = torch.zeros_like(probe.weight), torch.zeros_like(probe.bias)
+        scratch = torch.empty(self.batch_size, heads * self.vocab_size)
         for epoch in range(start, self.epochs):
             for batch in cache.batches(layer, "train", batch_size=self.batch_size, shuffle=True, seed=seed + epoch):
-                logits = probe(batch.states.float()).view(-1, heads, self.vocab_size)
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.flatten())
-                opt.zero_grad()
-                loss.backward()
+                cross_entropy_grad_(probe, batch.states.float(), batch.target, scratch)
                 opt.step()
             _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "probe": probe.state_dict(),
                                     "optimizer": opt.state_dict()})
+        probe.weight.grad = probe.bias.grad = None
         self.probes[layer] = probe.requires_grad_(False)
         return self
 
