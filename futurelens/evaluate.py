@@ -111,7 +111,7 @@ def text_targets(cache: Any, lm: LensModel) -> torch.Tensor:
     column = table.data.column("next_ids")
     if not len(column):
         return torch.zeros(0, cache.n_max + 1, dtype=torch.long)
-    flat = torch.from_numpy(column.combine_chunks().flatten().to_numpy()).long()
+    flat = torch.tensor(column.combine_chunks().flatten().to_numpy(), dtype=torch.long)  # a copy: Arrow's is read-only
     return flat.view(len(column), -1)[:, : cache.n_max + 1]
 
 
