@@ -321,6 +321,7 @@ def _train(cfg: Any, remote: bool = False) -> None:
 
 
 def _eval(cfg: Any, remote: bool = False) -> None:
+    from futurelens.allocator import map_large_blocks
     from futurelens.evaluate import METHODS, evaluate
     from futurelens.figure import precision_table
 
@@ -328,6 +329,7 @@ def _eval(cfg: Any, remote: bool = False) -> None:
     if unknown:
         raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
     cache = _open_cache(cfg.cache)
+    map_large_blocks()
     df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
     typer.echo(precision_table(df, against=cfg.against))
     extra = ", target_layers.png" if (Path(cfg.out) / "target_layers.png").exists() and cfg.target_layers else ""
@@ -335,6 +337,7 @@ def _eval(cfg: Any, remote: bool = False) -> None:
 
 
 def _lens(cfg: Any, remote: bool = False) -> None:
+    from futurelens.allocator import map_large_blocks
     from futurelens.artifacts import hub_id, load_prompts
     from futurelens.lens.compute import FIXED, lens
     from futurelens.methods import PAPER_PROMPT
@@ -350,6 +353,7 @@ def _lens(cfg: Any, remote: bool = False) -> None:
     if given and hub_id(given) is None:
         # the files exist and are soft prompts (a bare tensor has its --layer), before the model loads
         load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
+    map_large_blocks()
     lm = _load(cfg.model, remote)
     if given:
         prompts = given
