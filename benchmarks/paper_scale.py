@@ -27,9 +27,10 @@ gives each stage's memory slope and its peak extrapolated to 100k. ``--quick``: 
   ``train`` (one soft prompt at layer 14, 1 epoch, batch 8, lr 5e-4, KL, N = 1); ``eval`` (all five
   methods at layer 14, vocabulary probe 1 epoch, batch 32).
 - **Measures.** Wall time (``time.perf_counter`` around the child), the child's user + system CPU
-  time and its peak RSS (``ru_maxrss`` from ``os.wait4`` of that child alone: imports, model load
-  and the work, the whole process). Per-sample time is wall / samples, the samples being the
-  prefixes the stage handles (train + test; ``train``: the training prefixes).
+  time (``os.wait4``) and its peak RSS (the ``VmHWM`` of its own address space, which it writes at
+  exit: imports, model load and the work, the whole process; not ``ru_maxrss``, see ``_CHILD``).
+  Per-sample time is wall / samples, the samples being the prefixes the stage handles (train +
+  test; ``train``: the training prefixes).
 - **Goals.** Per stage: peak RSS at the largest count within +25% of the smallest, and time linear in
   samples: between consecutive sizes, the marginal CPU time per sample (the fixed start-up of a fresh
   process cancels) within ±35% of the least-squares slope over all sizes. CPU time, not wall, because
@@ -449,10 +450,32 @@ def make_corpus(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- running a stage
 
 
+# A child's ru_maxrss is not its own: exec records the old address space's high-water mark, and with
+# subprocess's vfork that is the parent's. Measured here: after the parent touched 800 MB, a child whose own
+# VmHWM was 11 MB reported ru_maxrss 812 MB; on a fresh machine the parent's one-off GGUF conversion of the
+# embedded tokenizer (1.5 GB) became every stage's "peak". So the child writes the VmHWM of its own, fresh
+# address space when it exits.
+_CHILD = """
+import atexit, os, runpy, sys
+
+def _write_peak(path=os.environ.pop("PAPER_SCALE_PEAK_FILE")):
+    with open("/proc/self/status") as fh:
+        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(path, "w") as fh:
+        fh.write(kb)
+
+atexit.register(_write_peak)
+runpy.run_module("futurelens", run_name="__main__", alter_sys=True)
+"""
+
+
 def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
     """Run ``python -m futurelens <args>`` as a fresh child; its wall time, CPU time and peak RSS (its own)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "futurelens", *args]
+    peak_file = log.with_suffix(".peak_kb")
+    peak_file.unlink(missing_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1",
+           "PAPER_SCALE_PEAK_FILE": str(peak_file)}
+    cmd = [sys.executable, "-c", _CHILD, *args]
     load_before = os.getloadavg()[0]
     with log.open("w") as fh:
         start = time.perf_counter()
@@ -461,9 +484,10 @@ def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"`futurelens {name}` failed ({proc.returncode}): {shlex.join(cmd)}\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"`futurelens {name}` failed ({proc.returncode}): futurelens {shlex.join(args)}\n"
+                           f"{log.read_text()[-3000:]}")
     return {"stage": name, "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "peak_rss_mb": round(int(peak_file.read_text()) / 1024, 1), "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "command": "futurelens " + shlex.join(args)}
 
 
@@ -717,7 +741,8 @@ def _write(folder: Path, out: dict[str, Any], rows: list[dict], summary: dict, e
         f"GPT-J-shaped model (28 blocks, n_embd 32, 4 heads, the embedded 49k tokenizer) at "
         f"{', '.join(f'{s:,}' for s in sizes)} training prefixes (+1% test); samples = prefixes the stage handles "
         "(data: candidates labelled; cache, eval: train + test; train: train). Peak RSS is the child's own "
-        "`ru_maxrss` (the whole process: imports, model, work)."),
+        "`VmHWM` at exit (the whole process: imports, model, work; not `ru_maxrss`, which after exec also holds "
+        "the parent's high-water mark)."),
         "",
         markdown_table(rows, summary),
         f"Verdict: {out['summary']}.",

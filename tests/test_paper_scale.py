@@ -1,8 +1,10 @@
-"""The table-building and estimate logic of benchmarks/paper_scale.py (no model runs here)."""
+"""The table-building and estimate logic of benchmarks/paper_scale.py (no model runs here), and its per-stage
+memory measure."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -124,3 +126,21 @@ def test_linearity_flags_a_quadratic_stage():
     dev = g["cpu_marginal_deviation"]
     assert dev["10000->30000"] < -0.35 and not g["linear_ok"]
     assert "**no** |" in ps.markdown_table(rows, {"data": g}).splitlines()[-1]
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stages_peak_is_its_own_not_the_parents_high_water_mark(tmp_path):
+    # After exec a child's ru_maxrss holds its parent's high-water mark (vfork), so a parent that once held a
+    # large buffer made every stage look that large. The stage must report the child's own peak.
+    buffer = bytearray(1 << 30)
+    buffer[:: 1 << 12] = b"\1" * len(range(0, 1 << 30, 1 << 12))  # touch every page
+    parent_peak = _vm_hwm_mb()
+    del buffer
+    row = ps.stage("help", ["--help"], tmp_path / "help.log")
+    assert "Usage" in (tmp_path / "help.log").read_text()
+    assert 10 < row["peak_rss_mb"] < parent_peak - 700, (row, parent_peak)
