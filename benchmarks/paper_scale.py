@@ -128,13 +128,13 @@ GROWTH_CAUSES = {
         "while it is copied: ~0.5 KB a prefix)."
     ),
     "eval": (
-        "the n-gram table's distinct pairs have to grow (sublinear in the data; +0.17 GB at 100k); the vocabulary "
-        "probe's fit peaks +0.53 GB over the loaded model at 10k and +0.70 GB at 100k (glibc heap fragmentation by "
-        "its 25 MB logits and gradients over more steps); and scoring the test split right after that fit, in the same "
-        "process, peaked at 2.8 GB with 1k test rows against 0.73 GB with the probes loaded from disk (measured by "
-        "phase, resetting VmHWM through /proc/self/clear_refs). glibc's dynamic mmap threshold, raised by the fit's "
-        "freed 25 MB buffers, is the cause: with MALLOC_MMAP_THRESHOLD_=4000000 the fit peaks at 810 MB and "
-        "scoring at 749 MB (but the fit takes 305 s instead of 193 s)."
+        "what has to grow is the n-gram table's distinct pairs (sublinear in the data; +0.17 GB at 100k). Two fixes "
+        "keep the rest flat; if this stage grows again, check them first. The vocabulary probe's fit allocates its "
+        "vocabulary-sized buffers once, not per step (`linear.cross_entropy_grad_`: autograd's 25 MB temporaries "
+        "grew glibc's heap with the step count, a 1.26 GB fit peak at 100k); and `futurelens eval` fixes glibc's "
+        "mmap threshold (`futurelens.allocator.map_large_blocks`), which the fit's freed buffers otherwise raise, "
+        "so that scoring's large blocks go back to the system (without it, scoring the 1k test rows after the fit "
+        "peaked at 2.7 GB; with it, 0.73 GB; measured by phase, resetting VmHWM through /proc/self/clear_refs)."
     ),
 }
 """What still grows with the sample count in a stage whose peak misses the goal (found by reading the code and by
