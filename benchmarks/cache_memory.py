@@ -22,21 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import default_lm, prefix_table, pydoc_prefixes, result
+from .common import default_lm, prefix_table, pydoc_prefixes, result, status_mb
 
 NAME = "cache_memory"
 SHARD_SIZE = 128
 N_MAX = 3
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status_mb(field: str) -> float:
-    """A ``Vm*`` field of /proc/self/status, in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _child(data: str, out: str) -> None:
@@ -49,10 +40,10 @@ def _child(data: str, out: str) -> None:
     from .common import device
 
     lm = fl.load_model(device=str(device()))
-    load_peak = _status_mb("VmHWM")
+    load_peak = status_mb("VmHWM")
     with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
         fh.write("5")
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     cfg = CacheConfig(data=data, out=out, shard_size=SHARD_SIZE, batch_size=32, splits=["train"])
@@ -60,7 +51,7 @@ def _child(data: str, out: str) -> None:
     figures = {
         "load_peak_mb": round(load_peak, 1),
         "rss_before_build_mb": round(before, 1),
-        "build_peak_mb": round(_status_mb("VmHWM"), 1),
+        "build_peak_mb": round(status_mb("VmHWM"), 1),
         "cache_bytes": sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()),
     }
     if torch.cuda.is_available():

@@ -33,6 +33,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def status_mb(field: str) -> float:
+    """A ``Vm*`` field of /proc/self/status (``VmRSS``, ``VmHWM``: this address space's peak), in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU: benchmarks run unchanged on both."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -29,20 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import result
+from .common import result, status_mb
 
 NAME = "data_scale"
 ROOT = Path(__file__).resolve().parents[1]
 N_MAX = 3
-
-
-def _status_mb(field: str) -> float:
-    """A ``Vm*`` field of /proc/self/status, in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _reset_peak() -> None:
@@ -94,7 +85,7 @@ def _child_build(corpus: str, out: str, settings: dict) -> None:
 
     prefixes.documents = counted
     _reset_peak()
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     cfg = prefixes.DataConfig(model="tiny-llama", source=corpus, out=out, **settings)
     path = prefixes.build_prefixes(lm, cfg, progress=False)
@@ -102,7 +93,7 @@ def _child_build(corpus: str, out: str, settings: dict) -> None:
     meta = json.loads((path / prefixes.META_FILE).read_text())
     print(json.dumps({
         "rss_before_build_mb": round(before, 1),
-        "build_peak_mb": round(_status_mb("VmHWM"), 1),
+        "build_peak_mb": round(status_mb("VmHWM"), 1),
         "build_s": round(seconds, 1),
         "documents_read": read[0],
         "n_kept": meta["n_kept"],
@@ -116,11 +107,11 @@ def _child_whole(corpus: str) -> None:
 
     tokenizer = _tokenizer()
     _reset_peak()
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     docs = [(d.id, tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in documents(corpus)]
     print(json.dumps({
         "rss_before_mb": round(before, 1),
-        "peak_mb": round(_status_mb("VmHWM"), 1),
+        "peak_mb": round(status_mb("VmHWM"), 1),
         "documents": len(docs),
         "tokens": sum(len(t) for _, t in docs),
     }))

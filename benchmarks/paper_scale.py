@@ -456,13 +456,13 @@ def make_corpus(path: Path) -> dict[str, Any]:
 # embedded tokenizer (1.5 GB) became every stage's "peak". So the child writes the VmHWM of its own, fresh
 # address space when it exits.
 _CHILD = """
-import atexit, os, runpy, sys
+import atexit, os, runpy
+
+from benchmarks.common import status_mb
 
 def _write_peak(path=os.environ.pop("PAPER_SCALE_PEAK_FILE")):
-    with open("/proc/self/status") as fh:
-        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
     with open(path, "w") as fh:
-        fh.write(kb)
+        fh.write(repr(status_mb("VmHWM")))
 
 atexit.register(_write_peak)
 runpy.run_module("futurelens", run_name="__main__", alter_sys=True)
@@ -471,7 +471,7 @@ runpy.run_module("futurelens", run_name="__main__", alter_sys=True)
 
 def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
     """Run ``python -m futurelens <args>`` as a fresh child; its wall time, CPU time and peak RSS (its own)."""
-    peak_file = log.with_suffix(".peak_kb")
+    peak_file = log.with_suffix(".peak_mb")
     peak_file.unlink(missing_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1",
            "PAPER_SCALE_PEAK_FILE": str(peak_file)}
@@ -487,7 +487,7 @@ def stage(name: str, args: list[str], log: Path) -> dict[str, Any]:
         raise RuntimeError(f"`futurelens {name}` failed ({proc.returncode}): futurelens {shlex.join(args)}\n"
                            f"{log.read_text()[-3000:]}")
     return {"stage": name, "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(int(peak_file.read_text()) / 1024, 1), "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "peak_rss_mb": round(float(peak_file.read_text()), 1), "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "command": "futurelens " + shlex.join(args)}
 
 

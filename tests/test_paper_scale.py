@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from benchmarks import paper_scale as ps
+from benchmarks.common import status_mb
 
 
 def _rows(stage, sizes, wall_per_sample, peaks, cpu_per_sample=None):
@@ -128,18 +129,13 @@ def test_linearity_flags_a_quadratic_stage():
     assert "**no** |" in ps.markdown_table(rows, {"data": g}).splitlines()[-1]
 
 
-def _vm_hwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_stages_peak_is_its_own_not_the_parents_high_water_mark(tmp_path):
     # After exec a child's ru_maxrss holds its parent's high-water mark (vfork), so a parent that once held a
     # large buffer made every stage look that large. The stage must report the child's own peak.
     buffer = bytearray(1 << 30)
     buffer[:: 1 << 12] = b"\1" * len(range(0, 1 << 30, 1 << 12))  # touch every page
-    parent_peak = _vm_hwm_mb()
+    parent_peak = status_mb("VmHWM")
     del buffer
     row = ps.stage("help", ["--help"], tmp_path / "help.log")
     assert "Usage" in (tmp_path / "help.log").read_text()
