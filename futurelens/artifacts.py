@@ -469,6 +469,11 @@ def load_prompts(
                 raise FutureLensError(
                     f"{f} is {prompt_width(tensor)} wide, but {lm.name} embeds in {lm.embed_dim}: it belongs to another model."
                 )
+            if not force and meta["format"] == "futurelens":  # trained on states of text tokenised another way?
+                from .tokens import check
+
+                check(meta.get("special_tokens"), lm.tokenizer, f"The soft prompt {f}",
+                      "Train it again on a cache of this model's tokenisation, or pass force=True (--force).")
         key = prompt_key(at, target)
         if key in prompts:
             raise FutureLensError(f"Two soft prompts for layer {key}: {where[key]} and {f}. Keep one per layer.")

@@ -209,6 +209,7 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         from .models import load_model
 
         lm = load_model(cfg.model or cache.settings["model"])
+    cache.check_tokens(lm.tokenizer)
     layers = cfg.layers or (source or cache).layers
     targets = [lm.check_layer(t, "target layer") for t in cfg.target_layers]
     out = Path(cfg.out)

@@ -21,6 +21,7 @@ is the finished prompt that the evaluation and the lens load.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,7 @@ def train_prompt(
     from .methods.base import plain_batch
     from .remote import payload_bytes, run_job
     from .server import jobs
+    from .tokens import recorded
 
     if cfg.loss not in ("kl", "ce"):
         raise FutureLensError(f"loss must be 'kl' or 'ce', not {cfg.loss!r}.")
@@ -225,7 +227,8 @@ def train_prompt(
                 log({f"train/loss_{name}": step_loss})
         bar.update(len(chunk))
     bar.close()
-    extra = {"data": _fingerprint(cache), **({} if write == layer else {"target_layer": write})}
+    extra = {"data": _fingerprint(cache), **({} if write == layer else {"target_layer": write}),
+             "special_tokens": json.dumps(recorded(cache.settings.get("dataset", {}).get("special_tokens")))}  # how its states' text was tokenised (futurelens.tokens)
     if cache.settings.get("source_model"):  # a mapped cache (futurelens.mapping): the states are another model's
         extra.update(source_model=cache.settings["source_model"], target_layer=write)
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"], extra=extra)
@@ -250,6 +253,7 @@ def train(cfg: TrainConfig, lm: LensModel | None = None, progress: bool = True) 
         from .models import load_model
 
         lm = load_model(cfg.model or cache.settings["model"])
+    cache.check_tokens(lm.tokenizer)
     source = StateCache(cfg.source_cache) if cfg.source_cache else None  # model A's states, mapped into B
     views: dict[int, Any] = {}
 

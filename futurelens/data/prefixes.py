@@ -1,6 +1,7 @@
 """The Future Lens dataset: prefixes cut from documents, with the real next tokens and the model's own.
 
-One row per prefix: provenance (document id, token offset), the prefix ids, the
+One row per prefix: provenance (document id, token offset), the prefix ids (the special tokens the
+tokenizer puts before a text, e.g. Gemma's BOS, then the document's tokens: `futurelens.tokens`), the
 real next ``n_max + 1`` tokens, and the model's greedy continuation of the same
 length — the targets for N = 0..n_max. Stored as an Arrow dataset with a
 ``futurelens.json`` beside it recording the model, tokenizer hash and settings.
@@ -44,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..atomic import atomic_path
 from ..errors import FutureLensError
+from ..tokens import check as check_special
+from ..tokens import prepended, special_tokens
 from .corpus import EMBEDDED, documents
 
 if TYPE_CHECKING:
@@ -173,6 +176,7 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
 
     rng = np.random.default_rng(cfg.seed)
     need = cfg.n_max + 1
+    lead = prepended(tokenizer)  # the model's own BOS (if its tokenizer adds one) starts every prefix
     # Every (document, offset, length) drawn so far, each as one exact int key: the document's index in `docs`,
     # the length and the offset packed into separate bit fields (a tuple costs about twice as much). An offset
     # too large for its field keeps the tuple itself; an int and a tuple are never equal, so this is exactly the
@@ -202,7 +206,7 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
         misses = 0
         seen.add(key)
         end = offset + length
-        return doc_id, start, tokens[offset:end].tolist(), tokens[end : end + need].tolist()
+        return doc_id, start, lead + tokens[offset:end].tolist(), tokens[end : end + need].tolist()
 
     while True:
         if misses > 100 * max(n_pieces, 1):
@@ -248,7 +252,8 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
 def _settings(lm: "LensModel", cfg: DataConfig) -> dict:
     """What the labelled shards depend on: a resume under other settings would mix two builds."""
     config = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    return json.loads(json.dumps({"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": config}))
+    return json.loads(json.dumps({"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer),
+                                  "special_tokens": special_tokens(lm.tokenizer), "config": config}))
 
 
 def _open_partial(work: Path, settings: dict) -> None:
@@ -257,7 +262,7 @@ def _open_partial(work: Path, settings: dict) -> None:
     if path.exists() and any(work.glob("shard-*.parquet")):  # without a finished shard there is nothing to keep
         previous = json.loads(path.read_text())
         if previous != settings:
-            changed = [k for k in ("model", "tokenizer_hash") if previous.get(k) != settings[k]]
+            changed = [k for k in ("model", "tokenizer_hash", "special_tokens") if previous.get(k) != settings[k]]
             old = previous.get("config", {})
             changed += sorted(k for k in set(old) | set(settings["config"]) if old.get(k) != settings["config"].get(k))
             raise FutureLensError(
@@ -417,6 +422,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     meta = {
         "model": lm.name,
         "tokenizer_hash": tokenizer_hash(lm.tokenizer),
+        "special_tokens": special_tokens(lm.tokenizer),
         "config": asdict(cfg),
         "n_candidates": n_candidates,
         "n_kept": kept,
@@ -555,4 +561,7 @@ def load_prefixes(path: str | os.PathLike, tokenizer: Any = None) -> tuple[Any, 
             f"{path} was tokenized for {meta['model']!r} (tokenizer {meta['tokenizer_hash']}), not this tokenizer "
             f"({tokenizer_hash(tokenizer)}): its token ids mean different words. Rebuild it with `futurelens data --model ...`."
         )
+    if tokenizer is not None:
+        check_special(meta.get("special_tokens"), tokenizer, f"The dataset {path}",
+                      f"Rebuild it with `futurelens data --model {meta['model']} --out {path}`.")
     return load_from_disk(str(path / "table")), meta

@@ -167,7 +167,8 @@ def _settings(lm: "LensModel", cfg: CacheConfig, meta: dict, layers: list[int]) 
     return {
         "model": lm.name,
         "tokenizer_hash": tokenizer_hash(lm.tokenizer),
-        "dataset": {k: meta[k] for k in ("model", "tokenizer_hash", "config", "n_kept")},
+        # A dataset's special-token record (futurelens.tokens) is part of it; one made before records existed has none.
+        "dataset": {k: meta[k] for k in ("model", "tokenizer_hash", "config", "n_kept", "special_tokens") if k in meta},
         "layers": layers,
         "dtype": cfg.dtype,
         "shard_size": cfg.shard_size,
@@ -372,6 +373,21 @@ class StateCache:
     @property
     def layers(self) -> list[int]:
         return self.settings["layers"]
+
+    @property
+    def special_tokens(self) -> dict:
+        """The special tokens its dataset's prefixes start with (`futurelens.tokens`; none for a cache made before
+        they were recorded)."""
+        from ..tokens import recorded
+
+        return recorded(self.settings.get("dataset", {}).get("special_tokens"))
+
+    def check_tokens(self, tokenizer: Any) -> None:
+        """Refuse a tokenizer that puts other special tokens before a text than this cache's dataset was built with."""
+        from ..tokens import check
+
+        check(self.special_tokens, tokenizer, f"The cache {self.path}",
+              "Rebuild its dataset (`futurelens data`) and then the cache (`futurelens cache`) with this model.")
 
     @property
     def n_max(self) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
 from ..remote import run_job
+from ..tokens import encode, prepended
 from ..server import jobs
 from .grid import LensGrid
 
@@ -172,7 +173,7 @@ def lens_grid(
     rows, soft, method = _resolve_prompts(lm, prompts, layers)
     target = None
     if soft is None:
-        target = lm.tokenizer(fixed_prompt)["input_ids"]
+        target = encode(lm.tokenizer, fixed_prompt)  # as the fixed-prompt method has it (futurelens.tokens)
         if not target:
             raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
         method = f"fixed prompt {fixed_prompt!r}"
@@ -242,7 +243,7 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
         raise FutureLensError(f"prompts must be a [P, d_model] tensor, a {{layer: tensor}} dict, a path, or None; got {type(prompts).__name__}.")
     target = None
     if soft is None:
-        target = lm.tokenizer(fixed_prompt)["input_ids"]
+        target = encode(lm.tokenizer, fixed_prompt)  # as the fixed-prompt method has it (futurelens.tokens)
         if not target:
             raise FutureLensError("fixed_prompt is empty: give a text prompt, or learned soft prompts.")
     states = token_states(lm, torch.tensor([ids], dtype=torch.long), rows)[:, n_pre:]  # [L, T, d]
@@ -424,12 +425,9 @@ def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
     import torch
 
     if isinstance(text, str):
-        plain = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        full = lm.tokenizer(text)["input_ids"]
-        n_pre = len(full) - len(plain)
         # Keep a prepended BOS (the model was trained with it); anything else the tokenizer
-        # adds (an EOS after the text, say) would be a column the text does not have.
-        ids, n_pre = (full, n_pre) if n_pre > 0 and full[n_pre:] == plain else (plain, 0)
+        # adds (an EOS after the text, say) would be a column the text does not have (futurelens.tokens).
+        ids, n_pre = encode(lm.tokenizer, text), len(prepended(lm.tokenizer))
     else:
         if isinstance(text, torch.Tensor):
             if text.dim() == 2 and text.shape[0] == 1:

@@ -62,7 +62,10 @@ class FixedPrompt:
     """``[d_A + 1, d]``: the states are another model A's, mapped into this model first (`futurelens.mapping`)."""
 
     def __post_init__(self) -> None:
-        self.prompt_ids = self.lm.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        from ..tokens import encode
+
+        # As the model reads any text: its tokenizer's BOS first, if it adds one (futurelens.tokens).
+        self.prompt_ids = encode(self.lm.tokenizer, self.prompt)
 
     def describe(self, layer: int, target: int | None = None) -> tuple:
         """This method as the server side takes it (`futurelens.server.jobs.method_logits`), writing at ``target``."""
