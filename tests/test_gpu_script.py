@@ -83,7 +83,7 @@ def test_what_the_run_imports_is_on_the_gpu_image_or_carried(smoke):
     report, _ = smoke
     bundle = report["bundle"]
     assert bundle["imported_but_not_on_the_image_or_carried"] == [], bundle
-    for name in ("nnsight", "datasets", "torch", "transformers"):
+    for name in ("nnsight", "torch", "transformers"):
         assert name in report["versions"]
     assert "wandb" not in report["versions"]  # not carried: no stage may need it
 
