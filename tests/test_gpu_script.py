@@ -17,10 +17,8 @@ from benchmarks import gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def _smoke(out: Path) -> tuple[dict, str]:
     """One smoke run as the GPU machine would run it (a fresh process, `python -m benchmarks.gpu`): its report."""
-    out = tmp_path_factory.mktemp("gpu-smoke")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
@@ -29,11 +27,20 @@ def smoke(tmp_path_factory):
     return json.loads((out / "report.json").read_text()), (out / "README.md").read_text()
 
 
+def test_smoke_run(tmp_path):
+    """One run (about 20 s), four questions: a test each would run it once per xdist worker."""
+    smoke = _smoke(tmp_path)
+    check_every_stage_runs_and_every_goal_is_measured(smoke)
+    check_the_two_sides_of_each_comparison_compute_the_same_thing(smoke)
+    check_pipeline_slice_and_its_extrapolation(smoke)
+    check_what_the_run_imports_is_on_the_gpu_image_or_carried(smoke)
+
+
 def _stage(report, model, stage):
     return next(r for r in report["stages"] if r["model"] == model and r["stage"] == stage)
 
 
-def test_every_stage_runs_and_every_goal_is_measured(smoke):
+def check_every_stage_runs_and_every_goal_is_measured(smoke):
     report, readme = smoke
     assert report["mode"] == "smoke" and not report["ran_on_gpu"]
     wanted = {(m.key, st) for m in gpu.SMOKE_MODELS for st in m.stages}
@@ -50,7 +57,7 @@ def test_every_stage_runs_and_every_goal_is_measured(smoke):
     assert "smoke run" in readme and "| cache throughput >= 0.95x" in readme
 
 
-def test_the_two_sides_of_each_comparison_compute_the_same_thing(smoke):
+def check_the_two_sides_of_each_comparison_compute_the_same_thing(smoke):
     report, _ = smoke
     checks = {(c["model"], c["check"]): c["passed"] for c in report["checks"]}
     assert checks and all(checks.values()), checks
@@ -66,7 +73,7 @@ def test_the_two_sides_of_each_comparison_compute_the_same_thing(smoke):
     assert n == of > 0 and ev["states_max_relative_difference"] < 1e-4, ev
 
 
-def test_pipeline_slice_and_its_extrapolation(smoke):
+def check_pipeline_slice_and_its_extrapolation(smoke):
     report, _ = smoke
     pipe = _stage(report, "gptj-6b", "pipeline")["details"]
     assert pipe["sizes"] == list(gpu.Settings.smoke_run().sizes) and not pipe["sizes_skipped"]
@@ -79,7 +86,7 @@ def test_pipeline_slice_and_its_extrapolation(smoke):
     assert est["total_s"] == pytest.approx(sum(v["seconds"] for v in est["stages"].values()), abs=0.5)
 
 
-def test_what_the_run_imports_is_on_the_gpu_image_or_carried(smoke):
+def check_what_the_run_imports_is_on_the_gpu_image_or_carried(smoke):
     report, _ = smoke
     bundle = report["bundle"]
     assert bundle["imported_but_not_on_the_image_or_carried"] == [], bundle
