@@ -12,10 +12,7 @@ index or a keyword), ``n_layers``, ``pad_id``, ``kv_cache``, ``logit_scale``,
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from transformers import DynamicCache
 
 
 # --------------------------------------------------------------------------- model pieces
@@ -338,26 +335,27 @@ def patched_rollout(model, spec, ids, groups, position, soft_prompt, n, past):
 
 
 def prefix_cache(model, spec, ids, soft_prompt):
-    """The model's key/value cache after ``ids [G, p]`` (a soft prompt written over the first positions)."""
+    """The key/value cache the model's own forward returns after ``ids [G, p]`` (a soft prompt over the first positions).
+
+    The model builds its cache itself (its class for its config: sliding-window layers and all), so nothing
+    here constructs or copies one: NDIF's import whitelist allows neither ``transformers`` nor ``copy`` at
+    execution time. The forward runs to its end (the head on ``G x p`` positions only) for the cache to be
+    in its output.
+    """
     embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
-    # The model's own cache class for its config (sliding-window layers and all); filled in place.
-    past = DynamicCache(config=model.config)
-    with model.trace(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=past, use_cache=True,
-                     remote=spec["remote"]) as tracer:
+    with model.trace(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, remote=spec["remote"]):
         write_patch(embed, blocks, [], 0, soft_prompt, spec)
-        # The cache is complete once the last block has run: skip the final norm and the head.
-        blocks[spec["n_layers"] - 1].output
-        stop(tracer, model)
+        past = model.output.past_key_values.save()
     return past
 
 
-def shared_prefix(model, spec, ids, soft_prompt, position, chunk_size):
-    """``(key/value cache of the G distinct contexts before position, [B] row -> context)``, or None.
+def shared_prefix(ids, soft_prompt, position, chunk_size, kv_cache):
+    """``(first [G] rows holding the G distinct contexts before ``position``, [B] row -> context)``, or None.
 
     None when nothing is shared, there is no prefix, the model has no key/value cache, or
     the distinct prefixes would not fit one chunk.
     """
-    if position == 0 or not spec["kv_cache"]:
+    if position == 0 or not kv_cache:
         return None
     batch = ids.shape[0]
     key = ids[:, :position]
@@ -374,22 +372,22 @@ def shared_prefix(model, spec, ids, soft_prompt, position, chunk_size):
     first = torch.full((n_prefixes,), batch, device=ids.device).scatter_reduce(
         0, index, torch.arange(batch, device=ids.device), "amin"
     )
-    soft = None if soft_prompt is None else soft_prompt[first, :position]
-    return prefix_cache(model, spec, ids[first, :position], soft), index
+    return first, index
 
 
 def rollout(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size, progress):
     """Greedy phrases of patched contexts, ``chunk_size`` rows at a time: ``(ids [B, n], probs [B, n])`` on the CPU.
 
     ``ids [B, P+T]`` hold placeholders where ``soft_prompt [B, P, d]`` goes; ``layer`` is an
-    int or per-row ints. Rows whose context before ``position`` is the same share it: that
-    prefix runs once and its key/value cache is copied to each chunk.
+    int or per-row ints. Rows whose context before ``position`` is the same share it: per chunk, the
+    ``G`` distinct prefixes run once and the cache the model returns is indexed to the chunk's rows
+    (the cache's own ``reorder_cache``); a fresh one per chunk, since ``generate`` grows it in place.
     """
     if weightless(model):
         return rollout_by_forwards(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size, progress)
     ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
     batch = ids.shape[0]
-    shared = shared_prefix(model, spec, ids, soft_prompt, position, chunk_size)
+    shared = shared_prefix(ids, soft_prompt, position, chunk_size, spec["kv_cache"])
     out_ids = torch.empty(batch, n, dtype=torch.long)
     out_probs = torch.empty(batch, n)
     # Equal chunks: 310 rows at chunk_size 256 run as 155 + 155, not 256 + a slow, small 54.
@@ -404,8 +402,9 @@ def rollout(model, spec, ids, layer, state, soft_prompt, position, n, chunk_size
             got = patched_rollout(model, spec, ids[rows], groups, position, soft, n, None)
         else:
             # Only positions from `position` on are run: the patch lands on the step's first one.
-            cache, index = shared
-            past = copy.deepcopy(cache)
+            first, index = shared
+            prefix_soft = None if soft_prompt is None else soft_prompt[first, :position]
+            past = prefix_cache(model, spec, ids[first, :position], prefix_soft)
             past.reorder_cache(index[rows])
             rest = None if soft is None or position >= soft.shape[1] else soft[:, position:]
             got = patched_rollout(model, spec, ids[rows], groups, 0, rest, n, past)

@@ -63,7 +63,11 @@ def restore_log_filters():
 
 @pytest.fixture
 def ndif_pair(ndif_server, checkpoints, monkeypatch, restore_log_filters):
-    """``ndif_pair(kind, mode="trusted")`` -> (lm on the stand-in NDIF, the same model run here)."""
+    """``ndif_pair(kind, mode="whitelist")`` -> (lm on the stand-in NDIF, the same model run here).
+
+    ``mode``: ``"whitelist"`` (NDIF's trusted path under its production import whitelist, the default: what
+    NDIF runs), ``"trusted"`` (the same without the whitelist) or ``"sandbox"`` (NDIF's process sandbox).
+    """
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", KEY)
     monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
     modes: dict[str, str] = {}
@@ -79,7 +83,7 @@ def ndif_pair(ndif_server, checkpoints, monkeypatch, restore_log_filters):
     monkeypatch.setattr(nnsight.ndif, "get_remote_env", lambda force_refresh=False: {
         "python_version": served["python"], "packages": {"nnsight": served["nnsight"], "torch": served["torch"]}})
 
-    def make(kind: str, mode: str = "trusted"):
+    def make(kind: str, mode: str = "whitelist"):
         folder = checkpoints(kind)
         # nnsight canonicalises a repo id through the hub; a folder is its own id.
         huggingface._ID_CACHE[folder] = folder

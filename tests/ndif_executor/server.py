@@ -9,6 +9,10 @@ What runs a request is NDIF's, not ours:
 - trusted keys: ``prepare_traced_block`` + ``execute_traced_block`` from
   ``ndif.services.ray.deployments.modeling.nns`` with ``BackendRequestModel.deserialize``,
   the result saved with NDIF's ``cpu_pickle_module`` (what ``ModelActor.execute`` does);
+- the production whitelist (mode ``whitelist``): the trusted path with NDIF's published import guard
+  around each phase, as its model actor runs them (`protector.py`: deserialising under the
+  deserialisation list, executing under the execution list with builtins restricted); a refused
+  import fails the job with NDIF's own ``Module <name> is not whitelisted``;
 - untrusted keys: NDIF's process sandbox (``ndif.services.ray.sandbox``): a fresh runner
   process holding a weightless model runs the block, this process drives the real model
   with ``SandboxDriver`` (what ``SandboxModelDeployment.run_in_runner`` does).
@@ -16,7 +20,7 @@ Errors come back as NDIF formats them for the client (``format_error``), results
 ``prepare_result`` does.
 
 Protocol on stdin/stdout: length-prefixed pickles. ``{"op": "run", "key", "payload",
-"compress", "env", "mode": "trusted" | "sandbox"}`` -> ``{"ok": True, "data": bytes}`` or
+"compress", "env", "mode": "trusted" | "whitelist" | "sandbox"}`` -> ``{"ok": True, "data": bytes}`` or
 ``{"ok": False, "error": text}``; ``{"op": "env"}`` -> the server's versions.
 """
 
@@ -26,6 +30,7 @@ import pickle
 import struct
 import sys
 import traceback
+from pathlib import Path
 
 
 def _read(stream):
@@ -57,6 +62,7 @@ def main():
     from ndif.services.ray.deployments.modeling.util import cpu_pickle_module
     from ndif.services.ray.sandbox.driver import RunnerError, SandboxDriver
     from ndif.services.ray.sandbox.host import Pool, spawn
+    from nnsight.intervention.serialization import CustomCloudUnpickler
     from nnsight.modeling.huggingface import HuggingFaceModel
     from nnsight.tracing.util import clean_traceback
 
@@ -82,6 +88,27 @@ def main():
         with block_scope():
             tracer, _ = prepare_traced_block(model, message["payload"], message["compress"], BackendRequestModel.deserialize)
             saved = execute_traced_block(tracer, torch.float32)
+        buffer = io.BytesIO()
+        torch.save(saved, buffer, pickle_module=cpu_pickle_module())
+        return buffer.getvalue()
+
+    spec = importlib.util.spec_from_file_location("ndif_protector", Path(__file__).with_name("protector.py"))
+    protector = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protector)
+
+    def whitelisted(model, message):
+        # NDIF's ModelActor: pre() deserialises under the deserialisation list, execute() runs the block
+        # under the execution list with builtins=True; the result is saved outside both.
+        payload = message["payload"]
+        if message["compress"]:  # the server's own unpacking, before any of the request's objects exist
+            import zstandard
+
+            payload = zstandard.ZstdDecompressor().decompress(payload)
+        with block_scope():
+            with protector.Protector(protector.WHITELISTED_MODULES_DESERIALIZATION, unpickler=CustomCloudUnpickler):
+                tracer, _ = prepare_traced_block(model, payload, False, BackendRequestModel.deserialize)
+            with protector.Protector(protector.WHITELISTED_MODULES, builtins=True):
+                saved = execute_traced_block(tracer, torch.float32)
         buffer = io.BytesIO()
         torch.save(saved, buffer, pickle_module=cpu_pickle_module())
         return buffer.getvalue()
@@ -118,7 +145,7 @@ def main():
         try:
             model = model_for(message["key"])
             model._remoteable_set_env(message.get("env") or {})
-            run = sandboxed if message["mode"] == "sandbox" else trusted
+            run = {"trusted": trusted, "whitelist": whitelisted, "sandbox": sandboxed}[message["mode"]]
             data = run(model, message)
             if message["compress"]:  # ModelActor.prepare_result: the result is compressed as the request was
                 import zstandard

@@ -2,8 +2,9 @@
 
 The remote model is what ``load_model(folder, remote=True)`` builds (weightless); its
 requests are nnsight's real payloads, run by the ``ndif`` package's in-process executor
-(trusted keys) in a Python 3.12 process where futurelens cannot be imported
-(`server.py`). The reference is the same checkpoint loaded and run here.
+in a Python 3.12 process where futurelens cannot be imported (`server.py`), under NDIF's
+production import whitelist (`protector.py`; the plain trusted path once more for one
+architecture). The reference is the same checkpoint loaded and run here.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def bytecode_functions(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_primitives_match_local(ndif_pair, ndif_server, bytecode_functions, kind):
-    remote, local = ndif_pair(kind)
+@pytest.mark.parametrize("kind, mode", [(kind, "whitelist") for kind in KINDS] + [("llama", "trusted")])
+def test_primitives_match_local(ndif_pair, ndif_server, bytecode_functions, kind, mode):
+    remote, local = ndif_pair(kind, mode)
     assert remote.device.type == "meta"  # nothing of the model is here: the server has it
     # The server's Python is 3.12: a client on another Python is told what that means for its own code.
     assert bool(remote.load_warnings) == (sys.version_info[:2] != (3, 12))
@@ -82,7 +83,7 @@ def test_primitives_match_local(ndif_pair, ndif_server, bytecode_functions, kind
     assert torch.equal(got[0], want[0])
     close(got[1], want[1])
 
-    assert ndif_server.requests and all(r["mode"] == "trusted" for r in ndif_server.requests)
+    assert ndif_server.requests and all(r["mode"] == mode for r in ndif_server.requests)
     assert not [f for f in bytecode_functions if f.startswith("futurelens")], bytecode_functions
 
 
@@ -125,5 +126,5 @@ def test_stages_match_local(ndif_pair, ndif_server, tokenizer, tmp_path, bytecod
     assert grids[0].phrase_tokens == grids[1].phrase_tokens and grids[0].top_tokens == grids[1].top_tokens
     close(torch.tensor(grids[0].top_probs), torch.tensor(grids[1].top_probs))
 
-    assert all(r["mode"] == "trusted" for r in ndif_server.requests)
+    assert all(r["mode"] == "whitelist" for r in ndif_server.requests)
     assert not [f for f in bytecode_functions if f.startswith("futurelens")], bytecode_functions
