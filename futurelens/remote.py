@@ -317,12 +317,23 @@ _VERSION_TEXT = re.compile(
 )
 _SERVED_TEXT = re.compile(
     r"not dedicated|hotswapping|cannot be accomm?odated|deployment evicted|model not found|unknown model"
-    r"|model .{0,80}not (currently )?(deployed|running|served|available|found)",
+    r"|model .{0,80}not (currently )?(deployed|running|served|available|found)"
+    # NDIF's queue (ndif 0.1.2, services/api/queue/processor.py): "Could not deploy this model. <reason>", the
+    # reason being the controller's: Hugging Face's "Repository Not Found ...", "CANT_ACCOMMODATE: placed 0 of
+    # 1 new replicas ...", "No GPU nodes available.", "Could not accommodate any replicas at this time."
+    r"|could not deploy this model|repository not found|cant_accommodate|could not accommodate|no gpu nodes available",
     re.IGNORECASE,
 )
+# NDIF's import whitelist refusing a module (its Protector: "Module copy is not whitelisted", "Module attribute
+# torch.x is not whitelisted"): whatever surrounds it (a payload that "could not be read" mentions versions).
+_WHITELIST_TEXT = re.compile(r"Module (?:attribute )?([\w.]+) is not whitelisted|Cannot modify protected module")
 # A job of futurelens.server refusing what it cannot do where it runs (e.g. training in NDIF's sandbox).
 _OWN_TEXT = re.compile(r"\[futurelens\] ([^\n]+)")
-_UNAVAILABLE_TEXT = re.compile(r"service (temporarily )?unavailable|bad gateway|not ready yet", re.IGNORECASE)
+_UNAVAILABLE_TEXT = re.compile(
+    r"service (temporarily )?unavailable|bad gateway|not ready yet"
+    r"|error (provisioning|starting) model",  # NDIF's queue when a deployment broke on the way (try later)
+    re.IGNORECASE,
+)
 _LIMIT_TEXT = re.compile(
     r"longer than timeout|time ?limit|timed? ?out|too large|exceed(s|ed)? (the )?(max|limit)|out of memory|\boom\b",
     re.IGNORECASE,
@@ -453,9 +464,19 @@ def translate(exc: BaseException, model_id: str) -> FutureLensError | None:
     own = _OWN_TEXT.search(text)
     if own:  # futurelens' own server-side refusal: its sentence is the message
         return FutureLensError(redact(f"{own.group(1).strip()} (model {model_id!r})"))
+    refused = _WHITELIST_TEXT.search(text)
     # Order matters: the hub answers 401 for unknown repos, and an auth or version
     # refusal can mention timeouts or sizes, so the specific causes go first.
-    if any(_from(e, "huggingface_hub") and not _is_network(e) for e in chain):
+    if refused:
+        what = refused.group(1) or "a module"
+        message = (
+            f"NDIF's server refused to import {what} for a job on {model_id!r}: it is not on NDIF's import "
+            f"whitelist ({detail}). If your own code in the trace imported it, use what the whitelist allows "
+            "(torch, math, einops, collections, ...). Otherwise this is a futurelens bug (its server code must "
+            "import only whitelisted modules): please report it with this message and your futurelens version; "
+            "meanwhile run with remote=False."
+        )
+    elif any(_from(e, "huggingface_hub") and not _is_network(e) for e in chain):
         message = (
             f"nnsight names the model to NDIF by its Hugging Face hub id, and {model_id!r} could not be resolved "
             f"on the hub ({detail}). Use the hub id of a model NDIF serves (not a local folder or a model built "

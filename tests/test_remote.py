@@ -37,6 +37,30 @@ NOT_SERVED = (
     "Model is not dedicated and hotswapping is not supported for this API key. "
     "See https://nnsight.net/status/ for a list of scheduled models."
 )
+# ndif 0.1.2's queue (services/api/queue/processor.py): "Could not deploy this model. {reason}", reason being
+# the controller's (cluster.py) or Hugging Face's own exception text for an unknown repo.
+NOT_DEPLOYED = (
+    "Could not deploy this model. CANT_ACCOMMODATE: placed 0 of 1 new replicas before the cluster ran out of room."
+)
+NOT_FOUND = (
+    "Could not deploy this model. 404 Client Error. (Request ID: Root=1-6750a1b2)\n\nRepository Not Found for url: "
+    "https://huggingface.co/api/models/meta-llama/Llama-9.9-1B/revision/main.\nPlease make sure you specified the "
+    "correct `repo_id` and `repo_type`.\nIf you are trying to access a private or gated repo, make sure you are "
+    "authenticated."
+)
+NO_GPU = "Could not deploy this model. No GPU nodes available."
+PROVISIONING = "Error provisioning model. Please try again later. Sorry for the inconvenience."
+# NDIF's Protector (ndif-team/ndif, nn/security/protected_environment.py): a module off the whitelist, used while
+# the job runs, and the same refusal met while the payload is read (ndif 0.1.2's PayloadError wording around it).
+REFUSED_IMPORT = (
+    "Traceback (most recent call last):\n  File \"[rollout:391] futurelens/server/traces.py\", line 408, in rollout\n"
+    "ImportError: Module copy is not whitelisted"
+)
+REFUSED_READING = (
+    "Your request payload could not be read (ImportError: Module dataclasses is not whitelisted). It may be "
+    "truncated or corrupted in transit, or compressed differently than the request declared. Re-sending it usually "
+    "resolves this; if it persists, check that the client and server nnsight versions match."
+)
 BAD_KEY = "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."
 OLD_CLIENT = (
     "Client nnsight version 0.8.1 is incompatible with the server nnsight version. The minimum supported "
@@ -125,6 +149,25 @@ def test_model_not_served_points_to_status_page_and_helper(with_key):
     message = translated(job_error(NOT_SERVED))
     assert "not serving" in message
     assert "https://nnsight.net/status/" in message and "served_models()" in message
+
+
+@pytest.mark.parametrize("text", [NOT_DEPLOYED, NOT_FOUND, NO_GPU])
+def test_ndifs_could_not_deploy_is_the_not_served_message(with_key, text):
+    message = translated(job_error(text))
+    assert "is not serving" in message and "https://nnsight.net/status/" in message and "remote=False" in message
+
+
+def test_ndifs_failed_provisioning_says_to_try_again(with_key):
+    message = translated(job_error(PROVISIONING))
+    assert "Could not reach NDIF" in message and "or it is unavailable" in message and "nnsight.net/status/" in message
+
+
+@pytest.mark.parametrize("text, module", [(REFUSED_IMPORT, "copy"), (REFUSED_READING, "dataclasses")])
+def test_an_import_refused_by_ndifs_whitelist_names_the_module_and_is_a_bug_to_report(with_key, text, module):
+    message = translated(job_error(text))
+    assert f"refused to import {module}" in message and "import whitelist" in message
+    assert "futurelens bug" in message and "report it" in message
+    assert "disagree on versions" not in message  # it was reported as a version mismatch
 
 
 def test_version_mismatch_says_to_upgrade(with_key, monkeypatch):

@@ -87,3 +87,20 @@ def test_shipped_functions_are_held_to_the_list(ndif_pair, monkeypatch):
                 out = reads_a_file(model.lm_head.output[0, -1]).save()
     finally:
         unregister_pickle_by_value(shipped)
+
+
+def test_a_refused_import_reaches_the_user_as_a_bug_report_naming_the_module(ndif_pair):
+    """NDIF's own refusal text, through nnsight's client, as futurelens translates it."""
+    from futurelens.errors import FutureLensError
+    from futurelens.remote import ndif_errors
+
+    remote = ndif_pair("llama", "whitelist")[0]
+    model = remote.nn
+    with pytest.raises(FutureLensError) as info:
+        with ndif_errors(remote.name), model.trace(input_ids=IDS, remote=True):
+            import copy
+
+            out = copy.deepcopy(model.lm_head.output[0, -1]).save()
+    message = str(info.value)
+    assert "refused to import copy" in message and "futurelens bug" in message
+    assert "Traceback" not in message.split("(")[0]
