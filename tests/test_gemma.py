@@ -107,3 +107,28 @@ def test_a_local_gguf_file_or_folder_and_gguf_file_load_with_the_files_bos(tmp_p
         fl.load_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(fl.FutureLensError, match="is not a .gguf file name"):
         fl.load_model(str(gguf.parent), gguf_file="model.bin")
+
+
+def test_a_gemma_dataset_starts_with_bos_and_caches_what_fl_cache_gives_on_its_text(gemma, tmp_path):
+    import json
+
+    from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes
+    from futurelens.data.states import CacheConfig, StateCache, build_cache
+
+    texts = [*TEXTS, "def add(a, b):\n    return"]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"prefix": t, "doc": t}) + "\n" for t in texts))
+    data = build_prefixes(gemma, DataConfig(source=str(path), out=str(tmp_path / "d"), n_max=1, test_fraction=0.0),
+                          progress=False)
+    ds, meta = load_prefixes(data, gemma.tokenizer)
+    assert meta["special_tokens"]["prepend"] == [2] and all(r["prefix_ids"][0] == 2 for r in ds)
+    cache = StateCache(build_cache(gemma, CacheConfig(data=str(data), out=str(tmp_path / "c"), layers=[6, 18],
+                                                      splits=["train"]), progress=False))
+    for layer in (6, 18):
+        batch = cache.load(layer, "train")
+        expected = fl.cache(gemma, [texts[int(i)] for i in batch.row], layers=[layer])[0]
+        torch.testing.assert_close(batch.states, expected, rtol=1e-3, atol=5e-3)
+    # The labels are the model's own greedy next tokens on BOS + text (its logits, not futurelens').
+    with torch.no_grad():
+        own = gemma.nn._module(input_ids=torch.tensor([ds[0]["prefix_ids"]])).logits[0, -1].argmax()
+    assert ds[0]["target_ids"][0] == int(own)

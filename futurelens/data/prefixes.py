@@ -76,7 +76,9 @@ class DataConfig:
     model: str = "smollm2-135m"
     """Hub id, local folder, or the embedded default 'smollm2-135m'."""
     source: str = EMBEDDED
-    """Corpus: 'pydoc' (offline Python docs), a .txt/.jsonl/.parquet file or folder, or 'hf:<dataset>[:config]'."""
+    """Corpus: 'pydoc' (offline Python docs), a .txt/.jsonl/.parquet file or folder, or 'hf:<dataset>[:config]'; or
+    a prefix table, used as given (no cutting): 'paper-test' (the paper's 1,000 Pile test prefixes, shipped), the
+    authors' CSV format, or a .csv/.jsonl/.parquet with a 'prefix' column (optional 'doc', 'next', 'continuation')."""
     out: str = "runs/data"
     """Folder the dataset is written to."""
     n_prefixes: int = 2000
@@ -104,6 +106,12 @@ class DataConfig:
     buffer_tokens: int = 1_000_000
     """Tokens of streamed documents held at once for shuffling (4 bytes each): bounds memory whatever the corpus size.
     A corpus that fits is kept in memory after one pass."""
+    labels: str = "auto"
+    """Labels of a prefix table: 'model' (its own greedy continuation), 'table' (the table's continuation, e.g. the
+    authors' GPT-J teacher phrase) or 'auto' (the table's when this tokenizer reproduces its token counts, as GPT-J's
+    does on the authors' file; else the model's)."""
+    batch_tokens: int = 32768
+    """Most prefix tokens per labelling forward pass: long prefixes run in smaller batches (memory bounded by it)."""
     shard_size: int = 4096
     """Most candidates labelled per shard: the unit of resumption (a killed build resumes after its last finished
     shard). Larger shards fill the equal-length decoding batches better."""
@@ -129,11 +137,17 @@ def check_config(cfg: DataConfig) -> None:
         raise FutureLensError(f"Need 1 <= min_len <= max_len, got min_len={cfg.min_len}, max_len={cfg.max_len}.")
     if not 0 <= cfg.test_fraction < 1:
         raise FutureLensError(f"test_fraction must be in [0, 1), got {cfg.test_fraction}.")
-    for name in ("n_prefixes", "batch_size", "shard_size", "buffer_tokens"):
+    for name in ("n_prefixes", "batch_size", "shard_size", "buffer_tokens", "batch_tokens"):
         if getattr(cfg, name) < 1:
             raise FutureLensError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
     if cfg.n_max < 0 or cfg.max_documents < 0:
         raise FutureLensError(f"n_max and max_documents must be >= 0, got {cfg.n_max} and {cfg.max_documents}.")
+    from .table import check_table, table_path
+
+    table = table_path(cfg.source)
+    if table is not None:
+        check_table(cfg, table)
+        return
     documents(cfg.source, cfg.text_field)  # a missing file or folder says so now ('hf:' is checked as it streams)
 
 
@@ -350,6 +364,11 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     from tqdm.auto import tqdm
 
     check_config(cfg)
+    from .table import build_table, table_path
+
+    table = table_path(cfg.source)
+    if table is not None:  # prefixes given as text: used as given (futurelens.data.table)
+        return build_table(lm, cfg, table, progress)
     work = partial_dir(cfg.out)
     _open_partial(work, _settings(lm, cfg))
     stream = _candidates(cfg, lm.tokenizer)
@@ -539,8 +558,9 @@ def _label(
     for i, prefix in enumerate(prefixes):
         groups.setdefault(len(prefix), []).append(i)
     out: list[list[int]] = [[] for _ in pool]
-    for members in groups.values():
-        part = greedy(lm, [prefixes[i] for i in members], n, batch_size=cfg.batch_size, progress=progress).tolist()
+    for length, members in groups.items():
+        rows = max(1, min(cfg.batch_size, cfg.batch_tokens // max(length, 1)))  # long prefixes: fewer per pass
+        part = greedy(lm, [prefixes[i] for i in members], n, batch_size=rows, progress=progress).tolist()
         for i, target in zip(members, part):
             out[i] = target
         if finished is not None:
