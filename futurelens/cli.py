@@ -30,6 +30,12 @@ REMOTE_HELP = (
     "Run the model on NDIF (remote=True): --model must be a hub id NDIF serves; no weights are downloaded. "
     "Needs an NDIF API key (NDIF_API_KEY or nnsight.CONFIG.set_default_api_key)."
 )
+MAX_REQUEST_MB = 32.0
+"""The CLI's default for ``LensModel.max_request_mb``, the same as the library's."""
+REQUEST_HELP = (
+    "With --remote: the most megabytes of tensors one NDIF request may send or bring back; every stage splits its "
+    "work into as many requests as keep each under it (lower it if NDIF refuses a request as too large)."
+)
 HUB_PROBE_TIMEOUT = 3.0
 """Seconds to wait for a TCP connection to the Hugging Face hub before treating it as unreachable."""
 
@@ -172,14 +178,18 @@ def _check_hub(name: str, remote: bool) -> str:
     )
 
 
-def _load(model: str, remote: bool = False) -> Any:
+def _load(model: str, remote: bool = False, max_request_mb: float = MAX_REQUEST_MB) -> Any:
     """`futurelens.load_model` the way every command does it: quiet, and quick to fail with no hub."""
     import futurelens as fl
 
+    if not max_request_mb > 0:
+        raise FutureLensError(f"--max-request-mb must be > 0 (megabytes per NDIF request), got {max_request_mb:g}.")
     _quiet_transformers()
     note = _check_hub(model, remote)
     try:
-        return fl.load_model(model, remote=True if remote else False)
+        lm = fl.load_model(model, remote=True if remote else False)
+        lm.max_request_mb = max_request_mb
+        return lm
     except FutureLensError as err:
         if note and isinstance(err.__cause__, OSError):  # the hub could not provide it (not, e.g., a missing key)
             raise FutureLensError(f"{err}\n{note}") from err
@@ -235,13 +245,13 @@ def _open_cache(path: str) -> Any:
 # --------------------------------------------------------------------------- the commands
 
 
-def _data(cfg: Any, remote: bool = False) -> None:
+def _data(cfg: Any, **where: Any) -> None:
     import json
 
     from futurelens.data.prefixes import META_FILE, build_prefixes
 
     _check_data(cfg)
-    out = build_prefixes(_load(cfg.model, remote), cfg)
+    out = build_prefixes(_load(cfg.model, **where), cfg)
     meta = json.loads((out / META_FILE).read_text())
     unused = meta.get("n_unused", 0)
     typer.echo(
@@ -258,7 +268,7 @@ def _data_note(cfg: Any) -> str:
     return note(cfg.out) if note is not None else f"{cfg.out} was not written; run the same command again."
 
 
-def _cache(cfg: Any, remote: bool = False) -> None:
+def _cache(cfg: Any, **where: Any) -> None:
     import json
 
     from futurelens.data.states import INDEX, StateCache, build_cache
@@ -268,7 +278,7 @@ def _cache(cfg: Any, remote: bool = False) -> None:
     if index.is_file() and not json.loads(index.read_text()).get("complete", True):
         done = len(_kept(cfg.out, "*/shard-*.safetensors"))
         typer.echo(f"Resuming the cache in {cfg.out}: {done} shard(s) already written are kept.", err=True)
-    out = build_cache(_load(cfg.model or meta["model"], remote), cfg)
+    out = build_cache(_load(cfg.model or meta["model"], **where), cfg)
     cache = StateCache(out)
     sizes = ", ".join(f"{cache.size(s)} {s}" for s in cfg.splits)
     typer.echo(f"Cached layers {cache.layers[0]}..{cache.layers[-1]} ({len(cache.layers)}) for {sizes} prefixes in {out}.")
@@ -299,7 +309,7 @@ def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
     return notes
 
 
-def _train(cfg: Any, remote: bool = False) -> None:
+def _train(cfg: Any, **where: Any) -> None:
     from futurelens.train import train
 
     if cfg.loss not in ("kl", "ce"):
@@ -310,7 +320,7 @@ def _train(cfg: Any, remote: bool = False) -> None:
     states = _open_cache(cfg.source_cache) if cfg.source_cache else cache  # --source-cache: model A's layers
     for note in _resume_notes(cfg, cfg.layers or states.layers):
         typer.echo(f"Resuming in {cfg.out}: {note}.", err=True)
-    prompts = train(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
+    prompts = train(cfg, lm=_load(cfg.model or cache.settings["model"], **where))
     from futurelens.artifacts import source_layers
 
     pairs = sorted(k for k in prompts if isinstance(k, tuple))
@@ -320,7 +330,7 @@ def _train(cfg: Any, remote: bool = False) -> None:
                f"(read at {list(source_layers(prompts))}) in {cfg.out}.")
 
 
-def _eval(cfg: Any, remote: bool = False) -> None:
+def _eval(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
     from futurelens.evaluate import METHODS, evaluate
     from futurelens.figure import precision_table
@@ -330,13 +340,13 @@ def _eval(cfg: Any, remote: bool = False) -> None:
         raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
     cache = _open_cache(cfg.cache)
     map_large_blocks()
-    df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], remote))
+    df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], **where))
     typer.echo(precision_table(df, against=cfg.against))
     extra = ", target_layers.png" if (Path(cfg.out) / "target_layers.png").exists() and cfg.target_layers else ""
     typer.echo(f"Wrote results.csv (scored against the model and the text), precision.png, surprisal.png{extra} to {cfg.out}.")
 
 
-def _lens(cfg: Any, remote: bool = False) -> None:
+def _lens(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
     from futurelens.artifacts import hub_id, load_prompts
     from futurelens.lens.compute import FIXED, lens
@@ -354,7 +364,7 @@ def _lens(cfg: Any, remote: bool = False) -> None:
         # the files exist and are soft prompts (a bare tensor has its --layer), before the model loads
         load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
     map_large_blocks()
-    lm = _load(cfg.model, remote)
+    lm = _load(cfg.model, **where)
     if given:
         prompts = given
     else:
@@ -399,11 +409,11 @@ def _push(cfg: Any) -> None:
     typer.echo(f"Load them with: futurelens lens \"...\" --prompts {result.repo_id}@{result.revision or 'main'}")
 
 
-def _demo(cfg: Any, remote: bool = False) -> None:
+def _demo(cfg: Any, **where: Any) -> None:
     from .pipeline import run
 
     _check_source(cfg)
-    run(cfg, lm=_load(cfg.model, remote))
+    run(cfg, lm=_load(cfg.model, **where))
 
 
 # What Ctrl-C leaves behind, per command, and how to go on.
@@ -424,7 +434,7 @@ _INTERRUPTED: dict[str, Callable[[Any], str]] = {
 }
 
 
-def _doctor(cfg: Any, remote: bool = False) -> None:
+def _doctor(cfg: Any, remote: bool = False, max_request_mb: float = MAX_REQUEST_MB) -> None:
     from rich.console import Console
 
     from . import doctor
@@ -435,7 +445,7 @@ def _doctor(cfg: Any, remote: bool = False) -> None:
             "(with an NDIF API key set)."
         )
     console = Console()
-    lm = _load(cfg.model, remote=True)
+    lm = _load(cfg.model, remote=True, max_request_mb=max_request_mb)
     results = doctor.run(lm, cfg.only, progress=lambda r: console.print(f"{'pass' if r.ok else 'FAIL'}  {r.name}"))
     console.print(doctor.table(results, cfg.model))
     failed = [r.name for r in results if not r.ok]
@@ -473,7 +483,8 @@ def _register() -> None:
     from .pipeline import PipelineConfig
     from .train import TrainConfig
 
-    remote = [option("remote", bool, False, "--remote", help=REMOTE_HELP)]
+    remote = [option("remote", bool, False, "--remote", help=REMOTE_HELP),
+              option("max_request_mb", float, MAX_REQUEST_MB, "--max-request-mb", help=REQUEST_HELP)]
 
     def cmd(cls: type, name: str, run: Callable[..., Any]) -> Callable[..., Any]:
         return command(cls, _guard(run, _INTERRUPTED[name]), extra=remote)

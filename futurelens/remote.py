@@ -25,7 +25,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import FutureLensError
 
@@ -547,29 +547,49 @@ def payload_bytes(obj: Any) -> int:
     return 0
 
 
-def request_spans(lm: Any, items: list, fixed: Any = None) -> list[tuple[int, int]]:
-    """``[(start, stop)]`` spans of ``items`` whose tensors (plus ``fixed``, sent with each) fit one request.
+def spans(
+    lm: Any,
+    n: int,
+    *,
+    payload: "int | Sequence[int]" = 0,
+    result: "int | Sequence[int]" = 0,
+    fixed: int = 0,
+    lower: str = "pass fewer or smaller inputs per call",
+) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` spans of ``n`` items such that each request sends and returns at most ``lm.max_request_mb``.
 
-    Locally everything is one span. Remotely each span carries at most ``lm.max_request_mb``;
-    an item that alone exceeds it is a `FutureLensError` naming the setting to lower.
+    The one place remote work is split by size. ``payload`` and ``result`` are the bytes of tensors
+    each item sends and returns (one number for every item, or one per item); ``fixed`` is sent with
+    every request. Locally everything is one span. An item that alone exceeds the bound is a
+    `FutureLensError` naming the setting, and ``lower`` says what else to make smaller.
     """
-    if not lm.remote or not items:
-        return [(0, len(items))]
-    limit, base = lm.max_request_mb * 2**20, payload_bytes(fixed)
-    spans, start, size = [], 0, base
-    for i, item in enumerate(items):
-        nbytes = payload_bytes(item)
-        if base + nbytes > limit:
+    if not lm.remote or n == 0:
+        return [(0, n)]
+    limit = lm.max_request_mb * 2**20
+    sent = [payload] * n if isinstance(payload, int) else list(payload)
+    back = [result] * n if isinstance(result, int) else list(result)
+    out, start, size_sent, size_back = [], 0, fixed, 0
+    for i in range(n):
+        if fixed + sent[i] > limit or back[i] > limit:
+            biggest = max(fixed + sent[i], back[i])
             raise FutureLensError(
-                f"One item of this job carries {(base + nbytes) / 2**20:.3g} MB, over the request bound "
-                f"lm.max_request_mb={lm.max_request_mb:g}: use a smaller batch_size, or raise lm.max_request_mb."
+                f"One item of this job {'sends' if fixed + sent[i] > limit else 'returns'} {biggest / 2**20:.3g} MB, "
+                f"over the request bound lm.max_request_mb={lm.max_request_mb:g} (--max-request-mb): {lower}, "
+                "or raise the bound."
             )
-        if i > start and size + nbytes > limit:
-            spans.append((start, i))
-            start, size = i, base
-        size += nbytes
-    spans.append((start, len(items)))
-    return spans
+        if i > start and (size_sent + sent[i] > limit or size_back + back[i] > limit):
+            out.append((start, i))
+            start, size_sent, size_back = i, fixed, 0
+        size_sent += sent[i]
+        size_back += back[i]
+    out.append((start, n))
+    return out
+
+
+def request_spans(lm: Any, items: list, fixed: Any = None) -> list[tuple[int, int]]:
+    """`spans` over ``items`` by the tensors each carries (plus ``fixed``, sent with each)."""
+    return spans(lm, len(items), payload=[payload_bytes(i) for i in items], fixed=payload_bytes(fixed),
+                 lower="use a smaller batch_size")
 
 
 def run_job(lm: Any, fn: Any, *args: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 import torch
 
 from .errors import FutureLensError
-from .remote import run_job
+from .remote import run_job, spans
 from .server import jobs
 
 if TYPE_CHECKING:
@@ -74,6 +74,16 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torc
 def length_mask(lengths: "torch.Tensor", width: int) -> "torch.Tensor":
     """``[B, width]`` attention mask, 1 on each row's first ``lengths[b]`` positions."""
     return (torch.arange(width)[None] < lengths[:, None]).long()
+
+
+def _itemsize(dtype: Any) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _state_bytes(lm: "LensModel") -> int:
+    """Bytes of one hidden-state element as a result carries it (a float32 residual in a bfloat16 Mamba)."""
+    hidden = getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype
+    return max(_itemsize(hidden), _itemsize(lm.dtype))
 
 
 def _layers(lm: "LensModel", layers: int | Sequence[int] | None) -> list[int]:
@@ -137,7 +147,15 @@ def cache_ahead(
                 f"continuations must give the same number of tokens for each of the {len(rows)} prefixes "
                 f"(an [B, n] array), got {len(cont)} rows of lengths {sorted({len(c) for c in cont})}."
             )
-    return run_job(lm, jobs.cache_job, rows, cont, wanted)
+    ahead = 0 if cont is None else len(cont[0]) + 1
+    per_row = (len(wanted) + ahead) * lm.d_model * _state_bytes(lm)
+    sent = [8 * (len(r) + (0 if cont is None else len(cont[0]))) for r in rows]  # ids travel as int64s at most
+    parts = [
+        run_job(lm, jobs.cache_job, rows[a:b], None if cont is None else cont[a:b], wanted)
+        for a, b in spans(lm, len(rows), payload=sent, result=per_row, lower="cache fewer layers per call")
+    ]
+    states = torch.cat([p[0] for p in parts], dim=1)
+    return states, None if cont is None else torch.cat([p[1] for p in parts], dim=0)
 
 
 def token_states(
@@ -158,7 +176,20 @@ def token_states(
     rows = _as_rows(lm, ids)
     if len(rows) != 1:
         raise FutureLensError(f"token_states reads one row of tokens, got {len(rows)}: call it once per row, or use cache().")
-    return run_job(lm, jobs.row_states_job, torch.tensor(rows, dtype=torch.long), _layers(lm, layers))
+    wanted, ids = _layers(lm, layers), torch.tensor(rows, dtype=torch.long)
+    length, per_position = ids.shape[1], lm.d_model * _state_bytes(lm)
+    # Remotely, a result over the bound is split by positions (each request's forward reads a window of them),
+    # then by layers: every request runs the whole row.
+    windows = spans(lm, length, payload=0, result=per_position, fixed=8 * length)
+    width = max(b - a for a, b in windows)
+    groups = spans(lm, len(wanted), result=width * per_position, fixed=8 * length)
+    if len(windows) == 1 and len(groups) == 1:
+        return run_job(lm, jobs.row_states_job, ids, wanted, 0, length)
+    out = torch.empty(len(wanted), length, lm.d_model, dtype=getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype)
+    for g0, g1 in groups:
+        for a, b in windows:
+            out[g0:g1, a:b] = run_job(lm, jobs.row_states_job, ids, wanted[g0:g1], a, b)
+    return out
 
 
 # --------------------------------------------------------------------------- patch
@@ -368,7 +399,13 @@ def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
     if not isinstance(hidden, torch.Tensor) or hidden.shape[-1] != lm.d_model:
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise FutureLensError(f"decode needs [..., {lm.d_model}] states, got {shape}.")
-    return run_job(lm, jobs.decode_job, hidden)
+    lead, d = hidden.shape[:-1], hidden.shape[-1]
+    flat = hidden.reshape(-1, d)
+    parts = [
+        run_job(lm, jobs.decode_job, flat[a:b])
+        for a, b in spans(lm, flat.shape[0], payload=d * hidden.element_size(), result=lm.vocab_size * _itemsize(lm.dtype))
+    ]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(*lead, -1)
 
 
 # --------------------------------------------------------------------------- greedy
@@ -398,9 +435,11 @@ def greedy(
     out = torch.empty(len(rows), n, dtype=torch.long)
     for length, members in groups.items():
         for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            (got,) = run_job(lm, jobs.greedy_job, [[rows[i] for i in chunk]], n)
-            out[chunk] = got
-            if progress is not None:
-                progress(len(chunk))
+            batch = members[start : start + batch_size]
+            for a, b in spans(lm, len(batch), payload=8 * length, result=8 * n):
+                chunk = batch[a:b]
+                (got,) = run_job(lm, jobs.greedy_job, [[rows[i] for i in chunk]], n)
+                out[chunk] = got
+                if progress is not None:
+                    progress(len(chunk))
     return out

@@ -365,3 +365,30 @@ def test_data_on_a_folder_model_interrupted_and_resumed(tiny_run, tmp_path, monk
     assert "Resuming the build" in resumed.output and "1 labelled shard(s) kept" in resumed.output
     assert "Wrote 12 prefixes" in resumed.stdout and str(out) in resumed.stdout
     assert "Loading weights" not in resumed.output
+
+
+def test_max_request_mb_reaches_the_model_on_every_remote_capable_command(monkeypatch, tmp_path):
+    """--max-request-mb sets lm.max_request_mb where the model is loaded; its default is the library's."""
+    import dataclasses
+
+    import futurelens.cli as cli
+    from futurelens.models import LensModel
+
+    assert cli.MAX_REQUEST_MB == next(f.default for f in dataclasses.fields(LensModel) if f.name == "max_request_mb")
+    for name in ("demo", "data", "cache", "train", "eval", "lens", "doctor"):
+        result = CliRunner().invoke(app, [name, "--help"])
+        assert "--max-request-mb" in result.output, name
+    bad = CliRunner().invoke(app, ["lens", "hi", "--max-request-mb", "0"])  # refused before any model loads
+    assert_clean_error(bad, "--max-request-mb must be > 0")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(model, remote=False, max_request_mb=cli.MAX_REQUEST_MB):
+        seen.update(model=model, remote=remote, bound=max_request_mb)
+        raise Stop
+
+    monkeypatch.setattr(cli, "_load", fake_load)
+    result = CliRunner().invoke(app, ["doctor", "gpt2", "--remote", "--max-request-mb", "0.5"])
+    assert isinstance(result.exception, Stop) and seen == {"model": "gpt2", "remote": True, "bound": 0.5}

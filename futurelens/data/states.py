@@ -263,7 +263,7 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
     shard is as many requests as keep each result under ``lm.max_request_mb``."""
     import torch
 
-    from ..remote import run_job
+    from ..remote import run_job, spans
     from ..server import jobs
 
     columns = rows.to_dict()  # plain lists: they travel with a remote request, datasets' lazy columns would not
@@ -273,10 +273,10 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
     if lm.remote:
         # Results are the big part of a cache request: rows per request so each stays under lm.max_request_mb.
         row_bytes = (len(layers) + n_max + 1) * lm.d_model * torch.empty(0, dtype=dtype).element_size()
-        step = max(1, int(lm.max_request_mb * 2**20 // row_bytes))
+        sent = [8 * (len(p) + n_max) for p in prefixes]
         parts = []
-        for a in range(0, len(prefixes), step):
-            parts.append(run_job(lm, jobs.cache_shard, prefixes[a : a + step], conts[a : a + step], layers, batch_size, dtype, None))
+        for a, b in spans(lm, len(prefixes), payload=sent, result=row_bytes, lower="cache fewer layers"):
+            parts.append(run_job(lm, jobs.cache_shard, prefixes[a:b], conts[a:b], layers, batch_size, dtype, None))
             bar.update(len(parts[-1][1]))
         states, final = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 0)
     else:

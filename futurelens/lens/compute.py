@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
-from ..remote import run_job
+from ..remote import run_job, spans
 from ..tokens import encode, prepended
 from ..server import jobs
 from .grid import LensGrid
@@ -190,10 +190,18 @@ def lens_grid(
         bar = tqdm(total=L * T, desc="lens", unit="cell")
     step = None if lm.remote else (bar.update if bar is not None else (progress if callable(progress) else None))
     try:
-        # Remotely the whole grid is one request; only ids and probabilities come back.
-        top_probs, top_ids, phrase_ids, phrase_probs = run_job(
-            lm, jobs.lens_job, ids, n_pre, rows, soft, target, top_k, rollout, chunk_size, step, writes
-        )
+        import torch
+
+        # Remotely the grid is one request while its result (ids and probabilities per cell) fits the bound,
+        # else one per group of grid rows (each reads the text's states again).
+        sent = [0 if soft is None else soft[layer].element_size() * soft[layer].numel() for layer in rows]
+        parts = [
+            run_job(lm, jobs.lens_job, ids, n_pre, rows[a:b], None if soft is None else {r: soft[r] for r in rows[a:b]},
+                    target, top_k, rollout, chunk_size, step, writes)
+            for a, b in spans(lm, L, payload=sent, result=12 * T * (top_k + rollout), fixed=8 * (len(ids) + len(target or [])),
+                              lower="lens a shorter text")
+        ]
+        top_probs, top_ids, phrase_ids, phrase_probs = (torch.cat([part[i] for part in parts]) for i in range(4))
     finally:
         if bar is not None:
             bar.close()
@@ -266,11 +274,12 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
         step = None if lm.remote else (bar.update if bar is not None else (progress if callable(progress) else None))
         try:
             kwargs = {"soft_prompt": soft} if soft is not None else {"target": [target]}
-            # Remotely each row carries its state and (expanded) prompt: as many rows per request as fit.
-            per_row = 4 * (d + (soft.numel() if soft is not None else 0)) + 8 * (len(target or []) + (soft.shape[0] if soft is not None else 0))
-            span = len(flat) if not lm.remote else max(1, int(0.9 * lm.max_request_mb * 2**20) // per_row)
-            got = [roll(lm, flat[a : a + span], at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
-                   for a in range(0, len(flat), span)]
+            # Remotely each row carries its state and (expanded) prompt, and brings back n ids and probabilities.
+            sent = flat.element_size() * d + 8 * len(target or [])
+            if soft is not None:
+                sent += soft.element_size() * soft.numel() + 8 * soft.shape[0]
+            got = [roll(lm, flat[a:b], at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
+                   for a, b in spans(lm, len(flat), payload=sent, result=12 * rollout)]
             phrase_ids, phrase_probs = torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got])
         finally:
             if bar is not None:

@@ -37,8 +37,15 @@ def cache_job(model, spec, rows, conts, wanted):
     return read_states(model, spec, ids, lengths, ahead, wanted, conts is not None)
 
 
-def row_states_job(model, spec, ids, wanted):
-    return row_states(model, spec, ids, wanted).cpu()
+def row_states_job(model, spec, ids, wanted, start, stop):
+    """`futurelens.token_states`: ``[len(wanted), stop - start, d]``, positions ``start:stop`` of the row's states.
+
+    A window is a copy, not a view: a saved view would carry the whole row's storage back.
+    """
+    states = row_states(model, spec, ids, wanted)
+    if start == 0 and stop >= states.shape[1]:
+        return states.cpu()
+    return states[:, start:stop].cpu().clone()
 
 
 def decode_job(model, spec, hidden):

@@ -94,3 +94,46 @@ def test_a_request_over_the_bound_is_refused_before_sending(setup, ndif_server):
     with pytest.raises(fl.FutureLensError, match="max_request_mb"):
         fl.patch(remote, state, 1, target=[[5, 6]])
     assert ndif_server.requests == []
+
+
+def test_results_over_the_bound_are_split_and_equal_one_call(ndif_pair, ndif_server):
+    """cache, cache_ahead, token_states, decode, greedy and the lens: a result over max_request_mb comes back in
+    several requests, each under the bound, and equals what one request (and the local model) gives."""
+    from futurelens.lens import lens_grid
+
+    remote, local = ndif_pair("llama")
+    g = torch.Generator().manual_seed(7)
+    prefixes = [torch.randint(5, 400, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (48,), generator=g)]
+    conts = torch.randint(5, 400, (48, 2), generator=g)
+    row = torch.randint(5, 400, (40,), generator=g).tolist()
+    hidden = torch.randn(2, 3, remote.d_model, generator=g)
+    soft = torch.randn(3, remote.d_model, generator=g)
+    calls = {
+        # name: (call, bound in MB small enough that one request's result would exceed it)
+        "cache": (lambda lm: fl.cache(lm, prefixes), 0.004),
+        "cache_ahead": (lambda lm: torch.cat([t.flatten() for t in fl.cache_ahead(lm, prefixes, conts, layers=[1, 3])]), 0.004),
+        "token_states": (lambda lm: fl.token_states(lm, row), 0.002),
+        "decode": (lambda lm: fl.decode(lm, hidden), 0.5),
+        "greedy": (lambda lm: fl.greedy(lm, prefixes[:12], 3), 0.0002),
+        "lens": (lambda lm: lens_grid(lm, row[:6], {1: soft, 2: soft, 3: soft}, rollout=2, top_k=3), 0.0006),
+    }
+    for name, (call, bound) in calls.items():
+        remote.max_request_mb = 32.0
+        ndif_server.requests.clear()
+        whole = call(remote)
+        one = len(ndif_server.requests)
+        remote.max_request_mb = bound
+        ndif_server.requests.clear()
+        split = call(remote)
+        results = [r["result"] for r in ndif_server.requests]
+        assert len(results) > one, (name, one, results)
+        assert max(results) <= bound * 2**20 + RESULT_KB * 1024, (name, results)
+        want = call(local)
+        if name == "lens":
+            for got in (whole, split):
+                assert got.phrase_tokens == want.phrase_tokens and got.top_tokens == want.top_tokens, name
+                torch.testing.assert_close(torch.tensor(got.top_probs), torch.tensor(want.top_probs), rtol=1e-4, atol=1e-5)
+        else:
+            # Equal to float rounding: a split batch pads its rows to another width.
+            torch.testing.assert_close(split.float(), whole.float(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(split.float(), want.float(), rtol=1e-4, atol=1e-5)
