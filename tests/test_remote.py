@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import time
+from types import SimpleNamespace
 
 import httpx
 import nnsight
@@ -19,6 +20,7 @@ import pytest
 import requests
 import torch
 import websocket
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
 from nnsight.schema.request import RequestModel
@@ -273,8 +275,6 @@ def test_torch_error_from_traced_code_passes_through():
 
 
 def test_a_real_remote_attempt_against_a_dead_host_ends_in_network_error(tiny, monkeypatch):
-    from nnsight.modeling import huggingface
-
     lm, _ = tiny("llama")
     lm.remote = True  # load_model refuses remote=True for a model built here
     monkeypatch.setattr(nnsight.CONFIG.API, "HOST", DEAD_HOST)
@@ -288,7 +288,7 @@ def test_a_real_remote_attempt_against_a_dead_host_ends_in_network_error(tiny, m
         fl.cache(lm, [[1, 2, 3]])
 
     # Give it an id, as a hub model would have: the request really goes out and is refused.
-    monkeypatch.setitem(huggingface._ID_CACHE, lm.nn.repo_id, "tiny/llama")
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, *a, **k: SimpleNamespace(id="tiny/llama"))
     with pytest.raises(fl.FutureLensError) as info, remote.ndif_errors("tiny-llama"):
         fl.cache(lm, [[1, 2, 3]])
     assert time.monotonic() - start < 30

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from types import SimpleNamespace
 
 import nnsight
 import nnsight.ndif
 import pytest
-from nnsight.modeling import huggingface
+from huggingface_hub import HfApi
 from nnsight.modeling.mixins.remotable import Remotable
 
 import futurelens as fl
@@ -79,14 +80,20 @@ def ndif_pair(ndif_server, checkpoints, monkeypatch, restore_log_filters):
         return original(self, remote, blocking, job_id, verbose)
 
     monkeypatch.setattr(Remotable, "_remote_backend", backend)
+    # nnsight names the model to NDIF by its hub id, which it asks the hub for (HfApi.model_info); a folder is its
+    # own id here, as the stand-in server loads that folder. (huggingface_hub's public API, not nnsight's cache.)
+    real_info = HfApi.model_info
+
+    def model_info(self, repo_id, *args, **kwargs):
+        return SimpleNamespace(id=repo_id) if repo_id in modes else real_info(self, repo_id, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
     served = ndif_server.env()  # what NDIF's GET /env reports, from the stand-in server's own interpreter
     monkeypatch.setattr(nnsight.ndif, "get_remote_env", lambda force_refresh=False: {
         "python_version": served["python"], "packages": {"nnsight": served["nnsight"], "torch": served["torch"]}})
 
     def make(kind: str, mode: str = "whitelist"):
         folder = checkpoints(kind)
-        # nnsight canonicalises a repo id through the hub; a folder is its own id.
-        huggingface._ID_CACHE[folder] = folder
         modes[folder] = mode
         ndif_server.requests.clear()
         with warnings.catch_warnings(record=True) as caught:
