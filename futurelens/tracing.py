@@ -310,8 +310,8 @@ def rollout(
 
     Arguments are `patch`'s. Rows go through ``chunk_size`` at a time (one ``generate`` each).
     Rows whose context before ``position`` is the same (one soft prompt for many states, a
-    fixed text prompt) share it: that prefix runs once and its key/value cache is copied to
-    each row, so a row patched at its last position costs ``n`` positions, not ``position + n``
+    fixed text prompt) share it: that prefix runs once per chunk and the key/value cache the model
+    returns is indexed to each row, so a row patched at its last position costs ``n`` positions, not ``position + n``
     (models with a recurrent state, ``arch.kv_cache=False``, run every row in full). ``progress`` is called
     with the number of rows finished after each chunk. Remotely the whole call is one request.
 
