@@ -274,8 +274,10 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         bar.update(1)
     bar.close()
 
+    # Every score with a bootstrap 95% interval over the test prefixes (ci_low, ci_high) and their count.
     df = tidy([row for (name, layer, write, n, against), t in tallies.items()
-               for row in rows_from_scores(name, layer, n, t.result(), target_layer=write, against=against)])
+               for row in rows_from_scores(name, layer, n, t.result(), target_layer=write, against=against,
+                                           intervals=t.intervals())])
     out.mkdir(parents=True, exist_ok=True)
     save_table(df, out / "results.csv")
     if sources:  # which prompts and probes (and hub revisions) these results came from

@@ -83,15 +83,24 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def rows_from_scores(method: str, layer: int, n: int, scores: Mapping[str, float], *, target_layer: int | None = None,
-                     against: str = "model") -> list[dict[str, Any]]:
-    """Tidy rows from a `futurelens.metrics.Tally.result()` dict (``precision@k``, ``surprisal``, ``target_nll``)."""
+                     against: str = "model", intervals: Mapping[str, tuple[float, float]] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Tidy rows from a `futurelens.metrics.Tally.result()` dict (``precision@k``, ``surprisal``, ``target_nll``).
+
+    With ``intervals`` (`Tally.intervals`), each row gets ``ci_low``/``ci_high`` (a bootstrap 95% interval over the
+    test prefixes) and ``n_prefixes`` (how many test prefixes the score is over).
+    """
     rows = []
     for key, value in scores.items():
         metric, _, k = key.partition("@")
         if metric in METRICS:
-            rows.append({"method": method, "layer": layer, "n": n, "metric": metric, "k": int(k) if k else None,
-                         "value": float(value), "target_layer": layer if target_layer is None else target_layer,
-                         "against": against})
+            row = {"method": method, "layer": layer, "n": n, "metric": metric, "k": int(k) if k else None,
+                   "value": float(value), "target_layer": layer if target_layer is None else target_layer,
+                   "against": against}
+            if intervals is not None:
+                low, high = intervals.get(key, (float("nan"), float("nan")))
+                row.update(ci_low=low, ci_high=high, n_prefixes=int(scores["n"]))
+            rows.append(row)
     return rows
 
 
@@ -115,6 +124,13 @@ def precision_table(df: pd.DataFrame, k: int = 1, digits: int = 3, against: str 
         raise FutureLensError(f"No precision@{k} rows against {against!r} in the table: score the methods first.")
     what = "the model's own continuation" if against == "model" else "the text's real next tokens"
     lines = [f"precision@{k} of the token N ahead (N=0 is the next token), against {what}:"]
+    if "n_prefixes" in sel.columns and sel["n_prefixes"].notna().any():  # how many test prefixes each score is over
+        low, high = int(sel["n_prefixes"].min()), int(sel["n_prefixes"].max())
+        lines[0] = lines[0][:-1] + f", on {low if low == high else f'{low} to {high}'} test prefixes"
+        if "ci_low" in sel.columns and sel["ci_low"].notna().any():
+            width = float((sel["ci_high"] - sel["ci_low"]).max())
+            lines[0] += f"; bootstrap 95% intervals in results.csv (ci_low, ci_high), the widest {width:.{digits}f} wide"
+        lines[0] += ":"
     flat = sel[sel["layer"] == NO_LAYER]
     for method in dict.fromkeys(flat["method"]):
         rows = flat[flat["method"] == method].sort_values("n")
@@ -200,11 +216,17 @@ def _panels(df: pd.DataFrame, metric: str, k: int | None, ylabel: str, ylim: tup
             rows = here[here["method"] == method].sort_values("layer")
             if rows.empty:
                 continue
+            bands = "ci_low" in rows.columns and rows["ci_low"].notna().all() and rows["ci_high"].notna().all()
             if flat[method]:
                 ax.axhline(rows["value"].iloc[0], color=colors[method], linestyle="--", linewidth=1.5, label=method)
+                if bands:  # its bootstrap 95% interval, across the panel
+                    ax.axhspan(rows["ci_low"].iloc[0], rows["ci_high"].iloc[0], color=colors[method], alpha=0.12, linewidth=0)
             else:
                 rows = rows[rows["layer"] != NO_LAYER]
                 ax.plot(rows["layer"], rows["value"], color=colors[method], marker="o", markersize=3.5, label=method)
+                if bands:
+                    ax.fill_between(rows["layer"], rows["ci_low"], rows["ci_high"], color=colors[method], alpha=0.15,
+                                    linewidth=0)
         ax.set_title(f"N={n}")
         ax.set_xlabel("layer")
         if not layers.empty:

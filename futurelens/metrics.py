@@ -105,6 +105,7 @@ class Tally:
         self.n = 0
         self.k: int | None = None
         self._hits: torch.Tensor | None = None  # [K] long, exact counts
+        self._rank: list[torch.Tensor] = []  # per valid row: where its target is in the top K (K = not there)
         self._surprisal: list[torch.Tensor] = []
         self._nll: list[torch.Tensor] = []
         self._with: dict[str, bool] = {}
@@ -147,7 +148,9 @@ class Tally:
         self._same_each_time("model_logprobs", surprisals is not None)
         self._same_each_time("method_logprobs", nlls is not None)
         self.n += int(valid.sum())
-        self._hits += hit_depth(top_ids, target).sum(0).cpu()
+        depth = hit_depth(top_ids, target).cpu()
+        self._hits += depth.sum(0)
+        self._rank.append((self.k - depth.sum(1))[valid.cpu()].to(torch.int16))
         if surprisals is not None:
             self._surprisal.append(surprisals.cpu()[valid.cpu()])
         if nlls is not None:
@@ -166,3 +169,33 @@ class Tally:
         if self._nll:
             out["target_nll"] = torch.cat(self._nll).double().mean().item()
         return out
+
+    def intervals(self, level: float = 0.95, resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """A percentile bootstrap interval over rows (test prefixes) of every score of `result`: ``{name: (low, high)}``.
+
+        Rows are drawn with replacement ``resamples`` times (seeded: the same rows give the same interval, and
+        tallies of the same rows draw the same resamples); ``level`` is the central mass. NaN surprisals or
+        target NLLs (a method without a distribution) give a NaN interval, as their mean is NaN.
+        """
+        if not self.n:
+            raise FutureLensError("No row with a target was added: call add() with at least one target id >= 0.")
+        if not 0 < level < 1 or resamples < 1:
+            raise FutureLensError(f"Need 0 < level < 1 and resamples >= 1, got {level} and {resamples}.")
+        rank = torch.cat(self._rank).long()
+        columns = {f"precision@{k}": (rank < k).double() for k in range(1, self.k + 1)}
+        if self._surprisal:
+            columns["surprisal"] = torch.cat(self._surprisal).double()
+        if self._nll:
+            columns["target_nll"] = torch.cat(self._nll).double()
+        values = torch.stack(list(columns.values()), 1)  # [n, scores]
+        g = torch.Generator().manual_seed(seed)
+        # Each resample as counts per row ([resamples, n]), so its mean is one matrix product.
+        counts = torch.zeros(resamples, self.n, dtype=torch.float64)
+        counts.scatter_add_(1, torch.randint(self.n, (resamples, self.n), generator=g),
+                            torch.ones(resamples, self.n, dtype=torch.float64))
+        means = counts @ values.nan_to_num(nan=0.0) / self.n  # [resamples, scores]
+        means[:, values.isnan().any(0)] = float("nan")
+        tail = (1 - level) / 2
+        low = torch.quantile(means, tail, dim=0)
+        high = torch.quantile(means, 1 - tail, dim=0)
+        return {name: (float(lo), float(hi)) for name, lo, hi in zip(columns, low.tolist(), high.tolist())}
