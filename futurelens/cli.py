@@ -416,6 +416,12 @@ def _demo(cfg: Any, **where: Any) -> None:
     run(cfg, lm=_load(cfg.model, **where))
 
 
+def _eval_note(cfg: Any) -> str:
+    from .evaluate import interrupted_note
+
+    return interrupted_note(cfg)
+
+
 # What Ctrl-C leaves behind, per command, and how to go on.
 _INTERRUPTED: dict[str, Callable[[Any], str]] = {
     "data": lambda cfg: _data_note(cfg),
@@ -423,8 +429,7 @@ _INTERRUPTED: dict[str, Callable[[Any], str]] = {
     "same command again to continue at the first missing shard.",
     "train": lambda cfg: f"Kept in {cfg.out}: {', '.join(_kept(cfg.out, 'layer-*')) or 'nothing yet'} (finished prompts "
     "*.safetensors, checkpoints *.ckpt.pt); run the same command again to resume from them.",
-    "eval": lambda cfg: f"Nothing was written to {cfg.out} (results are written when every layer is scored); run the "
-    "same command again.",
+    "eval": lambda cfg: _eval_note(cfg),
     "lens": lambda cfg: f"{cfg.out} was not written; run the same command again.",
     "doctor": lambda cfg: "Nothing is kept by the checks; run the same command again.",
     "push": lambda cfg: f"The upload to {cfg.repo_id} may be incomplete (one commit: nothing or all of it lands); run "

@@ -79,6 +79,25 @@ class EvalConfig:
     """W&B project."""
 
 
+def interrupted_note(cfg: EvalConfig) -> str:
+    """What an interrupted `evaluate` kept (fitted probes and fit checkpoints, which a re-run reuses), for Ctrl-C."""
+    # Fits are written to --probes when it is a folder, else to <out>/probes (as `evaluate` does).
+    folder = Path(cfg.probes) if cfg.probes and Path(cfg.probes).is_dir() else Path(cfg.out) / "probes"
+    done = sorted(folder.glob("*-layer-*.safetensors")) if folder.is_dir() else []
+    ckpts = sorted(folder.glob("*-layer-*.ckpt.pt")) if folder.is_dir() else []
+    results = "results.csv and the figures were not written (they are written when every layer is scored)"
+    if not done and not ckpts:
+        return f"Nothing was kept: {results}, and no probe was fitted yet. Run the same command again."
+    mb = sum(p.stat().st_size for p in done + ckpts) / 2**20
+    parts = []
+    if done:
+        parts.append(f"{len(done)} fitted probe(s) ({', '.join(p.stem for p in done)})")
+    if ckpts:
+        parts.append(f"{len(ckpts)} fit checkpoint(s) ({', '.join(p.name for p in ckpts)})")
+    return (f"Kept in {folder}: {' and '.join(parts)}, {mb:.1f} MB in all; {results}. Run the same command again: it "
+            "reuses the fitted probes and resumes the checkpointed fits (delete the folder to refit).")
+
+
 def _ngram(cache: Any, lm: LensModel):
     """The skip-gram baseline counted on the train prefixes and their continuations.
 

@@ -406,7 +406,9 @@ def _probe_guesses(lm: "LensModel", ids: list[int], n_pre: int, rows: list[int],
             x = states[i]
             with torch.no_grad():
                 if kind == "vocab":
-                    logits = (x @ tensors["weight"].float().T + tensors["bias"].float()).view(len(x), -1, lm.vocab_size)
+                    from ..methods.linear import vocab_logits
+
+                    logits = vocab_logits(tensors, x, lm.vocab_size)  # a compact probe too
                 elif kind == "mlp":
                     params = tuple(tensors[k].float() for k in ("w1", "b1", "w2", "b2"))
                     logits = decode(lm, jobs.mlp_states(params, x)).float()

@@ -186,7 +186,8 @@ class LinearApprox:
 
 
 @torch.no_grad()
-def cross_entropy_grad_(probe: torch.nn.Linear, x: torch.Tensor, target: torch.Tensor, scratch: torch.Tensor) -> None:
+def cross_entropy_grad_(probe: torch.nn.Linear, x: torch.Tensor, target: torch.Tensor, scratch: torch.Tensor,
+                        shared: int | None = None) -> None:
     """Write into ``probe.weight.grad`` and ``probe.bias.grad`` the gradient of the mean cross-entropy of
     ``probe(x)`` (``heads`` distributions over the vocabulary per row) against ``target``.
 
@@ -194,22 +195,54 @@ def cross_entropy_grad_(probe: torch.nn.Linear, x: torch.Tensor, target: torch.T
     the loss in the logits is ``(softmax - onehot) / (b * heads)``, computed in place in ``scratch``, so a step
     allocates nothing vocabulary-sized: autograd allocates and frees half a dozen logits-sized tensors a step, and
     on CPU glibc's heap then grows with the number of steps (it raises its mmap threshold after the first free).
+
+    With ``shared`` (the compact probe of `VocabProbe`), each head's last column stands for ``shared`` tokens
+    whose rows are identical: it counts ``shared`` times in the softmax's normaliser, and its gradient is that of
+    one of those rows.
     """
     b, heads = target.shape
     z = torch.addmm(probe.bias, x, probe.weight.T, out=scratch[:b])  # [b, heads * vocab]
     p = z.view(b * heads, -1)
     p -= p.amax(-1, keepdim=True)
     p.exp_()
-    p /= p.sum(-1, keepdim=True)
+    if shared is None:
+        p /= p.sum(-1, keepdim=True)
+    else:
+        p /= p[:, :-1].sum(-1, keepdim=True) + shared * p[:, -1:]
     p[torch.arange(b * heads), target.flatten()] -= 1
     p /= b * heads
     torch.mm(z.T, x, out=probe.weight.grad)
     torch.sum(z, 0, out=probe.bias.grad)
 
 
+def vocab_logits(tensors: dict[str, torch.Tensor], x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``[b, heads, vocab]`` logits of a saved vocabulary probe (`VocabProbe.tensors`) on states ``x [b, d]``.
+
+    A compact probe (a ``tokens`` tensor: the ids its rows stand for, the last row of each head standing for every
+    other id) gives every other id that row's logit, exactly the full probe's, whose rows for those ids are equal.
+    """
+    weight, bias = tensors["weight"].float(), tensors["bias"].float()
+    z = x.float() @ weight.T + bias
+    tokens = tensors.get("tokens")
+    if tokens is None:
+        return z.view(len(x), -1, vocab_size)
+    tokens = tokens.long()
+    z = z.view(len(x), -1, len(tokens) + 1)
+    out = z[:, :, -1:].expand(-1, -1, vocab_size).clone()
+    out[:, :, tokens] = z[:, :, :-1]
+    return out
+
+
 @dataclass
 class VocabProbe:
-    """Direct vocabulary prediction: a linear map from the state to the vocabulary, per N."""
+    """Direct vocabulary prediction: a linear map from the state to the vocabulary, per N.
+
+    Fitted compactly, exactly: the weights start at zero, so every token that is no train target gets the same
+    logits and so the same gradient (and AdamW update) at every step; their rows stay identical, and one row stands
+    for all of them (counted as many times in the softmax). Memory and checkpoints grow with the distinct train
+    targets S, not the vocabulary: at Gemma's 262,144 tokens and S = 3,000 a probe is 1% of the full one. The size is
+    logged before the fit.
+    """
 
     vocab_size: int
     epochs: int = 3
@@ -218,7 +251,10 @@ class VocabProbe:
     weight_decay: float = 1e-5
     name: str = "linear (vocab)"
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-    """``{layer: Linear(d, (n_max + 1) * vocab)}``: all N share one matmul."""
+    """``{layer: Linear(d, (n_max + 1) * (S + 1))}``: all N share one matmul; per N, a row per train target id
+    (``tokens[layer]``) and one for every other id. A full probe read from an older file: ``vocab`` rows per N."""
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    """``{layer: [S] ids}`` of a compact probe's rows (none for a full one)."""
     seed: int = 0
     kind: ClassVar[str] = "vocab"
 
@@ -229,7 +265,10 @@ class VocabProbe:
 
     def tensors(self, layer: int) -> dict[str, torch.Tensor]:
         probe = self.probes[layer]
-        return {"weight": probe.weight.detach(), "bias": probe.bias.detach()}
+        out = {"weight": probe.weight.detach(), "bias": probe.bias.detach()}
+        if layer in self.tokens:
+            out["tokens"] = self.tokens[layer]
+        return out
 
     def restore(self, layer: int, tensors: dict[str, torch.Tensor]) -> VocabProbe:
         weight, bias = tensors["weight"].float(), tensors["bias"].float()
@@ -238,44 +277,73 @@ class VocabProbe:
             probe.weight.copy_(weight)
             probe.bias.copy_(bias)
         self.probes[layer] = probe.requires_grad_(False)
+        if "tokens" in tensors:
+            self.tokens[layer] = tensors["tokens"].long()
+        else:
+            self.tokens.pop(layer, None)
         return self
+
+    @staticmethod
+    def train_targets(cache: StateCache) -> torch.Tensor:
+        """The distinct token ids among the train split's targets (every N), sorted."""
+        seen = [torch.unique(b.target) for b in cache.batches(None, "train", batch_size=4096)]
+        if not seen:
+            from ..errors import FutureLensError
+
+            raise FutureLensError("The cache has no train rows: nothing to fit the vocabulary probe on.")
+        return torch.unique(torch.cat(seen))
 
     def fit(self, cache: StateCache, layer: int, seed: int | None = None,
             checkpoint: str | os.PathLike | None = None) -> VocabProbe:
         """Cross-entropy for ``epochs``; with ``checkpoint``, each finished epoch is saved there atomically and a
         killed fit resumes after its last finished epoch, ending identical to an uninterrupted one."""
+        import logging
+
         if seed is not None:
             self.seed = seed
         seed = self.seed
         ckpt = Path(checkpoint) if checkpoint is not None else None
         torch.manual_seed(seed)
         heads = cache.n_max + 1
-        probe = torch.nn.Linear(cache.d_model, heads * self.vocab_size)
+        tokens = self.train_targets(cache)
+        width = len(tokens) + 1
+        shared = self.vocab_size - len(tokens)
+        index = torch.full((self.vocab_size,), len(tokens), dtype=torch.long)
+        index[tokens] = torch.arange(len(tokens))
+        params = heads * width * (cache.d_model + 1)
+        mb = 4 * params / 2**20
+        logging.getLogger(__name__).log(
+            logging.WARNING if mb > 1024 else logging.INFO,
+            "Vocabulary probe at layer %d: %d heads x %d rows (%d distinct train targets + 1 row for the other %d "
+            "ids) x %d: %.0f MB of weights, %.0f MB in memory while fitting (weights, gradient, AdamW), a %.0f MB "
+            "checkpoint per epoch.", layer, heads, width, len(tokens), shared, cache.d_model, mb,
+            4 * mb + 4 * self.batch_size * heads * width / 2**20, 3 * mb)
+        probe = torch.nn.Linear(cache.d_model, heads * width)
         torch.nn.init.zeros_(probe.weight)
         torch.nn.init.zeros_(probe.bias)
         # Fused: one pass over the parameters per step, where the default builds parameter-sized temporaries.
         opt = torch.optim.AdamW(probe.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         start = 0
         saved = _load_checkpoint(ckpt, self.settings())
-        if saved is not None:
+        if saved is not None and torch.equal(saved.get("tokens", torch.empty(0)), tokens):  # not a full-probe one
             probe.load_state_dict(saved["probe"])
             opt.load_state_dict(saved["optimizer"])
             start = saved["epoch"]
         probe.weight.grad, probe.bias.grad = torch.zeros_like(probe.weight), torch.zeros_like(probe.bias)
-        scratch = torch.empty(self.batch_size, heads * self.vocab_size)
+        scratch = torch.empty(self.batch_size, heads * width)
         for epoch in range(start, self.epochs):
             for batch in cache.batches(layer, "train", batch_size=self.batch_size, shuffle=True, seed=seed + epoch):
-                cross_entropy_grad_(probe, batch.states.float(), batch.target, scratch)
+                cross_entropy_grad_(probe, batch.states.float(), index[batch.target], scratch, shared=shared)
                 opt.step()
             _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "probe": probe.state_dict(),
-                                    "optimizer": opt.state_dict()})
+                                    "optimizer": opt.state_dict(), "tokens": tokens})
         probe.weight.grad = probe.bias.grad = None
         self.probes[layer] = probe.requires_grad_(False)
+        self.tokens[layer] = tokens
         return self
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
-        probe = self.probes[layer]
-        logits = probe(batch.states.float()).view(len(batch.states), -1, self.vocab_size)
+        logits = vocab_logits(self.tensors(layer), batch.states, self.vocab_size)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 
