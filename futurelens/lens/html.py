@@ -11,6 +11,11 @@ Safety: every piece of token text goes through `esc` (``html.escape(..., quote=T
 and only ever lands in element *text*, never in an attribute or a script; attributes
 carry numbers only. The inline script never reads token text.
 
+Text direction: every token (and each rolled-out phrase) sits in its own ``<bdi>``, so a right-to-left token
+(Hebrew, Arabic) keeps its own direction without reordering what is around it: the probability after a top-1
+token stays after it. Fonts: `FONTS` names faces for the scripts a 262k vocabulary (Gemma's) holds, tried in turn
+for each glyph.
+
 Scoping: all CSS rules sit under ``.fl-lens`` and nothing uses an ``id``, so several
 grids can share one notebook page without clashing or restyling the notebook.
 """
@@ -63,6 +68,25 @@ def esc(text: str) -> str:
     return html.escape(visible(text), quote=True)
 
 
+def iso(text: str) -> str:
+    """`esc`, isolated in a ``<bdi>`` (its direction its own: a right-to-left token cannot reorder its neighbours)."""
+    return f"<bdi>{esc(text)}</bdi>"
+
+
+FONTS = ('ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono","Noto Sans Mono","Liberation Mono",'
+         '"Noto Sans","DejaVu Sans","Noto Sans CJK SC","Noto Sans CJK JP","Noto Sans CJK KR","Noto Sans CJK TC",'
+         '"Source Han Sans","Microsoft YaHei","PingFang SC","Hiragino Sans","Malgun Gothic",'
+         '"Noto Sans Arabic","Noto Naskh Arabic","Noto Sans Hebrew","Noto Sans Devanagari","Noto Sans Bengali",'
+         '"Noto Sans Tamil","Noto Sans Telugu","Noto Sans Thai","Noto Sans Georgian","Noto Sans Armenian",'
+         '"Noto Sans Ethiopic","Noto Sans Khmer","Noto Sans Myanmar","Noto Sans Sinhala","Noto Sans Symbols",'
+         '"Noto Sans Symbols 2","Noto Sans Math","Segoe UI","Segoe UI Historic","Segoe UI Symbol","Nirmala UI",'
+         '"Leelawadee UI","Ebrima","Arial Unicode MS","Noto Color Emoji","Apple Color Emoji","Segoe UI Emoji",'
+         'system-ui,monospace')
+"""The page's font stack: monospace first (Latin reads in columns), then faces covering CJK, Arabic, Hebrew, the
+Indic scripts, Thai, Georgian, Armenian, Ethiopic, Khmer, Myanmar, Sinhala, symbols, mathematics and emoji (Noto on
+Linux, the system faces on macOS and Windows); the browser picks, per glyph, the first that has it."""
+
+
 def _p(p: float, digits: int = 2) -> str:
     return f"{float(p):.{digits}f}"
 
@@ -78,7 +102,7 @@ def _rows(tokens: list[str], probs) -> str:
     """Tooltip table rows: token, a bar for its probability, the probability."""
     # No classes here (CSS picks columns by position): these rows are most of the page's bytes.
     return "".join(
-        f'<tr><td>{esc(t)}</td><td><i style="width:{100 * float(p):.0f}%"></i></td><td>{_p(p, 3)}</td></tr>'
+        f'<tr><td>{iso(t)}</td><td><i style="width:{100 * float(p):.0f}%"></i></td><td>{_p(p, 3)}</td></tr>'
         for t, p in zip(tokens, probs)
     )
 
@@ -89,7 +113,7 @@ def _cell(g: LensGrid, i: int, j: int) -> str:
     top, top_p = g.top_tokens[i][j], g.top_probs[i, j]
     phrase, phrase_p = g.phrase_tokens[i][j], g.phrase_probs[i, j]
     colour_p = float(phrase_p[0]) if len(phrase) else float(top_p[0])
-    text = esc("".join(phrase)) if phrase else "&nbsp;"
+    text = iso("".join(phrase)) if phrase else "&nbsp;"
     fitted = ""
     for name, entry in g.probes.items():  # fitted methods' top-1 guess N = 0..n_max ahead (names are ours, escaped)
         if layer in entry["layers"]:
@@ -98,7 +122,7 @@ def _cell(g: LensGrid, i: int, j: int) -> str:
             fitted += f'<div class="fl-ts">{html.escape(name, quote=True)}</div><table>{_rows(labels, entry["probs"][r, j])}</table>'
     tip = (
         f'<div class="fl-tip" role="tooltip">'
-        f'<div class="fl-th">layer {layer} · token {j} <b>{esc(g.tokens[j])}</b></div>'
+        f'<div class="fl-th">layer {layer} · token {j} <b>{iso(g.tokens[j])}</b></div>'
         f'<div class="fl-ts">logit lens top-{len(top)}</div><table>{_rows(top, top_p)}</table>'
         + (f'<div class="fl-ts">rollout</div><table>{_rows(phrase, phrase_p)}</table>' if phrase else "")
         + fitted
@@ -107,12 +131,13 @@ def _cell(g: LensGrid, i: int, j: int) -> str:
     return (
         f'<td class="fl-cell" data-layer="{layer}" data-pos="{j}" data-p="{colour_p:.4f}" {_bg(colour_p)}>'
         f'<div class="fl-phrase">{text}</div>'
-        f'<div class="fl-top">{esc(top[0])}<span>{_p(top_p[0])}</span></div>{tip}</td>'
+        f'<div class="fl-top">{iso(top[0])}<span>{_p(top_p[0])}</span></div>{tip}</td>'
     )
 
 
 _CSS = f"""
-.fl-lens{{font:12px/1.3 ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;color:#111;text-align:left}}
+.fl-lens{{font:12px/1.3 {FONTS};color:#111;text-align:left;direction:ltr}}
+.fl-lens bdi{{unicode-bidi:isolate}}
 .fl-lens .fl-meta{{font-family:system-ui,sans-serif;margin:0 0 6px}}
 .fl-lens .fl-meta h3{{font-size:15px;margin:0 0 2px}}
 .fl-lens .fl-meta span{{color:#555;margin-right:14px}}
@@ -142,7 +167,7 @@ _CSS = f"""
 .fl-lens .fl-tip table{{border-collapse:collapse;width:100%}}
 .fl-lens .fl-tip td{{padding:0 3px;border:0;background:none}}
 .fl-lens .fl-th{{font-family:system-ui,sans-serif;margin-bottom:3px}}
-.fl-lens .fl-th b{{white-space:pre;font-family:ui-monospace,monospace}}
+.fl-lens .fl-th b{{white-space:pre;font-family:{FONTS}}}
 .fl-lens .fl-ts{{color:#666;font-family:system-ui,sans-serif;font-size:10px;margin-top:3px;border-bottom:1px solid #eee}}
 .fl-lens .fl-tip td:nth-child(1){{white-space:pre}}
 .fl-lens .fl-tip td:nth-child(2){{width:60px}}
@@ -177,7 +202,7 @@ def render_fragment(g: LensGrid) -> str:
     title = f"<h3>{html.escape(g.title, quote=True)}</h3>" if g.title else ""
     colour_by = "first rollout token" if g.phrase_probs.shape[2] else "logit-lens top-1"
     head = "".join(
-        f'<th class="fl-tok" data-pos="{j}"><div class="fl-h">{esc(t)}</div><small>{j}</small></th>' for j, t in enumerate(g.tokens)
+        f'<th class="fl-tok" data-pos="{j}"><div class="fl-h">{iso(t)}</div><small>{j}</small></th>' for j, t in enumerate(g.tokens)
     )
     body = "".join(
         f'<tr><th class="fl-layer" data-layer="{layer}">{layer}</th>'

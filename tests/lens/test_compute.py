@@ -197,6 +197,6 @@ def test_cli_lens_writes_html_on_the_default_model(tmp_path, tokenizer):
     page = out.read_text()
     tokens = [default_tok.decode([i]) for i in default_tok("Tom & <Jerry>", add_special_tokens=False)["input_ids"]]
     for token in tokens:
-        assert f'<div class="fl-h">{esc(token)}</div>' in page
+        assert f'<div class="fl-h"><bdi>{esc(token)}</bdi></div>' in page
     assert "<Jerry" not in page and "&lt;" in page and "&amp;" in page
     assert "layer" in result.output and "lens.html" in result.output
