@@ -72,6 +72,7 @@ def _methods(lm, cache, layers: list[int], train_pairs) -> tuple[Any, list[Any]]
     middle = layers[len(layers) // 2]
     vocab = VocabProbe(lm.vocab_size, epochs=1).fit(cache, middle)
     vocab.probes = {layer: vocab.probes[middle] for layer in layers}
+    vocab.tokens = {layer: vocab.tokens[middle] for layer in layers if middle in vocab.tokens}  # a compact probe's ids
     linear = LinearApprox(lm)
     for layer in layers:
         linear.fit(cache, layer)

@@ -750,6 +750,7 @@ def stage_eval(lm, plain, s: Settings, clock: Clock, work: Path) -> dict:
     ngram = NGram().fit([p + c for p, c in train_pairs], n_max=n_max, vocab_size=lm.vocab_size)
     vocab = VocabProbe(lm.vocab_size, epochs=1).fit(cache, middle)
     vocab.probes = {layer: vocab.probes[middle] for layer in layers}
+    vocab.tokens = {layer: vocab.tokens[middle] for layer in layers if middle in vocab.tokens}  # a compact probe's ids
     linear = LinearApprox(lm).fit(cache, middle)
     linear.maps = {layer: linear.maps[middle] for layer in layers}
     g = torch.Generator().manual_seed(0)

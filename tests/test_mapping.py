@@ -192,4 +192,4 @@ def test_remote_both_models_on_ndif_match_local(ndif_pair, ndif_server, tokenize
     assert set(a.method) == {"fixed prompt", "learned prompt"}
     assert a[["method", "layer", "target_layer", "n", "metric", "k"]].equals(b[["method", "layer", "target_layer", "n", "metric", "k"]])
     assert a.value.tolist() == pytest.approx(b.value.tolist(), rel=1e-3, abs=1e-4, nan_ok=True)
-    assert ndif_server.requests and all(r["mode"] == "trusted" for r in ndif_server.requests)
+    assert ndif_server.requests and all(r["mode"] == "whitelist" for r in ndif_server.requests)

@@ -77,7 +77,7 @@ def test_readme_cli_lines_parse(monkeypatch):
 
     seen = []
     for name in ("_data", "_cache", "_train", "_eval", "_lens"):
-        monkeypatch.setattr(cli, name, lambda cfg, remote=False, _name=name: seen.append((_name, cfg)))
+        monkeypatch.setattr(cli, name, lambda cfg, _name=name, **where: seen.append((_name, cfg)))
     cli.app.registered_commands.clear()
     cli._register()
     try:

@@ -229,7 +229,7 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
     """Every row's state patched into layer ``at`` (the authors' demo): states, logit lens, then one rollout."""
     import torch
 
-    from ..tracing import _layers, decode, rollout as roll, token_states
+    from ..tracing import _layers, rollout as roll, token_states
 
     rows = _layers(lm, layers)
     if len(set(rows)) != len(rows):
@@ -259,10 +259,12 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
     flat = states.reshape(L * T, d)
     probs, tops = [], []
     for start in range(0, flat.shape[0], chunk_size):
-        p = torch.softmax(decode(lm, flat[start : start + chunk_size]).float(), dim=-1)
-        top_p, top_i = p.topk(top_k, dim=-1)
-        probs.append(top_p.cpu())
-        tops.append(top_i.cpu())
+        chunk = flat[start : start + chunk_size]
+        # Reduced to top-k where the model is: a row's logits are vocabulary-sized.
+        for a, b in spans(lm, len(chunk), payload=d * chunk.element_size(), result=12 * top_k):
+            top_p, top_i = run_job(lm, jobs.decode_top_job, chunk[a:b], top_k)
+            probs.append(top_p)
+            tops.append(top_i)
     phrase_ids = torch.zeros(L * T, rollout, dtype=torch.long)
     phrase_probs = torch.zeros(L * T, rollout)
     if rollout:

@@ -52,6 +52,14 @@ def decode_job(model, spec, hidden):
     return decode(model, spec, hidden).cpu()
 
 
+def decode_top_job(model, spec, hidden, top_k):
+    """The logit lens reduced where the model is: top-k probabilities and ids of the head on ``hidden [B, d]``."""
+    with torch.no_grad():
+        probs = torch.softmax(decode(model, spec, hidden).float(), dim=-1)
+        top_p, top_i = probs.topk(top_k, dim=-1)
+    return top_p.cpu(), top_i.cpu()
+
+
 def greedy_job(model, spec, groups, n):
     """Greedy continuations of equal-length row groups: ``[[B_g, n] per group]`` on the CPU."""
     with torch.no_grad():
