@@ -12,7 +12,8 @@ Two formats, recognised by their columns:
 
 Each row becomes one dataset row: ``prefix_ids`` = the text as futurelens tokenises it (`futurelens.tokens`:
 the tokenizer's BOS first, if it adds one), ``next_ids`` = the first ``n_max + 1`` tokens of the following text
-(tokenised together with the prefix, so a word is split as in the document), ``table_ids`` = the table's
+(tokenised together with the prefix, so a word is split as in the document; -1, a missing target that no score
+counts, where that text is shorter in this tokenizer), ``table_ids`` = the table's
 continuation (the authors' ``teacher_phrase``), and ``target_ids`` = the labels. The labels are the table's
 continuation when it was made with this model's tokenizer (``labels='auto'``: the tokenizer reproduces the
 table's own token counts, ``prefix_len`` and ``gen_len``, as GPT-J's does on the authors' file), else the model's
@@ -211,19 +212,23 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
                 continue  # an empty prefix has no last token
             table_ids = _after(tok, r["prefix"], r["continuation"], need) if r["continuation"] else []
             nxt = _after(tok, r["prefix"], r["next"], need) if r["next"] else []
+            if r["next"] and len(nxt) < need:  # the following text is shorter here: -1 = no target (not scored)
+                nxt = nxt + [-1] * (need - len(nxt))
             yield (r["doc"], r["offset"], ids, nxt, table_ids)
 
     stream = candidates()
     taken: list[int] = []
-    kept = n_candidates = n_passed = n_short = 0
+    kept = n_candidates = n_passed = n_short = n_next_short = 0
     k = 0
     bar = tqdm(total=cfg.n_prefixes, desc="Labelling (kept)", unit="prefix", disable=not progress, smoothing=0.1)
     try:
         while kept < cfg.n_prefixes:
             pool = []
             for c in stream:
-                if (has_next and len(c[3]) < need) or (from_table and len(c[4]) < need):
-                    n_short += 1  # its following text or continuation is shorter than n_max + 1 tokens here
+                if has_next and c[3][-1] < 0:
+                    n_next_short += 1  # kept: its text scores leave out the missing positions
+                if from_table and len(c[4]) < need:
+                    n_short += 1  # its continuation (the labels) is shorter than n_max + 1 tokens here
                     continue
                 pool.append(c)
                 # Without the filter every row is kept: label no more than the dataset still needs.
@@ -268,6 +273,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
             "next_ids": "the document's following text" if has_next else "the labels (the table has no following text)",
             "filter": "applied" if filtering else "not applied",
             "n_too_short": n_short,
+            "n_next_short": n_next_short,
         },
         "n_candidates": n_candidates,
         "n_kept": kept,

@@ -47,12 +47,12 @@ def test_paper_test_is_shipped_and_read_as_given_split_by_document(tiny, tmp_pat
     ds, meta = load_prefixes(build_prefixes(lm, _cfg(tmp_path / "d", "paper-test", n_prefixes=12), progress=False), tokenizer)
     assert meta["table"]["format"] == "authors" and meta["n_kept"] == len(ds) == 12
     assert meta["table"]["labels"] == "the model's own greedy continuation"  # SmolLM2's tokenizer is not GPT-J's
-    used = authors[authors.apply(lambda r: len(tokenizer(r["decoded_phrase"], add_special_tokens=False)["input_ids"]) >= 3, axis=1)]
-    for row, (_, src) in zip(ds, used.iterrows()):  # the file's rows in the file's order, prefixes uncut
+    for row, (_, src) in zip(ds, authors.iterrows()):  # every row of the file, in its order, prefixes uncut
         assert row["doc_id"] == f"pile{src['pile']}:doc{src['doc']}" and row["offset"] == int(src["start_prefix_index"])
         assert row["prefix_ids"] == tokens.encode(tokenizer, src["decoded_prefix"])
         joint = tokenizer(src["decoded_prefix"] + src["decoded_phrase"], add_special_tokens=False)["input_ids"]
-        assert row["next_ids"] == joint[len(row["prefix_ids"]):][:3]  # the document's next tokens
+        following = joint[len(row["prefix_ids"]):][:3]
+        assert row["next_ids"] == following + [-1] * (3 - len(following))  # the document's next tokens (-1: none)
         teacher = tokenizer(src["decoded_prefix"] + src["teacher_phrase"], add_special_tokens=False)["input_ids"]
         assert row["table_ids"] == teacher[len(row["prefix_ids"]):][:3]  # GPT-J's continuation, kept as a column
         assert row["target_ids"] == _own_greedy(model, row["prefix_ids"], 3)
@@ -168,3 +168,14 @@ def test_long_prefixes_are_labelled_in_batches_under_the_token_budget(tiny, tmp_
     build_prefixes(lm, _cfg(tmp_path / "b", "paper-test", n_prefixes=6, batch_tokens=1000), progress=False)
     assert seen and all(bs * length <= 1000 or bs == 1 for bs, length in seen)
     assert any(bs < 4 for bs, _ in seen)  # the budget, not batch_size=4, bounded some group
+
+
+def test_a_row_whose_following_text_is_short_is_kept_with_missing_targets(tiny, tmp_path, tokenizer):
+    lm, _ = tiny("llama")
+    path = tmp_path / "t.jsonl"
+    rows = [{"prefix": "The cat sat on the", "next": " mat and then it slept"}, {"prefix": "Hello", "next": "."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds, meta = load_prefixes(build_prefixes(lm, _cfg(tmp_path / "d", path), progress=False))
+    assert len(ds) == 2 and meta["table"]["n_next_short"] == 1
+    short = ds[[r["prefix_ids"] for r in ds].index(tokenizer("Hello", add_special_tokens=False)["input_ids"])]
+    assert short["next_ids"] == tokenizer(".", add_special_tokens=False)["input_ids"] + [-1, -1]
