@@ -49,7 +49,7 @@ for stage in $stages; do
     train)
       $fl train --cache "$run/cache" --out "$run/prompts" --epochs 4 --lr 5e-3 --batch-size 8 "${train_args[@]}" ;;
     eval)
-      $fl eval --cache "$run/cache" --prompts "$run/prompts" --out "$run/eval" --vocab-epochs 3 "${layer_args[@]}"
+      $fl eval --cache "$run/cache" --prompts "$run/prompts" --out "$run/eval" --vocab-epochs 50 "${layer_args[@]}"
       cp "$run/eval/results.csv" "$run/eval/precision.png" "$run/eval/surprisal.png" "$dest/" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
