@@ -220,7 +220,9 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
     taken: list[int] = []
     kept = n_candidates = n_passed = n_short = n_next_short = 0
     k = 0
-    bar = tqdm(total=cfg.n_prefixes, desc="Labelling (kept)", unit="prefix", disable=not progress, smoothing=0.1)
+    n_rows = sum(1 for _ in _records(path))  # the bar's total: a table shorter than n_prefixes is used up first
+    bar = tqdm(total=min(cfg.n_prefixes, n_rows), desc="Labelling (kept)", unit="prefix", disable=not progress,
+               smoothing=0.1)
     try:
         while kept < cfg.n_prefixes:
             pool = []
