@@ -239,3 +239,85 @@ def prefix_table(lm, pairs: list[tuple[list[int], list[int]]], n_train: int, out
     }
     meta = {"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer), "config": {"n_max": n_max}, "n_kept": n}
     return save_prefixes(columns, meta, out)
+
+
+def per_cell_phrases(model, blocks, norm, head, states: torch.Tensor, prompts: dict, rollout: int, top_k: int,
+                     pad_id: int) -> dict:
+    """The authors' lens, one cell at a time, with plain hooks (the baseline the batched lens is measured against).
+
+    For each (layer, token) of ``states [n_layers + 1, T, d]``: the logit lens top-k, and
+    ``generate(inputs_embeds=prompts[layer], max_new_tokens=rollout)`` with a hook writing the cell's state over
+    ``blocks[layer - 1]``'s output at the prompt's last position (layer 0: the prompt's last embedding).
+    Returns ``{"phrase_ids": [L, T, R], "top_ids": [L, T, k]}``.
+    """
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    layers, T = list(prompts), states.shape[1]
+    phrase = torch.zeros(len(layers), T, rollout, dtype=torch.long)
+    top = torch.zeros(len(layers), T, top_k, dtype=torch.long)
+    for i, layer in enumerate(layers):
+        soft = prompts[layer].to(device, dtype)
+        P = soft.shape[0]
+        for t in range(T):
+            state = states[layer, t]
+            top[i, t] = head(norm(state)).topk(top_k).indices.cpu()
+            embeds = soft[None].clone()
+            hook = None
+            if layer == 0:
+                # generate() feeds inputs_embeds straight to the blocks: the embedding output is the prompt itself.
+                embeds[0, P - 1] = state
+            else:
+
+                def patch(_m, _i, out, state=state):
+                    hidden = out[0] if isinstance(out, tuple) else out
+                    if hidden.shape[1] != P:  # a decoding step: the patched position lives in the KV cache
+                        return out
+                    hidden = hidden.clone()
+                    hidden[:, P - 1] = state
+                    return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+
+                hook = blocks[layer - 1].register_forward_hook(patch)
+            try:
+                out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, P, dtype=torch.long, device=device),
+                                     max_new_tokens=rollout, do_sample=False,
+                                     eos_token_id=None,  # greedy to the end, like lens_grid's rollout
+                                     pad_token_id=pad_id)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            phrase[i, t] = out[0, -rollout:].cpu()
+    return {"phrase_ids": phrase, "top_ids": top}
+
+
+def hook_kl_loss(plain, embed, block, norm, head, pad_id: int, n: int, prompt_len: int) -> Callable:
+    """The hand-written soft-prompt objective with plain hooks, no nnsight (the baseline training is measured
+    against): ``loss(prompt [P, d], batch)``. Forward hooks write the prompt over ``embed``'s output and the batch's
+    states over ``block``'s output at the prompt's last position; the loss is the KL at the read position
+    ``P - 1 + n`` against the model's head on the cached last-layer state (the paper's loss)."""
+    device, dtype = next(plain.parameters()).device, next(plain.parameters()).dtype
+    P = prompt_len
+
+    def loss(prompt: torch.Tensor, batch: Any) -> torch.Tensor:
+        state = batch.states.to(device)
+        # Placeholder ids under the prompt, then the n teacher-forced continuation tokens.
+        ids = torch.cat([torch.full((len(state), P), pad_id), batch.target[:, :n]], 1).to(device)
+
+        def on_embed(_m, _i, out):
+            return torch.cat([prompt.to(out.dtype).expand(out.shape[0], -1, -1), out[:, P:]], 1)
+
+        def on_block(_m, _i, out):
+            hidden = (out[0] if isinstance(out, tuple) else out).clone()
+            hidden[:, P - 1] = state.to(hidden.dtype)
+            return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+
+        handles = [embed.register_forward_hook(on_embed), block.register_forward_hook(on_block)]
+        try:
+            logits = plain(input_ids=ids).logits
+        finally:
+            for h in handles:
+                h.remove()
+        logprobs = logits[:, P - 1 + n].float().log_softmax(-1)
+        with torch.no_grad():
+            reference = head(norm(batch.final[:, n].to(device, dtype))).float().log_softmax(-1)
+        return torch.nn.functional.kl_div(logprobs, reference, log_target=True, reduction="batchmean")
+
+    return loss

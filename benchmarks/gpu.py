@@ -521,38 +521,14 @@ def state_batch(lm, pairs: list[tuple[list[int], list[int]]], layer: int):
 def hook_loss(lm, plain, layer: int, n: int, prompt_len: int) -> Callable:
     """The hand-written objective on the plain copy: forward hooks write the soft prompt over the embedding
     output and the state over block ``layer - 1``'s output at the prompt's last position; KL at the read position
-    against the model's head on the cached last-layer state (the paper's loss, as `train_step._hook_loss`)."""
-    torch = _torch()
+    against the model's head on the cached last-layer state: `common.hook_kl_loss`, as `train_step` runs it, with the
+    modules found where `futurelens.arch` says they are."""
+    from .common import hook_kl_loss
+
     arch = lm.arch
     embed, block = plain.get_submodule(arch.embed), plain.get_submodule(arch.blocks)[layer - 1]
     norm, head = plain.get_submodule(arch.final_norm), plain.get_submodule(arch.unembed)
-    device, dtype = next(plain.parameters()).device, next(plain.parameters()).dtype
-    P = prompt_len
-
-    def loss(prompt, batch):
-        state = batch.states.to(device)
-        ids = torch.cat([torch.full((len(state), P), lm.pad_id), batch.target[:, :n]], 1).to(device)
-
-        def on_embed(_m, _i, out):
-            return torch.cat([prompt.to(out.dtype).expand(out.shape[0], -1, -1), out[:, P:]], 1)
-
-        def on_block(_m, _i, out):
-            hidden = (out[0] if isinstance(out, tuple) else out).clone()
-            hidden[:, P - 1] = state.to(hidden.dtype)
-            return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
-
-        handles = [embed.register_forward_hook(on_embed), block.register_forward_hook(on_block)]
-        try:
-            logits = plain(input_ids=ids).logits
-        finally:
-            for h in handles:
-                h.remove()
-        logprobs = logits[:, P - 1 + n].float().log_softmax(-1)
-        with torch.no_grad():
-            reference = head(norm(batch.final[:, n].to(device, dtype))).float().log_softmax(-1)
-        return torch.nn.functional.kl_div(logprobs, reference, log_target=True, reduction="batchmean")
-
-    return loss
+    return hook_kl_loss(plain, embed, block, norm, head, lm.pad_id, n, prompt_len)
 
 
 def stage_train(lm, plain, s: Settings, clock: Clock) -> dict:
@@ -628,47 +604,18 @@ def hidden_states(lm, plain, ids) -> Any:
 def per_cell_lens(lm, plain, ids: list[int], prompts: dict, rollout: int, top_k: int) -> dict:
     """The lens one cell at a time, as the authors' demo: for each (layer, token), ``generate(inputs_embeds=prompt,
     max_new_tokens=rollout)`` with a hook writing the cell's state over block ``layer - 1``'s output at the prompt's
-    last position (layer 0: the prompt's last embedding). `lens_speed.per_cell_lens`, with the modules found where
-    `futurelens.arch` says they are (any architecture)."""
+    last position (layer 0: the prompt's last embedding). `common.per_cell_phrases`, as `lens_speed` runs it, with the
+    modules found where `futurelens.arch` says they are (any architecture)."""
+    from .common import per_cell_phrases
+
     torch = _torch()
     arch = lm.arch
-    device, dtype = next(plain.parameters()).device, next(plain.parameters()).dtype
+    device = next(plain.parameters()).device
     blocks = plain.get_submodule(arch.blocks)
     norm, head = plain.get_submodule(arch.final_norm), plain.get_submodule(arch.unembed)
     x = torch.tensor([ids], device=device)
     with torch.no_grad():
-        states = hidden_states(lm, plain, x)
-        layers = list(prompts)
-        phrase = torch.zeros(len(layers), len(ids), rollout, dtype=torch.long)
-        top = torch.zeros(len(layers), len(ids), top_k, dtype=torch.long)
-        for i, layer in enumerate(layers):
-            soft = prompts[layer].to(device, dtype)
-            P = soft.shape[0]
-            for t in range(len(ids)):
-                state = states[layer, t]
-                top[i, t] = head(norm(state)).topk(top_k).indices.cpu()
-                embeds = soft[None].clone()
-                hook = None
-                if layer == 0:
-                    embeds[0, P - 1] = state
-                else:
-                    def patch(_m, _i, out, state=state):
-                        hidden = out[0] if isinstance(out, tuple) else out
-                        if hidden.shape[1] != P:  # a decoding step: the patched position is in the KV cache
-                            return out
-                        hidden = hidden.clone()
-                        hidden[:, P - 1] = state
-                        return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
-
-                    hook = blocks[layer - 1].register_forward_hook(patch)
-                try:
-                    out = plain.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, P, dtype=torch.long, device=device),
-                                         max_new_tokens=rollout, do_sample=False, eos_token_id=None, pad_token_id=lm.pad_id)
-                finally:
-                    if hook is not None:
-                        hook.remove()
-                phrase[i, t] = out[0, -rollout:].cpu()
-    return {"phrase_ids": phrase, "top_ids": top}
+        return per_cell_phrases(plain, blocks, norm, head, hidden_states(lm, plain, x), prompts, rollout, top_k, lm.pad_id)
 
 
 def stage_lens(lm, plain, s: Settings, clock: Clock) -> dict:

@@ -61,46 +61,8 @@ def per_cell_lens(model, tokenizer, text: str, prompts: dict[int, torch.Tensor],
     device = next(model.parameters()).device
     ids = tokenizer(text, return_tensors="pt")["input_ids"].to(device)
     states = _hidden_states(model, ids)  # [n + 1, T, d]
-    norm, head = model.model.norm, model.get_output_embeddings()
-    layers = list(prompts)
-    phrase = torch.zeros(len(layers), ids.shape[1], rollout, dtype=torch.long)
-    top = torch.zeros(len(layers), ids.shape[1], top_k, dtype=torch.long)
-    for i, layer in enumerate(layers):
-        soft_prompt = prompts[layer].to(device)
-        P = soft_prompt.shape[0]
-        for t in range(ids.shape[1]):
-            state = states[layer, t]
-            top[i, t] = head(norm(state)).topk(top_k).indices.cpu()
-            embeds = soft_prompt[None].clone()
-            hook = None
-            if layer == 0:
-                # generate() feeds inputs_embeds straight to the blocks: the embedding output is the prompt itself.
-                embeds[0, P - 1] = state
-            else:
-
-                def patch(_m, _i, out, state=state):
-                    hidden = out[0] if isinstance(out, tuple) else out
-                    if hidden.shape[1] != P:  # a decoding step: the patched position lives in the KV cache
-                        return out
-                    hidden = hidden.clone()
-                    hidden[:, P - 1] = state
-                    return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
-
-                hook = model.model.layers[layer - 1].register_forward_hook(patch)
-            try:
-                out = model.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=torch.ones(1, P, dtype=torch.long, device=device),
-                    max_new_tokens=rollout,
-                    do_sample=False,
-                    eos_token_id=None,  # greedy to the end, like lens_grid's rollout
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            finally:
-                if hook is not None:
-                    hook.remove()
-            phrase[i, t] = out[0, -rollout:].cpu()
-    return {"phrase_ids": phrase, "top_ids": top}
+    return common.per_cell_phrases(model, model.model.layers, model.model.norm, model.get_output_embeddings(), states, prompts,
+                                   rollout, top_k, tokenizer.pad_token_id)
 
 
 # --------------------------------------------------------------------------- the run

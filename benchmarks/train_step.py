@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from .common import default_lm, interleaved, paired_ratio, plain_default, pydoc_prefixes, result, stats
+from .common import default_lm, hook_kl_loss, interleaved, paired_ratio, plain_default, pydoc_prefixes, result, stats
 
 NAME = "train_step"
 LAYER = 14
@@ -51,36 +51,9 @@ def _batch(lm) -> Any:
 
 def _hook_loss(plain, pad_id: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """The hand-written loss: forward hooks on a plain HF Llama (SmolLM2), no nnsight."""
-    embed = plain.get_input_embeddings()
-    block = plain.model.layers[LAYER - 1]  # layer L = the output of block L-1
-    norm, head = plain.model.norm, plain.lm_head
-    device = next(plain.parameters()).device
-
-    def loss(prompt: torch.Tensor, batch: Any) -> torch.Tensor:
-        state = batch.states.to(device)
-        # Placeholder ids under the prompt, then the N teacher-forced continuation tokens.
-        ids = torch.cat([torch.full((BATCH, PROMPT_LEN), pad_id), batch.target[:, :N]], 1).to(device)
-
-        def on_embed(_m, _i, out):
-            return torch.cat([prompt.expand(out.shape[0], -1, -1), out[:, PROMPT_LEN:]], 1)
-
-        def on_block(_m, _i, out):
-            hidden = (out[0] if isinstance(out, tuple) else out).clone()
-            hidden[:, PROMPT_LEN - 1] = state
-            return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
-
-        handles = [embed.register_forward_hook(on_embed), block.register_forward_hook(on_block)]
-        try:
-            logits = plain(input_ids=ids).logits
-        finally:
-            for h in handles:
-                h.remove()
-        logprobs = logits[:, PROMPT_LEN - 1 + N].float().log_softmax(-1)
-        with torch.no_grad():
-            reference = head(norm(batch.final[:, N].to(device))).float().log_softmax(-1)
-        return torch.nn.functional.kl_div(logprobs, reference, log_target=True, reduction="batchmean")
-
-    return loss
+    # Layer L = the output of block L-1.
+    return hook_kl_loss(plain, plain.get_input_embeddings(), plain.model.layers[LAYER - 1], plain.model.norm,
+                        plain.lm_head, pad_id, N, PROMPT_LEN)
 
 
 def _step(loss_fn: Callable[[torch.Tensor, Any], torch.Tensor], prompt: torch.Tensor, batch: Any) -> Callable[[], float]:
