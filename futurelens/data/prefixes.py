@@ -296,8 +296,11 @@ def _shard_path(work: Path, k: int) -> Path:
     return work / f"shard-{k:05d}.parquet"
 
 
-def _write_shard(path: Path, pool: list, targets: list[list[int]]) -> None:
-    """One labelled shard: every candidate of the pool with its greedy continuation, written atomically."""
+def _write_shard(path: Path, pool: list, targets: list[list[int]], extra: dict[str, list[list[int]]] | None = None) -> None:
+    """One labelled shard: every candidate of the pool with its greedy continuation, written atomically.
+
+    ``extra``: more token-id columns, by name (a prefix table's own continuation).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -308,6 +311,7 @@ def _write_shard(path: Path, pool: list, targets: list[list[int]]) -> None:
         "prefix_ids": pa.array([c[2] for c in pool], ids),
         "next_ids": pa.array([c[3] for c in pool], ids),
         "target_ids": pa.array(targets, ids),
+        **{name: pa.array(column, ids) for name, column in (extra or {}).items()},
     })
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

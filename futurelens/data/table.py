@@ -246,7 +246,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
                     targets = [c[4][:need] for c in pool]
                 else:
                     targets = P._label(lm, plain, cfg)
-                _write_shard(shard, pool, plain, targets)
+                P._write_shard(shard, plain, targets, extra={"table_ids": [c[4] for c in pool]})
             k += 1
             n_candidates += len(pool)
             ok = [not filtering or t[0] == c[3][0] for c, t in zip(pool, targets)]
@@ -287,26 +287,6 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
     out = P.save_prefixes(work / "table.arrow", meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _write_shard(path: Path, pool: list, plain: list, targets: list[list[int]]) -> None:
-    """A labelled shard (the columns `prefixes._read_shard` checks, plus the table's continuation), atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..atomic import atomic_path
-
-    ids = pa.list_(pa.int64())
-    table = pa.table({
-        "doc_id": pa.array([c[0] for c in plain], pa.string()),
-        "offset": pa.array([c[1] for c in plain], pa.int64()),
-        "prefix_ids": pa.array([c[2] for c in plain], ids),
-        "next_ids": pa.array([c[3] for c in plain], ids),
-        "target_ids": pa.array(targets, ids),
-        "table_ids": pa.array([c[4] for c in pool], ids),
-    })
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 def _assemble(work: Path, taken: list[int], cfg: "DataConfig", filtering: bool, has_next: bool) -> int:
