@@ -80,10 +80,14 @@ def _itemsize(dtype: Any) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
+def _states_dtype(lm: "LensModel") -> Any:
+    """The dtype of the model's hidden states (a float32 residual in a bfloat16 Mamba), as the server returns them."""
+    return getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype
+
+
 def _state_bytes(lm: "LensModel") -> int:
-    """Bytes of one hidden-state element as a result carries it (a float32 residual in a bfloat16 Mamba)."""
-    hidden = getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype
-    return max(_itemsize(hidden), _itemsize(lm.dtype))
+    """Bytes of one hidden-state element as a result carries it."""
+    return max(_itemsize(_states_dtype(lm)), _itemsize(lm.dtype))
 
 
 def _layers(lm: "LensModel", layers: int | Sequence[int] | None) -> list[int]:
@@ -185,7 +189,7 @@ def token_states(
     groups = spans(lm, len(wanted), result=width * per_position, fixed=8 * length)
     if len(windows) == 1 and len(groups) == 1:
         return run_job(lm, jobs.row_states_job, ids, wanted, 0, length)
-    out = torch.empty(len(wanted), length, lm.d_model, dtype=getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype)
+    out = torch.empty(len(wanted), length, lm.d_model, dtype=_states_dtype(lm))
     for g0, g1 in groups:
         for a, b in windows:
             out[g0:g1, a:b] = run_job(lm, jobs.row_states_job, ids, wanted[g0:g1], a, b)

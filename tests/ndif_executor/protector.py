@@ -166,8 +166,6 @@ class Protector:
         self.unpickler_find_class = unpickler.find_class if unpickler is not None else None
         self.table = vars(_builtins)
         self.saved: dict | None = None
-        self.refused: list[str] = []
-        """Every module name refused while inside (the stand-in server reports them)."""
 
     def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
         if name in ("builtins", "__builtins__"):
@@ -183,7 +181,6 @@ class Protector:
             name = result.__name__
         entry = next((m for m in self.modules if m.check(name)), None)
         if entry is None:
-            self.refused.append(name)
             return UnauthorizedModule(name)
         if level == 0:
             with self._escaped():
@@ -205,7 +202,6 @@ class Protector:
     def find_class(self, unpickler, module, name):
         """The unpickler resolving a global: its module must be listed (published: it goes through __import__)."""
         if not any(m.check(module) for m in self.modules):
-            self.refused.append(module)
             raise ImportError(f"Module {module} is not whitelisted")
         with self._escaped():
             self.unpickler_find_class(unpickler, module, name)  # imports it, with the guard lifted
