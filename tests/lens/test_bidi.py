@@ -10,7 +10,7 @@ import pytest
 
 from futurelens.lens.html import FONTS, iso, render_page
 
-from .test_browser import ARGS, CHROMIUM, _unavailable
+from .test_browser import browser  # noqa: F401 - the fixture: one headless Chromium per module
 from .test_grid import make_grid
 
 HEBREW, ARABIC = "שלום", " مرحبا"
@@ -34,22 +34,6 @@ def test_every_token_is_isolated_and_the_fonts_cover_many_scripts():
                  "Noto Color Emoji", "Segoe UI Emoji", "Arial Unicode MS"):
         assert f'"{face}"' in FONTS
     assert FONTS in page and FONTS.startswith("ui-monospace") and FONTS.endswith("monospace")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    import os
-
-    if not os.path.exists(CHROMIUM):
-        _unavailable(f"no {CHROMIUM}: run `make browser`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[test]'")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def _boxes(page, selector):
