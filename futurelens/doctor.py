@@ -112,7 +112,7 @@ def _checks(lm: Any) -> dict[str, Callable[[], str]]:
 
 def run(lm: Any, only: list[str] | None = None, progress: Callable[[Check], None] | None = None) -> list[Check]:
     """Run the checks on ``lm`` (remote) in order; each one's result, whether it passed or not."""
-    from .remote import redact
+    from .secrets import redact
 
     checks = _checks(lm)
     unknown = set(only or []) - set(checks)

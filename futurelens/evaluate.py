@@ -300,11 +300,11 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     out.mkdir(parents=True, exist_ok=True)
     save_table(df, out / "results.csv")
     if sources:  # which prompts and probes (and hub revisions) these results came from
-        from .artifacts import clean_config
+        from .secrets import safe_config
         from .atomic import atomic_path
 
         with atomic_path(out / "sources.json") as tmp:
-            Path(tmp).write_text(json.dumps(clean_config(sources), indent=2, default=str))
+            Path(tmp).write_text(json.dumps(safe_config(sources), indent=2, default=str))
     title = f"{lm.name}: predicting the token N ahead from one hidden state"
     shown = df
     if source is not None:  # A's layer on the x axis, a line per method and write layer L' in this model

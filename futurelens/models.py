@@ -403,7 +403,8 @@ def load_model(
         if remote is True:
             import nnsight
 
-            from .remote import check_remote_ready, check_versions, install_redaction
+            from .remote import check_remote_ready, check_versions
+            from .secrets import install_redaction
 
             check_remote_ready(name)  # no key: say how to set one now, not after the first request
             for message in check_versions():

@@ -25,7 +25,7 @@ class Tracker:
         if self.enabled:
             import wandb
 
-            from .remote import install_redaction, safe_config
+            from .secrets import install_redaction, safe_config
 
             install_redaction()
             # wandb reads WANDB_DIR / WANDB_MODE once per process; read them again for every run.

@@ -142,7 +142,7 @@ def test_lens_one_call_uses_shipped_prompts_and_says_where_they_came_from(tiny, 
         save_prompt(folder / f"layer-{layer}.safetensors", torch.randn(2, lm.d_model), model=lm.name, layer=layer,
                     config={}, losses=[], dtype=torch.float16)
     (folder / "prompts.json").write_text(json.dumps({"summary": "trained in a test"}))
-    monkeypatch.setattr(artifacts, "PACKAGE_PROMPTS", shipped)
+    monkeypatch.setattr(artifacts.prompts, "PACKAGE_PROMPTS", shipped)
     grid = fl.lens(lm, TEXT, rollout=1, top_k=1)
     assert grid.layers == [1, 3] and "shipped with futurelens" in grid.source and "trained in a test" in grid.source
     assert "shipped with futurelens" in grid.to_html()

@@ -8,7 +8,6 @@ table is 10–20 G entries at a 50k–150k vocabulary.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
 from ..errors import FutureLensError
 
-KIND = "futurelens.ngram"
 CHUNK = 1 << 20
 """Pair keys buffered per N before they are merged into the counts (``NGram.fit``'s default ``chunk``): 8 MB of
 int64 per N, so fitting's memory is this plus the distinct pairs, whatever the number of rows."""
@@ -186,38 +183,25 @@ class NGram:
         pick = torch.sort((~usable).int(), dim=1, stable=True).indices[:, :k]
         return all_ids.gather(1, pick), all_probs.gather(1, pick).float()
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ save / load (format: futurelens.artifacts.ngram)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a safetensors file (tensors + JSON settings in its metadata), atomically. Returns the path."""
-        self._check_fitted(0)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
+        """Write the table to ``path`` (`futurelens.artifacts.ngram`), atomically. Returns the path."""
+        from ..artifacts.ngram import save_ngram
 
-        tensors = {"unigram": self.unigram.contiguous()}
+        self._check_fitted(0)
+        tensors = {"unigram": self.unigram}
         for n in range(self.n_max + 1):
             for name in ("offsets", "ids", "counts", "totals"):
-                tensors[f"n{n}.{name}"] = getattr(self, name)[n].contiguous()
-        meta = {"kind": KIND, "n_max": self.n_max, "vocab_size": self.vocab_size, "keep": self.keep}
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"futurelens": json.dumps(meta)})
-        return path
+                tensors[f"n{n}.{name}"] = getattr(self, name)[n]
+        return save_ngram(path, tensors, {"n_max": self.n_max, "vocab_size": self.vocab_size, "keep": self.keep})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NGram:
-        """Read a file written by `save`."""
-        from safetensors import safe_open
+        """Read a table `save` wrote."""
+        from ..artifacts.ngram import read_ngram
 
-        path = Path(path)
-        if not path.exists():
-            raise FutureLensError(f"No n-gram table at {path}: fit one and save it there first.")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("futurelens", "{}"))
-            if meta.get("kind") != KIND:
-                raise FutureLensError(f"{path} is not a futurelens n-gram table (written by NGram.save).")
-            names = list(fh.keys())  # a safe_open handle is not iterable
-            tensors = {name: fh.get_tensor(name) for name in names}
+        tensors, meta = read_ngram(path)
         model = cls(keep=meta["keep"])
         model.n_max, model.vocab_size = meta["n_max"], meta["vocab_size"]
         for name in ("offsets", "ids", "counts", "totals"):

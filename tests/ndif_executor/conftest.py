@@ -20,7 +20,7 @@ from huggingface_hub import HfApi
 from nnsight.modeling.mixins.remotable import Remotable
 
 import futurelens as fl
-from futurelens import remote as remote_module
+from futurelens import secrets
 
 from conftest import build_tiny
 from ndif_executor.backend import ExecutorBackend, Server
@@ -54,7 +54,7 @@ def checkpoints(tmp_path_factory, tokenizer):
 @pytest.fixture
 def restore_log_filters():
     """load_model(remote=True) installs secret redaction on the root logger and its handlers: undo it afterwards."""
-    targets = [logging.getLogger(n) for n in remote_module._LOGGERS]
+    targets = [logging.getLogger(n) for n in secrets._LOGGERS]
     targets += [h for t in list(targets) for h in t.handlers]
     saved = {id(t): list(t.filters) for t in targets}
     yield
