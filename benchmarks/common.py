@@ -226,7 +226,8 @@ def cli(run: Callable[[bool], dict[str, Any]]) -> None:
 def prefix_table(lm, pairs: list[tuple[list[int], list[int]]], n_train: int, out: Path, n_max: int) -> Path:
     """A futurelens prefix table (`save_prefixes`) from ``(prefix, next tokens)`` pairs: the first
     ``n_train`` rows in the train split, the rest in test; the real next tokens stand in as targets."""
-    from futurelens.data.prefixes import save_prefixes, tokenizer_hash
+    from futurelens.artifacts.dataset import save_prefixes
+    from futurelens.tokens import tokenizer_hash
 
     n = len(pairs)
     columns = {

@@ -68,6 +68,7 @@ def _child_build(corpus: str, out: str, settings: dict) -> None:
     import transformers
 
     import futurelens as fl
+    from futurelens.artifacts.dataset import META_FILE
     from futurelens.data import prefixes
 
     tokenizer = _tokenizer()
@@ -90,7 +91,7 @@ def _child_build(corpus: str, out: str, settings: dict) -> None:
     cfg = prefixes.DataConfig(model="tiny-llama", source=corpus, out=out, **settings)
     path = prefixes.build_prefixes(lm, cfg, progress=False)
     seconds = time.perf_counter() - start
-    meta = json.loads((path / prefixes.META_FILE).read_text())
+    meta = json.loads((path / META_FILE).read_text())
     print(json.dumps({
         "rss_before_build_mb": round(before, 1),
         "build_peak_mb": round(status_mb("VmHWM"), 1),

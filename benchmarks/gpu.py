@@ -832,7 +832,8 @@ def extrapolate(rows: list[dict]) -> dict:
 
 def stage_pipeline(lm, s: Settings, clock: Clock, work: Path) -> dict:
     """`build_prefixes` -> `build_cache` -> `train` -> `evaluate` at each size; the paper's run extrapolated."""
-    from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes
+    from futurelens.artifacts.dataset import load_prefixes
+    from futurelens.data.prefixes import DataConfig, build_prefixes
     from futurelens.data.states import CacheConfig, build_cache
     from futurelens.evaluate import EvalConfig, evaluate
     from futurelens.train import TrainConfig, train

@@ -216,7 +216,7 @@ def _check_data(cfg: Any) -> None:
 
 
 def _check_cache(cfg: Any) -> dict:
-    from .data.prefixes import META_FILE
+    from .artifacts.dataset import META_FILE
     from .data.states import DTYPES
 
     if cfg.dtype not in DTYPES:
@@ -248,7 +248,8 @@ def _open_cache(path: str) -> Any:
 def _data(cfg: Any, **where: Any) -> None:
     import json
 
-    from futurelens.data.prefixes import META_FILE, build_prefixes
+    from futurelens.artifacts.dataset import META_FILE
+    from futurelens.data.prefixes import build_prefixes
 
     _check_data(cfg)
     out = build_prefixes(_load(cfg.model, **where), cfg)

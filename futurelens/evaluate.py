@@ -104,7 +104,7 @@ def _ngram(cache: Any, lm: LensModel):
     The rows stream from the Arrow table a batch at a time into `NGram.fit`, which merges its pair keys every
     `futurelens.methods.ngram.CHUNK`: memory is one batch plus the distinct pairs, whatever the train split's size.
     """
-    from .data.prefixes import load_prefixes
+    from .artifacts.dataset import load_prefixes
     from .methods.ngram import NGram
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
@@ -123,7 +123,7 @@ def text_targets(cache: Any, lm: LensModel) -> torch.Tensor:
     """``[rows, n_max + 1]`` the corpus's real next tokens of every dataset row (what ``--against text`` scores)."""
     import torch
 
-    from .data.prefixes import load_prefixes
+    from .artifacts.dataset import load_prefixes
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
     # Straight from the Arrow buffers (every row holds the same number of next ids): no Python int per token.

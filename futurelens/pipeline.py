@@ -60,7 +60,8 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
     """
     from rich.console import Console
 
-    from .data.prefixes import META_FILE, DataConfig, build_prefixes
+    from .artifacts.dataset import META_FILE
+    from .data.prefixes import DataConfig, build_prefixes
     from .data.states import CacheConfig, build_cache
     from .evaluate import EvalConfig, evaluate
     from .models import load_model

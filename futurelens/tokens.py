@@ -15,6 +15,7 @@ read as "nothing added" (what futurelens did then).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -71,3 +72,9 @@ def check(stored: Any, tokenizer: Any, what: str, fix: str) -> None:
             f"{what} was tokenised with {describe(then, tokenizer)}, but this model's tokenizer puts "
             f"{describe(now, tokenizer)}: its states and ids would not be what the model sees on the same text. {fix}"
         )
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A fingerprint of the vocabulary and special tokens: same hash, same ids."""
+    payload = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

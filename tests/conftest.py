@@ -9,7 +9,8 @@ import torch
 import transformers
 
 import futurelens as fl
-from futurelens.data.prefixes import save_prefixes, tokenizer_hash
+from futurelens.artifacts.dataset import save_prefixes
+from futurelens.tokens import tokenizer_hash
 from futurelens.models import ensure_default_model
 
 warnings.filterwarnings("ignore", message=".*mamba_ssm.*|.*causal_conv1d.*")

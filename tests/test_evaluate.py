@@ -35,7 +35,7 @@ def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
     row = precision[(precision.method == "fixed prompt") & (precision.layer == 3) & (precision.n == 1) & (precision.k == 1)]
     assert row.value.item() == pytest.approx(hand)
     # against the text: the same predictions counted against the corpus's real next tokens, from the dataset itself
-    from futurelens.data.prefixes import load_prefixes
+    from futurelens.artifacts.dataset import load_prefixes
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
     real = [table[int(r)]["next_ids"][1] for r in test.row]
@@ -79,7 +79,7 @@ def test_remote_evaluation_is_one_job_per_layer_and_matches_local(tiny_cache, tm
 
 def test_text_targets_are_the_datasets_next_ids(tiny_cache):
     """Read from the Arrow buffers, they equal the dataset's `next_ids` column as Python lists, row for row."""
-    from futurelens.data.prefixes import load_prefixes
+    from futurelens.artifacts.dataset import load_prefixes
     from futurelens.evaluate import text_targets
 
     lm, _, cache = tiny_cache("llama", n=12, n_max=2)

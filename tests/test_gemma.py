@@ -112,7 +112,8 @@ def test_a_local_gguf_file_or_folder_and_gguf_file_load_with_the_files_bos(tmp_p
 def test_a_gemma_dataset_starts_with_bos_and_caches_what_fl_cache_gives_on_its_text(gemma, tmp_path):
     import json
 
-    from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes
+    from futurelens.artifacts.dataset import load_prefixes
+    from futurelens.data.prefixes import DataConfig, build_prefixes
     from futurelens.data.states import CacheConfig, StateCache, build_cache
 
     texts = [*TEXTS, "def add(a, b):\n    return"]

@@ -33,7 +33,7 @@ def test_bfloat16_model_end_to_end(folder, tokenizer, tmp_path):
     batch = cache.load(2, "train", final=True)
     assert batch.states.dtype == torch.bfloat16
     # The cached bf16 states are the model's own (a plain hook on the same bf16 model).
-    row = fl.data.prefixes.load_prefixes(data)[0][int(batch.row[0])]
+    row = fl.artifacts.dataset.load_prefixes(data)[0][int(batch.row[0])]
     want = hook_last_states(lm.nn._module, "model.layers", torch.tensor([row["prefix_ids"]]))[2, -1]
     torch.testing.assert_close(batch.states[0], want)
 

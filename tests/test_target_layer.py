@@ -72,7 +72,7 @@ def _hook_kl(model, table, batch, prompt, write):
 
 def test_training_a_prompt_for_another_target_layer(tiny_cache, tmp_path):
     lm, model, cache = tiny_cache("llama", n=40)
-    table = fl.data.prefixes.load_prefixes(cache.index["data"])[0]
+    table = fl.artifacts.dataset.load_prefixes(cache.index["data"])[0]
     cfg = TrainConfig(out=str(tmp_path / "prompts"), prompt_len=4, epochs=3, batch_size=8, lr=3e-2, seed=0)
     prompt, losses = train_prompt(lm, cache, SOURCE, cfg, progress=False, target_layer=TARGET)
     path = prompt_path(tmp_path / "prompts", SOURCE, TARGET)

@@ -19,7 +19,9 @@ from hook_reference import hook_last_states
 import futurelens as fl
 from futurelens import tokens
 from futurelens.data.corpus import documents
-from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes, tokenizer_hash
+from futurelens.artifacts.dataset import load_prefixes
+from futurelens.data.prefixes import DataConfig, build_prefixes
+from futurelens.tokens import tokenizer_hash
 from futurelens.data.states import CacheConfig, StateCache, build_cache
 from futurelens.methods.prompts import FixedPrompt
 

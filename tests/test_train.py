@@ -22,7 +22,7 @@ def test_kl_loss_matches_a_hook_computation_from_scratch(tiny_cache):
     lm, model, cache = tiny_cache("llama", n=12)
     batch = next(cache.batches(2, "train", batch_size=3, final=True))
     prompt = torch.randn(4, lm.d_model)
-    table = fl.data.prefixes.load_prefixes(cache.index["data"])[0]
+    table = fl.artifacts.dataset.load_prefixes(cache.index["data"])[0]
     kl = []
     for b in range(3):
         row = table[int(batch.row[b])]

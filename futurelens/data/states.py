@@ -162,7 +162,7 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 def _settings(lm: "LensModel", cfg: CacheConfig, meta: dict, layers: list[int]) -> dict:
     """What a cache's contents depend on: resuming under other settings would mix two caches."""
-    from .prefixes import tokenizer_hash
+    from ..tokens import tokenizer_hash
 
     return {
         "model": lm.name,
@@ -183,7 +183,7 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
     import torch
     from tqdm.auto import tqdm
 
-    from .prefixes import load_prefixes
+    from ..artifacts.dataset import load_prefixes
 
     check_config(cfg)
     table, meta = load_prefixes(cfg.data, tokenizer=lm.tokenizer)

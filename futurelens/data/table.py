@@ -35,8 +35,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from ..artifacts import dataset as D
 from ..errors import FutureLensError
-from ..tokens import encode, special_tokens
+from ..tokens import encode, special_tokens, tokenizer_hash
 
 if TYPE_CHECKING:
     from ..models import LensModel
@@ -201,8 +202,8 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
         log.warning("%s gives no following text, so no real next tokens: the correctness filter is not applied.", path)
     settings = P._settings(lm, cfg)
     settings["table"] = {"path": str(path.resolve()), "labels": "table" if from_table else "model"}
-    work = P.partial_dir(cfg.out)
-    P._open_partial(work, settings)
+    work = D.partial_dir(cfg.out)
+    D.open_partial(work, settings)
     tok = lm.tokenizer
 
     def candidates() -> Iterator[tuple]:
@@ -238,15 +239,15 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
                     break
             if not pool:
                 break  # the table is used up
-            shard = P._shard_path(work, k)
+            shard = D.shard_path(work, k)
             plain = [(c[0], c[1], c[2], c[3] if has_next else []) for c in pool]
-            targets = P._read_shard(shard, plain)
+            targets = D.read_shard(shard, plain)
             if targets is None:
                 if from_table:
                     targets = [c[4][:need] for c in pool]
                 else:
                     targets = P._label(lm, plain, cfg)
-                P._write_shard(shard, plain, targets, extra={"table_ids": [c[4] for c in pool]})
+                D.write_shard(shard, plain, targets, extra={"table_ids": [c[4] for c in pool]})
             k += 1
             n_candidates += len(pool)
             ok = [not filtering or t[0] == c[3][0] for c, t in zip(pool, targets)]
@@ -256,7 +257,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
             bar.update(taken[-1])
     except KeyboardInterrupt as err:
         bar.close()
-        raise P.Interrupted(f"Interrupted. {P.resume_note(cfg.out)}") from err
+        raise P.Interrupted(f"Interrupted. {D.resume_note(cfg.out)}") from err
     bar.close()
     if not kept:
         shutil.rmtree(work, ignore_errors=True)
@@ -265,7 +266,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
     n_test = _assemble(work, taken, cfg, filtering, has_next)
     meta = {
         "model": lm.name,
-        "tokenizer_hash": P.tokenizer_hash(tok),
+        "tokenizer_hash": tokenizer_hash(tok),
         "special_tokens": special_tokens(tok),
         "config": asdict(cfg),
         "table": {
@@ -284,7 +285,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
         "n_train": kept - n_test,
         "n_test": n_test,
     }
-    out = P.save_prefixes(work / "table.arrow", meta, cfg.out)
+    out = D.save_prefixes(work / "table.arrow", meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -302,7 +303,7 @@ def _assemble(work: Path, taken: list[int], cfg: "DataConfig", filtering: bool, 
     n_test = 0
     with pa.OSFile(str(work / "table.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for k, n in enumerate(taken):
-            shard = pq.read_table(P._shard_path(work, k)).to_pydict()
+            shard = pq.read_table(D.shard_path(work, k)).to_pydict()
             out = {name: [] for name in schema.names}
             for d, o, p, x, t, c in zip(shard["doc_id"], shard["offset"], shard["prefix_ids"], shard["next_ids"],
                                         shard["target_ids"], shard["table_ids"]):

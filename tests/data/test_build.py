@@ -24,7 +24,8 @@ import futurelens as fl
 import futurelens.tracing
 from futurelens.data import prefixes as P
 from futurelens.data.corpus import Document, documents
-from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes, partial_dir
+from futurelens.artifacts.dataset import BUILD_FILE, META_FILE, load_prefixes, partial_dir
+from futurelens.data.prefixes import DataConfig, build_prefixes
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def _same_but_out(a: Path, b: Path) -> bool:
     """Two datasets with the same bytes, but for the output folder recorded in futurelens.json."""
     fa, fb = _files(a), _files(b)
-    ma, mb = json.loads(fa.pop(P.META_FILE)), json.loads(fb.pop(P.META_FILE))
+    ma, mb = json.loads(fa.pop(META_FILE)), json.loads(fb.pop(META_FILE))
     ma["config"].pop("out"), mb["config"].pop("out")
     return fa == fb and ma == mb
 
@@ -289,12 +290,12 @@ def test_corrupt_or_foreign_shards_are_not_trusted(tiny, tmp_path, corpus, monke
     # A damaged shard is labelled again; one with other candidates (another corpus) is refused.
     shards = sorted(partial_dir(tmp_path / "x2").glob("shard-*.parquet"))
     work.mkdir()
-    (work / P.BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
+    (work / BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
     (work / shards[0].name).write_bytes(shards[0].read_bytes()[:100])
     monkeypatch.setattr(futurelens.tracing, "greedy", real)
     assert _files(build_prefixes(lm, cfg, progress=False)) == whole
     work.mkdir()
-    (work / P.BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
+    (work / BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
     (work / shards[0].name).write_bytes(shards[1].read_bytes())
     with pytest.raises(fl.FutureLensError, match="other candidates than this build draws: the corpus has changed"):
         build_prefixes(lm, cfg, progress=False)

@@ -10,7 +10,8 @@ import torch
 
 import futurelens as fl
 from futurelens.data.corpus import documents
-from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes
+from futurelens.artifacts.dataset import load_prefixes
+from futurelens.data.prefixes import DataConfig, build_prefixes
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import futurelens.tracing
 from futurelens import tokens
 from futurelens.data import prefixes as P
 from futurelens.data import table as T
-from futurelens.data.prefixes import DataConfig, build_prefixes, load_prefixes
+from futurelens.artifacts.dataset import load_prefixes
+from futurelens.data.prefixes import DataConfig, build_prefixes
 from futurelens.data.states import CacheConfig, StateCache, build_cache
 
 PAPER = T.PAPER_DIR / T.PAPER_FILE
