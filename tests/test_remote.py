@@ -26,6 +26,7 @@ from nnsight.schema.response import ResponseModel, Status
 
 import futurelens as fl
 from futurelens import remote
+from futurelens.ndif_errors import ndif_errors, translate
 
 MODEL = "meta-llama/Llama-3.1-8B"
 KEY = "ndif-test-4f9c2e7a1b8d6053"
@@ -112,7 +113,7 @@ def job_error(description: str) -> Exception:
 
 def translated(exc: Exception) -> str:
     """Raise ``exc`` inside ndif_errors; return the FutureLensError's message after the common checks."""
-    with pytest.raises(fl.FutureLensError) as info, remote.ndif_errors(MODEL):
+    with pytest.raises(fl.FutureLensError) as info, ndif_errors(MODEL):
         raise exc
     assert info.value.__cause__ is exc
     message = str(info.value)
@@ -261,13 +262,13 @@ def test_expired_result_link_is_not_blamed_on_the_key(with_key, monkeypatch):
     ],
 )
 def test_non_remote_exceptions_pass_through_unchanged(exc):
-    with pytest.raises(type(exc)) as info, remote.ndif_errors(MODEL):
+    with pytest.raises(type(exc)) as info, ndif_errors(MODEL):
         raise exc
-    assert info.value is exc and remote.translate(exc, MODEL) is None
+    assert info.value is exc and translate(exc, MODEL) is None
 
 
 def test_torch_error_from_traced_code_passes_through():
-    with pytest.raises(RuntimeError) as info, remote.ndif_errors(MODEL):
+    with pytest.raises(RuntimeError) as info, ndif_errors(MODEL):
         torch.cat([torch.zeros(2, 3), torch.zeros(2, 4)])
     assert not isinstance(info.value, fl.FutureLensError) and info.value.__cause__ is None
 
@@ -282,12 +283,12 @@ def test_a_real_remote_attempt_against_a_dead_host_ends_in_network_error(tiny, m
     # A built model has no hub id, and nnsight resolves it on the hub before any
     # network activity to NDIF: that ends in the clear hub-id error.
     start = time.monotonic()
-    with pytest.raises(fl.FutureLensError, match="Hugging Face hub id"), remote.ndif_errors("tiny-llama"):
+    with pytest.raises(fl.FutureLensError, match="Hugging Face hub id"), ndif_errors("tiny-llama"):
         fl.cache(lm, [[1, 2, 3]])
 
     # Give it an id, as a hub model would have: the request really goes out and is refused.
     monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, *a, **k: SimpleNamespace(id="tiny/llama"))
-    with pytest.raises(fl.FutureLensError) as info, remote.ndif_errors("tiny-llama"):
+    with pytest.raises(fl.FutureLensError) as info, ndif_errors("tiny-llama"):
         fl.cache(lm, [[1, 2, 3]])
     assert time.monotonic() - start < 30
     assert "Could not reach NDIF" in str(info.value) and "dummy-key-0000" not in str(info.value)

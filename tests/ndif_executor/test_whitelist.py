@@ -92,7 +92,7 @@ def test_shipped_functions_are_held_to_the_list(ndif_pair, monkeypatch):
 def test_a_refused_import_reaches_the_user_as_a_bug_report_naming_the_module(ndif_pair):
     """NDIF's own refusal text, through nnsight's client, as futurelens translates it."""
     from futurelens.errors import FutureLensError
-    from futurelens.remote import ndif_errors
+    from futurelens.ndif_errors import ndif_errors
 
     remote = ndif_pair("llama", "whitelist")[0]
     model = remote.nn
