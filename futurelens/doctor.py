@@ -63,7 +63,7 @@ def _checks(lm: Any) -> dict[str, Callable[[], str]]:
 
     import futurelens as fl
     from .lens import lens_grid
-    from .remote import run_job
+    from .dispatch import run_job
     from .server import jobs
 
     rows = [lm.tokenizer(t)["input_ids"] for t in TEXTS]

@@ -145,7 +145,7 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     from .figure import NO_LAYER
     from .methods.base import Prediction, plain_batch
     from .metrics import Tally, target_nll
-    from .remote import request_spans, run_job
+    from .dispatch import request_spans, run_job
     from .server import jobs
 
     def reduced(p: Prediction, target: torch.Tensor, text: torch.Tensor) -> tuple:

@@ -1,7 +1,7 @@
 """The trace primitives, client side: `cache`, `cache_ahead`, `token_states`, `patch`, `rollout`, `decode`, `greedy`.
 
 Each checks and resolves its arguments here (texts to ids, layers, shapes, positions),
-then runs its body from `futurelens.server` through `futurelens.remote.run_job`: a
+then runs its body from `futurelens.server` through `futurelens.dispatch.run_job`: a
 plain call locally, one NDIF request remotely. Inputs go as CPU tensors and plain
 lists; the server side finds the device. Results come back on the CPU.
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 import torch
 
 from .errors import FutureLensError
-from .remote import run_job, spans
+from .dispatch import run_job, spans
 from .server import jobs
 
 if TYPE_CHECKING:

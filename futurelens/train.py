@@ -104,7 +104,7 @@ def prompt_loss(lm: LensModel, prompt: torch.Tensor, batch: Any, layer: int, n: 
     cross-entropy on ``batch.target[:, n]``. (`futurelens.server.jobs.prompt_loss` where the model is.)
     """
     from .methods.base import plain_batch
-    from .remote import run_job
+    from .dispatch import run_job
     from .server import jobs
 
     return run_job(lm, jobs.prompt_loss, prompt, plain_batch(batch), layer, n, loss)
@@ -139,7 +139,7 @@ def train_prompt(
     from tqdm.auto import tqdm
 
     from .methods.base import plain_batch
-    from .remote import payload_bytes, run_job
+    from .dispatch import payload_bytes, run_job
     from .server import jobs
     from .tokens import recorded
 

@@ -263,7 +263,7 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
     shard is as many requests as keep each result under ``lm.max_request_mb``."""
     import torch
 
-    from ..remote import run_job, spans
+    from ..dispatch import run_job, spans
     from ..server import jobs
 
     columns = rows.to_dict()  # plain lists: they travel with a remote request, datasets' lazy columns would not

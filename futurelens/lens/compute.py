@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
-from ..remote import run_job, spans
+from ..dispatch import run_job, spans
 from ..tokens import encode, prepended
 from ..server import jobs
 from .grid import LensGrid

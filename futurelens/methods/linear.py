@@ -177,7 +177,7 @@ class LinearApprox:
         return ("linear", self.name, self.maps[layer], None)
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
-        from ..remote import run_job
+        from ..dispatch import run_job
         from ..server import jobs
 
         with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..remote import run_job
+from ..dispatch import run_job
 from ..server import jobs
 from . import PAPER_PROMPTS
 from .base import Prediction, from_logits, plain_batch

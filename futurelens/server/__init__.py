@@ -24,9 +24,9 @@
    weightless, on the meta device), and results go back to the CPU.
 4. Bounded inputs and outputs: a job returns reductions (top-k ids, per-row numbers,
    a trained tensor), never ``[B, T, vocab]`` activations; the client splits work into
-   requests of bounded payload (`futurelens.remote.run_job`, ``max_request_mb``).
+   requests of bounded payload (`futurelens.dispatch.run_job`, ``max_request_mb``).
 
-`futurelens.remote.run_job` calls these: directly when local, inside one nnsight session
+`futurelens.dispatch.run_job` calls these: directly when local, inside one nnsight session
 (one NDIF request) when remote. The client side (argument checks, chunking, resume,
 error translation) lives in `futurelens.tracing` and the stages that call it.
 Executed by NDIF's own server code in tests/ndif_executor, under that whitelist as NDIF's model actor

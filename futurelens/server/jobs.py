@@ -1,6 +1,6 @@
 """Jobs: the multi-step work one request runs where the model is. Ships to NDIF (see the rule in `futurelens.server`).
 
-Each job is what `futurelens.remote.run_job` sends as one request: it loops over traces
+Each job is what `futurelens.dispatch.run_job` sends as one request: it loops over traces
 and reduces there, so only ids, per-row numbers or a trained tensor come back.
 Method descriptions are plain tuples (``("fixed", name, prompt_ids)``,
 ``("learned", name, soft_prompt [P, d])``, ``("linear", name, maps [N+1, d+1, d])``) and

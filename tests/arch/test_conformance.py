@@ -14,7 +14,7 @@ import torch
 from hook_reference import hook_patch_logits, hook_rollout, hook_states
 
 import futurelens as fl
-from futurelens.remote import run_job
+from futurelens.dispatch import run_job
 from futurelens.server import jobs
 
 from .zoo import VOCAB, ZOO, build

@@ -146,7 +146,7 @@ def _fake_data(monkeypatch, n_rows):
 
     import datasets
 
-    import futurelens.data.prefixes as prefixes
+    import futurelens.artifacts.dataset as dataset
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 30, size=(n_rows, 40))
@@ -155,7 +155,7 @@ def _fake_data(monkeypatch, n_rows):
         "prefix_ids": tokens[:, :32].tolist(),
         "target_ids": tokens[:, 32:].tolist(),
     })
-    monkeypatch.setattr(prefixes, "load_prefixes", lambda *a, **k: (table, {}))
+    monkeypatch.setattr(dataset, "load_prefixes", lambda *a, **k: (table, {}))
     return SimpleNamespace(index={"data": "unused"}, n_max=2), SimpleNamespace(tokenizer=None, vocab_size=32), tokens
 
 

@@ -64,7 +64,7 @@ def test_futurelens_names_the_server_functions_only_through_run_job():
         if SERVER in path.parents:
             continue
         text = path.read_text()
-        assert ".trace(" not in text and ".generate(" not in text and ".session(" not in text or path.name == "remote.py", path
+        assert ".trace(" not in text and ".generate(" not in text and ".session(" not in text or path.name == "dispatch.py", path
 
 
 def test_the_rule_names_ndifs_published_list_and_its_commit():
