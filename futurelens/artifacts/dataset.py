@@ -134,6 +134,30 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def record(lm: Any, config: dict, *, n_candidates: int, n_passed: int, n_kept: int, n_test: int,
+           **extra: Any) -> dict:
+    """A dataset's ``futurelens.json``: the model, how its tokenizer tokenises, the build settings, and the counts.
+
+    ``n_candidates`` labelled = ``n_kept`` (in the dataset) + ``n_dropped`` (failed the correctness filter) +
+    ``n_unused`` (passed it after the dataset was full); ``extra`` entries (a prefix table's provenance) go in as given.
+    """
+    from ..tokens import special_tokens
+
+    return {
+        "model": lm.name,
+        "tokenizer_hash": tokenizer_hash(lm.tokenizer),
+        "special_tokens": special_tokens(lm.tokenizer),
+        "config": config,
+        **extra,
+        "n_candidates": n_candidates,
+        "n_kept": n_kept,
+        "n_dropped": n_candidates - n_passed,
+        "n_unused": n_passed - n_kept,
+        "n_train": n_kept - n_test,
+        "n_test": n_test,
+    }
+
+
 def save_prefixes(columns: "dict[str, list] | Path", meta: dict, out: str | os.PathLike) -> Path:
     """Write a prefix table and its metadata to ``out`` atomically; a half-written dataset never exists.
 

@@ -46,6 +46,7 @@ from ..artifacts.dataset import (
     open_partial,
     partial_dir,
     read_shard,
+    record,
     resume_note,
     save_prefixes,
     shard_path,
@@ -349,18 +350,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     del stream  # the candidate stream's shuffle buffer and `seen` set are not needed for the assembly
     rows = work / "table.arrow"
     n_test = _assemble(work, taken, cfg, rows)
-    meta = {
-        "model": lm.name,
-        "tokenizer_hash": tokenizer_hash(lm.tokenizer),
-        "special_tokens": special_tokens(lm.tokenizer),
-        "config": asdict(cfg),
-        "n_candidates": n_candidates,
-        "n_kept": kept,
-        "n_dropped": n_candidates - n_passed,
-        "n_unused": n_passed - kept,
-        "n_train": kept - n_test,
-        "n_test": n_test,
-    }
+    meta = record(lm, asdict(cfg), n_candidates=n_candidates, n_passed=n_passed, n_kept=kept, n_test=n_test)
     out = save_prefixes(rows, meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out

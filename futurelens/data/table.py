@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..artifacts import dataset as D
 from ..errors import FutureLensError
-from ..tokens import encode, special_tokens, tokenizer_hash
+from ..tokens import encode, special_tokens
 
 if TYPE_CHECKING:
     from ..models import LensModel
@@ -264,12 +264,9 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
         raise FutureLensError(f"No row of {path} was kept ({n_candidates} labelled, {n_short} too short): "
                               "use --no-filter-correct, or check the table.")
     n_test = _assemble(work, taken, cfg, filtering, has_next)
-    meta = {
-        "model": lm.name,
-        "tokenizer_hash": tokenizer_hash(tok),
-        "special_tokens": special_tokens(tok),
-        "config": asdict(cfg),
-        "table": {
+    meta = D.record(
+        lm, asdict(cfg), n_candidates=n_candidates, n_passed=n_passed, n_kept=kept, n_test=n_test,
+        table={
             "path": str(path) if cfg.source != PAPER_TEST else f"futurelens/data/paper/{PAPER_FILE}",
             "format": table_format(path),
             "labels": "the table's continuation" if from_table else "the model's own greedy continuation",
@@ -278,13 +275,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
             "n_too_short": n_short,
             "n_next_short": n_next_short,
         },
-        "n_candidates": n_candidates,
-        "n_kept": kept,
-        "n_dropped": n_candidates - n_passed,
-        "n_unused": n_passed - kept,
-        "n_train": kept - n_test,
-        "n_test": n_test,
-    }
+    )
     out = D.save_prefixes(work / "table.arrow", meta, cfg.out)
     shutil.rmtree(work, ignore_errors=True)
     return out
