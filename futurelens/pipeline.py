@@ -36,7 +36,8 @@ class PipelineConfig:
     filter_correct: bool = True
     """Keep only prefixes whose next token the model predicts correctly (the paper's setup)."""
     layers: list[int] = field(default_factory=lambda: [2, 14, 26])
-    """Layers to train prompts for and evaluate (0 = embeddings, n = last block)."""
+    """Layers to train prompts for and evaluate (0 = block 0's input, L = the residual stream after L blocks, up to the
+    model's n_layers)."""
     epochs: int = 2
     """Soft-prompt training epochs."""
     lr: float = 5e-3

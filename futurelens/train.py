@@ -56,7 +56,8 @@ class TrainConfig:
     target_n: int = 1
     """Which token ahead the prompt is trained to decode (the paper trains for N=1)."""
     prompt_len: int = 10
-    """Soft prompt length P (vectors of size d_model)."""
+    """Soft prompt length P: vectors as wide as the model's embedding output (`embed_dim`; the residual width d_model
+    except where a model projects its embeddings in, as OPT-350m does)."""
     init_std: float = 0.02
     """Standard deviation of the prompt's normal initialisation."""
     loss: str = "kl"

@@ -128,35 +128,75 @@ def test_hub_ids_are_told_from_paths(tmp_path, monkeypatch):
     assert artifacts.hub_id("hf:me/lens") == ("me/lens", None)
 
 
+def hook_cells(model, blocks, text, layers, rollout, top_k, soft=None, prompt_ids=None, at=None):
+    """What a lens grid's cells must hold, with plain hooks: ``(phrase ids [L, T, rollout], top ids [L, T, top_k],
+    top probs [L, T, top_k])``. Row layer ``L``'s state at each token is patched at ``L`` (or ``at``) over the last
+    position of ``soft[L]`` (``soft[at]``; its embeddings replacing ``P`` pad tokens) or of the text prompt
+    ``prompt_ids``, and rolled out greedily; its logit lens is the HF model's own final norm and head."""
+    states = hook_states(model, blocks, torch.tensor([text]))[:, 0]  # [n_layers + 1, T, d]
+    T = len(text)
+    phrases = []
+    for layer in layers:
+        write = layer if at is None else at
+        if soft is None:
+            ids, sp = torch.tensor([prompt_ids] * T), None
+        else:
+            ids, sp = torch.zeros(T, len(soft[write]), dtype=torch.long), soft[write]
+        phrases.append(hook_rollout(model, blocks, ids, states[layer], [write] * T, ids.shape[1] - 1, sp, rollout)[0])
+    with torch.no_grad():
+        top = model.lm_head(model.model.norm(states[layers])).softmax(-1).topk(top_k)
+    return torch.stack(phrases), top.indices, top.values
+
+
+def _cells_are(grid, lm, want):
+    """``grid``'s phrases and logit-lens tokens are the ids ``want`` (`hook_cells`) decoded, its probabilities theirs."""
+    phrase, top, top_p = want
+    dec = lambda t: [[[lm.tokenizer.decode([i]) for i in cell] for cell in row] for row in t.tolist()]  # noqa: E731
+    assert grid.phrase_tokens == dec(phrase) and grid.top_tokens == dec(top)
+    np.testing.assert_allclose(grid.top_probs, top_p.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_lens_one_call_uses_shipped_prompts_and_says_where_they_came_from(tiny, tmp_path, monkeypatch):
-    lm, _ = tiny("llama")
+    """`fl.lens` picks the prompts that ship for the model (else the fixed prompt) and says so; its cells are the hook
+    reference's with the prompt it names (before, the shipped-prompt grid was checked by its layers and source only,
+    and ``fl.lens`` against ``futurelens.lens.lens``, the same function).
+
+    Seen failing with ``soft[rows[0]]`` for every row's soft prompt planted in `server.jobs.lens_phrases` (each
+    layer's phrase rolled out from the first layer's prompt), and with the fixed prompt's patch at
+    ``ids.shape[1] - 2`` there."""
+    lm, model = tiny("llama")
     # a model with no shipped prompts: the fixed prompt, and the header says why
-    grid = fl.lens(lm, TEXT, rollout=1, top_k=1)
+    grid = fl.lens(lm, TEXT, rollout=2, top_k=2)
     assert grid.method.startswith("fixed prompt") and "no learned prompts ship" in grid.source
+    from futurelens.methods import PAPER_PROMPT
+
+    every = list(range(lm.n_layers + 1))
+    assert grid.layers == every
+    _cells_are(grid, lm, hook_cells(model, BLOCKS["llama"], TEXT, every, 2, 2,
+                                    prompt_ids=lm.tokenizer(PAPER_PROMPT)["input_ids"]))
     assert "no learned prompts ship" in grid.to_html() and "fl-cell" in grid._repr_html_()
     # a package folder for this model's name: used when no prompt is given
     shipped = tmp_path / "prompts"
     folder = shipped / "tiny-llama"
     monkeypatch.setattr(lm, "name", "tiny-llama")
+    g = torch.Generator().manual_seed(3)
+    soft = {layer: torch.randn(2, lm.d_model, generator=g).half().float() for layer in (1, 3)}  # as float16 keeps them
     for layer in (1, 3):
-        save_prompt(folder / f"layer-{layer}.safetensors", torch.randn(2, lm.d_model), model=lm.name, layer=layer,
+        save_prompt(folder / f"layer-{layer}.safetensors", soft[layer], model=lm.name, layer=layer,
                     config={}, losses=[], dtype=torch.float16)
     (folder / "prompts.json").write_text(json.dumps({"summary": "trained in a test"}))
     monkeypatch.setattr(artifacts.prompts, "PACKAGE_PROMPTS", shipped)
-    grid = fl.lens(lm, TEXT, rollout=1, top_k=1)
+    grid = fl.lens(lm, TEXT, rollout=2, top_k=2)
     assert grid.layers == [1, 3] and "shipped with futurelens" in grid.source and "trained in a test" in grid.source
     assert "shipped with futurelens" in grid.to_html()
+    _cells_are(grid, lm, hook_cells(model, BLOCKS["llama"], TEXT, [1, 3], 2, 2, soft=soft))
     assert fl.lens(lm, TEXT, prompts="fixed", rollout=1, top_k=1).method.startswith("fixed prompt")
     # a folder, and one of its prompts for every row (layer=)
-    grid = fl.lens(lm, TEXT, prompts=str(folder), layer=3, rollout=1, top_k=1)
-    assert grid.layers == list(range(lm.n_layers + 1)) and "patched at layer 3" in grid.source
+    grid = fl.lens(lm, TEXT, prompts=str(folder), layer=3, rollout=2, top_k=2)
+    assert grid.layers == every and "patched at layer 3" in grid.source
+    _cells_are(grid, lm, hook_cells(model, BLOCKS["llama"], TEXT, every, 2, 2, soft=soft, at=3))
     with pytest.raises(fl.FutureLensError, match=r"No soft prompt for layer 2"):
         fl.lens(lm, TEXT, prompts=str(folder), layer=2, rollout=1, top_k=1)
-    # fl.lens is the package too: both are callable
-    import futurelens.lens
-
-    assert fl.lens(lm, TEXT, prompts="fixed", rollout=1, top_k=1).shape == futurelens.lens.lens(
-        lm, TEXT, prompts="fixed", rollout=1, top_k=1).shape
 
 
 def test_lens_grid_source_round_trips(tiny):

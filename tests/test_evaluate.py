@@ -4,15 +4,49 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import BLOCKS
+from hook_reference import hook_last_states, hook_patch_logits
 
 import futurelens as fl
 from futurelens.evaluate import EvalConfig, evaluate
-from futurelens.methods.prompts import FixedPrompt
 from futurelens.train import TrainConfig, train_prompt
 
 
-def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
-    lm, _, cache = tiny_cache("llama", n=40)
+def _continued_cache(tiny, tokenizer, tmp_path, n=40, n_max=2):
+    """A cache over random prefixes whose targets are mostly the model's own greedy continuation (HF ``generate``), as
+    `futurelens data` makes them, so that precision is not zero everywhere: ``(lm, hf model, StateCache)``."""
+    from conftest import synthetic_prefixes
+
+    from futurelens.artifacts.dataset import load_prefixes, save_prefixes
+    from futurelens.data.states import CacheConfig, StateCache, build_cache
+
+    lm, model = tiny("llama")
+    data, columns = synthetic_prefixes(tmp_path / "random", tokenizer, lm.name, n=n, n_max=n_max)
+    # A random model's next token is mostly a function of the current one, so a prompt reads it at every layer and N:
+    # a third of the rows keep random targets, and a third have text that agrees with the model, so that no count
+    # below is all right or all wrong (model ~0.6, text ~0.3).
+    with torch.no_grad():
+        for i, p in enumerate(columns["prefix_ids"]):
+            if i % 3:
+                columns["target_ids"][i] = model.generate(torch.tensor([p]), max_new_tokens=n_max + 1, do_sample=False,
+                                                          min_new_tokens=n_max + 1, pad_token_id=0)[0, len(p):].tolist()
+            if i % 3 == 1:
+                columns["next_ids"][i] = columns["target_ids"][i]
+    _, meta = load_prefixes(data)
+    data = save_prefixes(columns, meta, tmp_path / "data")
+    return lm, model, StateCache(build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / "cache")), progress=False))
+
+
+def test_evaluate_scores_every_method_layer_and_n(tiny, tokenizer, tmp_path):
+    """The table's shape, and the fixed prompt's cells (precision@1 against model and text, surprisal; every layer
+    and N) counted by hand over the dataset with plain hooks (before: counted from `FixedPrompt.predict`, the code
+    under test, over random targets where every precision was 0).
+
+    Seen failing with ``teacher = batch["target"][:, 1:]`` planted in `server.jobs.method_logits` (the wrong tokens
+    teacher-forced) and with the tally's ``target_ids = batches[i].target[:, n]`` made ``[:, 0]`` in
+    `evaluate._score` (every N scored against N=0), and with the prompt patched at ``n_prompt - 2`` in
+    `server.jobs.prompt_logits`; the old hand count passed all three."""
+    lm, model, cache = _continued_cache(tiny, tokenizer, tmp_path)
     train_prompt(lm, cache, 2, TrainConfig(out=str(tmp_path / "prompts"), prompt_len=3, epochs=1), progress=False)
     cfg = EvalConfig(cache=str(cache.path), prompts=str(tmp_path / "prompts"), out=str(tmp_path / "eval"),
                      layers=[2, 3], k=5, vocab_epochs=1, batch_size=4, fixed_prompt="Tell me about")
@@ -28,29 +62,36 @@ def test_evaluate_scores_every_method_layer_and_n(tiny_cache, tmp_path):
     assert (df[df.metric == "surprisal"].value >= 0).all()
     assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"results.csv", "precision.png", "surprisal.png"}
 
-    # precision@1 of the fixed prompt at layer 3, N=1, counted by hand from its predictions
-    test = cache.load(3, "test")
-    top1 = FixedPrompt(lm, "Tell me about").predict(test, 3, k=1)[1].top_ids[:, 0]
-    hand = sum(int(a == b) for a, b in zip(top1.tolist(), test.target[:, 1].tolist())) / len(test.row)
-    row = precision[(precision.method == "fixed prompt") & (precision.layer == 3) & (precision.n == 1) & (precision.k == 1)]
-    assert row.value.item() == pytest.approx(hand)
-    # against the text: the same predictions counted against the corpus's real next tokens, from the dataset itself
+    # By hand, with nothing from futurelens' methods, cache or decode: each test prefix's state (a hook on its last
+    # token) patched over the prompt's last token at the same layer, the model's own continuation teacher-forced
+    # after it, logits read N positions on; scored against the continuation (model) and the corpus's next tokens
+    # (text); surprisal is -log p of the guess under the model's own logits on prefix + continuation[:N].
     from futurelens.artifacts.dataset import load_prefixes
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=lm.tokenizer)
-    real = [table[int(r)]["next_ids"][1] for r in test.row]
-    hand_text = sum(int(a == b) for a, b in zip(top1.tolist(), real)) / len(real)
-    text_rows = df[(df.metric == "precision") & (df.against == "text")]
-    row = text_rows[(text_rows.method == "fixed prompt") & (text_rows.layer == 3) & (text_rows.n == 1) & (text_rows.k == 1)]
-    assert row.value.item() == pytest.approx(hand_text)
-    assert real != test.target[:, 1].tolist()  # a random model's continuation is not the text: the scorings differ
-    # surprisal of that prediction under the model's own distribution, by hand from the cached final states
-    final = cache.load(3, "test", final=True).final[:, 1]
-    with torch.no_grad():
-        model_lp = fl.decode(lm, final).log_softmax(-1)
-    hand_surprisal = -model_lp[torch.arange(len(top1)), top1].mean().item()
-    sur = df[(df.method == "fixed prompt") & (df.layer == 3) & (df.n == 1) & (df.metric == "surprisal") & (df.against == "model")]
-    assert sur.value.item() == pytest.approx(hand_surprisal, rel=1e-4)
+    rows = [r for r in table if r["split"] == "test"]
+    assert len(rows) == len(cache.load(3, "test").row) == 10
+    prompt = lm.tokenizer("Tell me about")["input_ids"]
+    for layer in (2, 3):
+        with torch.no_grad():
+            guess, nll = torch.empty(len(rows), 3, dtype=torch.long), torch.empty(len(rows), 3)
+            for i, r in enumerate(rows):
+                state = hook_last_states(model, BLOCKS["llama"], torch.tensor([r["prefix_ids"]]))[layer, -1:]
+                ids = torch.tensor([prompt + r["target_ids"][:2]])
+                logits = hook_patch_logits(model, BLOCKS["llama"], ids, state, layer, len(prompt) - 1)[0, len(prompt) - 1 :]
+                guess[i] = logits.argmax(-1)
+                own = model(input_ids=torch.tensor([r["prefix_ids"] + r["target_ids"][:2]])).logits[0, -3:].log_softmax(-1)
+                nll[i] = -own.gather(1, guess[i][:, None])[:, 0]
+        for n in range(3):
+            cell = df[(df.method == "fixed prompt") & (df.layer == layer) & (df.n == n)]
+            at_1 = cell[cell.k == 1]
+            hand = sum(int(guess[i, n] == r["target_ids"][n]) for i, r in enumerate(rows)) / len(rows)
+            hand_text = sum(int(guess[i, n] == r["next_ids"][n]) for i, r in enumerate(rows)) / len(rows)
+            assert at_1[at_1.against == "model"].value.item() == pytest.approx(hand), (layer, n)
+            assert at_1[at_1.against == "text"].value.item() == pytest.approx(hand_text), (layer, n)
+            sur = cell[(cell.metric == "surprisal") & (cell.against == "model")]
+            assert sur.value.item() == pytest.approx(nll[:, n].mean().item(), rel=1e-4), (layer, n)
+            assert 0 < hand_text < hand < 1  # counts that a wrong target, N or patch can move
 
 
 def test_unknown_method_is_a_clear_error(tiny_cache, tmp_path):

@@ -62,7 +62,8 @@ class CacheConfig:
     model: str = ""
     """Hub id or folder; empty = the model recorded in the dataset."""
     layers: list[int] = field(default_factory=list)
-    """Layers to cache (0 = embeddings, n = last block); empty = all."""
+    """Layers to cache (0 = block 0's input, L = the residual stream after L blocks, up to the model's n_layers);
+    empty = all."""
     dtype: str = "float32"
     """Storage dtype: float32, float16 or bfloat16."""
     shard_size: int = 512

@@ -76,7 +76,8 @@ class LensConfig:
     """Fitted vocabulary probes / linear approximations (the folder `futurelens eval` saved them in, e.g.
     runs/eval/probes, or a hub id): their top-1 guesses N = 0..n_max ahead show on hover, for the layers they have."""
     layers: list[int] = field(default_factory=list)
-    """Layers to show (0 = embeddings, n = last block); empty = all, or all that have a learned prompt."""
+    """Layers to show (0 = block 0's input, L = the residual stream after L blocks, up to the model's n_layers); empty =
+    all, or all that have a learned prompt."""
     target_layer: Optional[int] = None
     """Write each row's state at this layer instead of its own (Patchscopes' target layer): with --prompts, the ones
     trained for (row layer, this layer) by `futurelens train --target-layers`; else the fixed prompt."""
