@@ -128,10 +128,9 @@ class LensModel(TraceMethods):
     def envoy(self, path: str) -> Any:
         """The nnsight envoy at a dotted module path (cached)."""
         if path not in self._envoys:
-            obj = self.nn
-            for part in path.split("."):
-                obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-            self._envoys[path] = obj
+            from .server.access import envoy_at
+
+            self._envoys[path] = envoy_at(self.nn, path)
         return self._envoys[path]
 
     def module(self, path: str) -> Any:

@@ -55,9 +55,10 @@ def experiment(lm, soft, a, b, steer):
                 lens=lens)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_users_trace_runs_on_the_stand_in_server_as_here(ndif_pair, ndif_server, bytecode_functions, kind):
-    remote, local = ndif_pair(kind)
+@pytest.mark.parametrize("kind, mode", [(kind, "whitelist") for kind in KINDS] + [("llama", "sandbox")])
+def test_a_users_trace_runs_on_the_stand_in_server_as_here(ndif_pair, ndif_server, bytecode_functions, kind, mode):
+    """Under the production whitelist (what NDIF runs), and in NDIF's process sandbox (its untrusted-key path)."""
+    remote, local = ndif_pair(kind, mode)
     assert remote.device.type == "meta"  # nothing of the model is here
     soft = rand(3, local.embed_dim, seed=1)
     a, b, steer = rand(2, local.d_model, seed=2), rand(2, local.d_model, seed=3), rand(local.d_model, seed=4)
@@ -69,7 +70,7 @@ def test_a_users_trace_runs_on_the_stand_in_server_as_here(ndif_pair, ndif_serve
             close(got[key], want[key])
     close(want["logits"], want["own"])  # the head on the last layer is the model's own logits, after the patches
     # One request per remote trace, one for the session; all under the production whitelist.
-    assert len(ndif_server.requests) == 3 and all(r["mode"] == "whitelist" for r in ndif_server.requests)
+    assert len(ndif_server.requests) == 3 and all(r["mode"] == mode for r in ndif_server.requests)
     assert not [f for f in bytecode_functions if f.startswith("futurelens")], bytecode_functions
 
 
