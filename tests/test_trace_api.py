@@ -152,6 +152,28 @@ def test_a_soft_prompt_and_two_patches_in_one_trace_equal_the_hooks(arch, remote
     close_logits(single, hook_run(model, blocks, ids, [(1, 2, a)], soft_prompt=soft)[1], "patch()")
 
 
+@pytest.mark.parametrize("name", ["gptj", "mamba", "gemma2"])
+def test_float32_vectors_into_a_bfloat16_model_are_written_in_its_dtype(tokenizer, name):
+    """A float32 prompt and states into bfloat16 weights (Mamba's residual stays float32): cast to what they replace,
+    as the hooks cast them; the head's logits are the model's own, to two steps of bfloat16's mantissa."""
+    model = build(name, dtype=torch.bfloat16)
+    lm = fl.load_model(model, tokenizer=tokenizer)
+    soft, a = rand(3, lm.embed_dim, seed=1), rand(2, lm.d_model, seed=2) * 2
+    ids = torch.cat([torch.full((2, 3), lm.pad_id), IDS[:, :3]], 1)
+    with lm.trace(ids):
+        lm.write_prompt(soft)
+        lm.write_layer(1, a, position=2)
+        last = lm.read_layer(-1).save()
+        ours = lm.head(last).save()
+        own = lm.nn.output.logits.save()
+    states, expected = hook_run(model, ZOO[name].blocks, ids, [(1, 2, a)], soft_prompt=soft)
+    # The residual in the model's own dtype; logits in the weights' (Mamba's forward casts its own to float32 after).
+    assert last.dtype == states.dtype and ours.dtype == torch.bfloat16
+    scale = float(expected.float().abs().max())
+    assert float((ours.float() - own.float()).abs().max()) <= 1.6e-2 * scale
+    assert float((own.float() - expected.float()).abs().max()) <= 1.6e-2 * scale
+
+
 @pytest.mark.parametrize("arch", ["llama"], indirect=True)
 def test_a_steering_vector_on_every_position_and_a_session(arch):
     lm, model, blocks = arch
