@@ -196,12 +196,16 @@ def head(model, spec, hidden, direct=False):
     return head_after_norm(model, spec, final_norm(model, spec, hidden, direct), direct)
 
 
-def top_k(model, spec, hidden, k, direct=False):
-    """``(probs, ids)``, each ``[..., k]``: the ``k`` most probable tokens of the head on ``hidden [..., d]`` (float32
-    softmax, as `futurelens.patch` reports them)."""
-    probs = torch.softmax(head(model, spec, hidden, direct).float(), dim=-1)
-    top = probs.topk(k, dim=-1)
+def top_of(logits, k):
+    """``(probs, ids)``, each ``[..., k]``: the ``k`` most probable tokens of ``logits [..., vocab]`` (a float32
+    softmax: what `futurelens.patch`, the lens and `top_k` report)."""
+    top = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
     return top.values, top.indices
+
+
+def top_k(model, spec, hidden, k, direct=False):
+    """`top_of` the head on ``hidden [..., d]``."""
+    return top_of(head(model, spec, hidden, direct), k)
 
 
 # --------------------------------------------------------------------------- a user's trace
