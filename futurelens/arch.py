@@ -488,7 +488,7 @@ def check_probe(model: Any, arch: Arch, seen: Probe) -> None:
 def check_head(name: str, arch: Arch, seen: Probe, head: Any) -> None:
     """Refuse a model whose own logits futurelens' head does not reproduce from the last block's state.
 
-    ``head(hidden)`` is futurelens' head (`futurelens.server.traces.head_modules`) on ``seen.last_hidden``;
+    ``head(hidden)`` is futurelens' head (`futurelens.server.access.head`) on ``seen.last_hidden``;
     ``seen.logits`` the model's own. Tolerance: relative to the logits' size, 1e-4 in float32, 2e-2 in
     16-bit types (their rounding).
     """

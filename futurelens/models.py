@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 from .arch import Arch, check_head, check_probe, check_supported, detect, probe
 from .errors import FutureLensError
+from .trace_api import TraceMethods
 
 Remote = Union[bool, Literal["local"]]
 
@@ -28,8 +29,12 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
-class LensModel:
+class LensModel(TraceMethods):
     """A causal LM ready for Future Lens experiments.
+
+    Inside an ``lm.trace`` block (or ``lm.session``) its trace methods (`futurelens.trace_api.TraceMethods`:
+    ``read_layer``, ``write_layer``, ``write_prompt``, ``head``, ``top_k``) read and write the residual stream
+    at a futurelens layer and apply the model's own head, locally and on NDIF alike.
 
     Attributes:
         nn: the ``nnsight.TransformersModel`` every trace runs on.
@@ -123,10 +128,9 @@ class LensModel:
     def envoy(self, path: str) -> Any:
         """The nnsight envoy at a dotted module path (cached)."""
         if path not in self._envoys:
-            obj = self.nn
-            for part in path.split("."):
-                obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-            self._envoys[path] = obj
+            from .server.access import envoy_at
+
+            self._envoys[path] = envoy_at(self.nn, path)
         return self._envoys[path]
 
     def module(self, path: str) -> Any:
@@ -135,11 +139,13 @@ class LensModel:
 
     def check_layer(self, layer: int, what: str = "layer") -> int:
         """Validate a layer index (negative counts from the end); return it as 0..n_layers."""
+        from .server.access import layer_index
+
         n = self.n_layers
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise FutureLensError(f"{what} must be an int in 0..{n}, got {layer!r}.")
-        resolved = layer + n + 1 if layer < 0 else layer
-        if not 0 <= resolved <= n:
+        resolved = layer_index(n, layer)
+        if resolved is None:
             raise FutureLensError(
                 f"{what}={layer} is out of range for {self.name}, which has {n} blocks: "
                 f"use 0..{n} (0 = the input of block 0, {n} = the last block's output) or -1..-{n + 1}."
@@ -477,8 +483,8 @@ def _with_arch(nn: Any, tok: Any, name: str, remote: Remote, arch: Arch | dict |
     lm = LensModel(nn=nn, tokenizer=tok, arch=found, name=name, remote=remote,
                    _d_model=seen.d_model, _embed_dim=seen.embed_dim, _hidden_dtype=own_dtype)
     if check and real:
-        from .server.traces import head_modules
+        from .server.access import head
 
-        spec = dict(lm.spec(), direct=True)
-        check_head(type(module).__name__, found, seen, lambda hidden: head_modules(nn, spec, hidden))
+        spec = lm.spec()
+        check_head(type(module).__name__, found, seen, lambda hidden: head(nn, spec, hidden, direct=True))
     return lm

@@ -20,6 +20,7 @@ import torch
 from .errors import FutureLensError
 from .dispatch import run_job, spans
 from .server import jobs
+from .server.access import top_of
 
 if TYPE_CHECKING:
     from .models import LensModel
@@ -290,8 +291,7 @@ def patch(
     logits, rolled = run_job(lm, jobs.patch_job, ids, layer, state, soft_prompt, position, reads, rollout)
     out = PatchOutput(logits=logits)
     if top_k is not None:
-        probs = torch.softmax(logits.float(), dim=-1)
-        out.top_probs, out.top_ids = probs.topk(top_k, dim=-1)
+        out.top_probs, out.top_ids = top_of(logits, top_k)
         out.logits = None
     if rollout:
         out.rollout_ids, out.rollout_probs = rolled

@@ -123,3 +123,52 @@ def hook_rollout(model, blocks_path, ids, states, layers, position, soft_prompt,
         out_ids.append(torch.stack(toks))
         out_p.append(torch.stack(ps))
     return torch.stack(out_ids), torch.stack(out_p)
+
+
+def hook_run(model, blocks_path, ids, patches=(), soft_prompt=None, **forward):
+    """One forward with any number of patches: ``(states [n_layers + 1, B, T, d], logits [B, T, V])``.
+
+    ``patches`` is a list of ``(layer, position, value)``: ``value [B, d]`` written at ``position`` of layer
+    ``layer`` (0: block 0's input; L: block L-1's output), in the list's order where two hit one layer. ``states``
+    are what each layer holds after its patches (what the next block receives).
+    """
+    blocks = model.get_submodule(blocks_path)
+    seen = {}
+    by_layer = {}
+    for layer, position, value in patches:
+        by_layer.setdefault(layer, []).append((position, value))
+
+    def on_input(_m, args, kwargs):
+        hidden = _block_arg(args, kwargs)
+        if 0 in by_layer:
+            hidden = hidden.clone()
+            for position, value in by_layer[0]:
+                hidden[:, position] = value.to(hidden.dtype)
+        seen.setdefault(0, hidden)
+        return _with_block_arg(args, kwargs, hidden)
+
+    def on_output(i):
+        def hook(_m, _i, out):
+            for position, value in by_layer.get(i + 1, []):
+                out = _set_hidden(out, position, value)
+            seen.setdefault(i + 1, _hidden(out))
+            return out
+
+        return hook
+
+    handles = [blocks[0].register_forward_pre_hook(on_input, with_kwargs=True)]
+    handles += [block.register_forward_hook(on_output(i)) for i, block in enumerate(blocks)]
+    if soft_prompt is not None:
+        def on_embed(_m, _i, out):
+            sp = soft_prompt.to(out.dtype)
+            sp = sp.expand(out.shape[0], -1, -1) if sp.dim() == 2 else sp
+            return torch.cat([sp, out[:, sp.shape[1]:]], 1)
+
+        handles.append(model.get_input_embeddings().register_forward_hook(on_embed))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, **forward).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([seen[i] for i in range(len(blocks) + 1)]), logits

@@ -13,6 +13,7 @@ SMALL = {
     "paper_figure.ipynb": {"n_prefixes": 40, "max_len": 16, "layers": [2], "epochs": 1, "vocab_epochs": 1,
                            "filter_correct": False},
     "mamba.ipynb": {"tiny": True, "n_prefixes": 30, "layers": [2], "epochs": 1},
+    "custom_experiment.ipynb": {"layer": 8, "text": "The Eiffel Tower is in"},
 }
 
 

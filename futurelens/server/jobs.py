@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .access import top_of
 from .traces import decode, device_of, greedy_rows, patched_logits, read_states, rollout, row_states, weightless
 
 
@@ -55,8 +56,7 @@ def decode_job(model, spec, hidden):
 def decode_top_job(model, spec, hidden, top_k):
     """The logit lens reduced where the model is: top-k probabilities and ids of the head on ``hidden [B, d]``."""
     with torch.no_grad():
-        probs = torch.softmax(decode(model, spec, hidden).float(), dim=-1)
-        top_p, top_i = probs.topk(top_k, dim=-1)
+        top_p, top_i = top_of(decode(model, spec, hidden), top_k)
     return top_p.cpu(), top_i.cpu()
 
 
@@ -273,8 +273,7 @@ def lens_job(model, spec, ids, n_pre, rows, soft, target, top_k, n_rollout, chun
         flat = states.reshape(L * T, d)
         probs, tops = [], []
         for start in range(0, flat.shape[0], chunk_size):
-            p = torch.softmax(decode(model, spec, flat[start : start + chunk_size]).float(), dim=-1)
-            top_p, top_i = p.topk(top_k, dim=-1)
+            top_p, top_i = top_of(decode(model, spec, flat[start : start + chunk_size]), top_k)
             probs.append(top_p.cpu())
             tops.append(top_i.cpu())
         phrase_ids = torch.zeros(L * T, n_rollout, dtype=torch.long)

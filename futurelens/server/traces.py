@@ -1,8 +1,9 @@
 """Trace bodies: read states, write patches, decode with the model's own head, roll out. Ships to NDIF (see the rule in
 `futurelens.server`).
 
-Layers: 0 is the residual stream entering block 0 (block 0's input hidden state), ``L`` the output
-of block ``L-1`` (before the final norm); a soft prompt is written over the embedding output.
+Layers, the soft prompt and the head are read, written and applied through `futurelens.server.access` (the
+accessors a user's own trace calls too): 0 is the residual stream entering block 0, ``L`` the output of block
+``L-1`` (before the final norm); a soft prompt is written over the embedding output.
 ``spec`` keys used here: ``embed``, ``blocks``, ``final_norm``, ``project_out``, ``unembed``
 (module paths), ``is_tuple``, ``block_input`` (block 0's hidden-state argument: a positional
 index or a keyword), ``n_layers``, ``pad_id``, ``kv_cache``, ``logit_scale``,
@@ -14,16 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from .access import envoy_at, final_norm, head, head_after_norm, read_layer, write_layer, write_prompt
+
 
 # --------------------------------------------------------------------------- model pieces
-
-
-def envoy_at(model, path):
-    """The envoy at a dotted module path (``"model.layers"``)."""
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
 
 
 def weightless(model):
@@ -60,91 +55,18 @@ def hidden_dtype(model, spec):
     return getattr(torch, spec["hidden_dtype"])
 
 
-def param_dtype(envoy):
-    """The dtype of a module's weights (what it must be fed)."""
-    return next(envoy._module.parameters()).dtype
-
-
-def hidden_of(out, is_tuple):
-    return out[0] if is_tuple else out
-
-
-def block_input_of(inputs, where):
-    """Block 0's hidden-state argument in its ``(args, kwargs)``: ``where`` is a positional index or a keyword."""
-    args, kwargs = inputs
-    return args[where] if isinstance(where, int) else kwargs[where]
-
-
-def with_block_input(inputs, where, value):
-    """``(args, kwargs)`` with the hidden-state argument ``where`` replaced by ``value``."""
-    args, kwargs = inputs
-    if isinstance(where, int):
-        return tuple(args[:where]) + (value,) + tuple(args[where + 1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs[where] = value
-    return tuple(args), kwargs
-
-
-def layer_hidden(blocks, layer, spec):
-    """Inside a trace: the hidden state at ``layer`` (0: what enters block 0; L: block L-1's output)."""
-    if layer == 0:
-        return block_input_of(blocks[0].inputs, spec["block_input"])
-    return hidden_of(blocks[layer - 1].output, spec["is_tuple"])
-
-
-def apply_logit_transform(logits, spec):
-    """What a model does to its unembedding's output (a scale, a soft cap), in the model's own order."""
-    if spec["logit_scale"] is not None:
-        logits = logits * spec["logit_scale"]
-    if spec["logit_softcap"] is not None:
-        cap = spec["logit_softcap"]
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def head_after_norm(model, spec, x):
-    """Final-normed states -> logits: ``project_out``, the unembedding, then the logit transform.
-
-    The normed state goes in in the weights' dtype, as the models that keep a float32 residual cast it (Mamba).
-    """
-    if spec["project_out"] is not None:
-        project = envoy_at(model, spec["project_out"])
-        x = project(x.to(param_dtype(project)))
-    unembed = envoy_at(model, spec["unembed"])
-    return apply_logit_transform(unembed(x.to(param_dtype(unembed))), spec)
-
-
-def head_in_trace(model, spec, hidden):
-    """Inside a trace: the model's whole head on ``hidden [..., d]`` by envoy calls (they spend no occurrence)."""
-    x = envoy_at(model, spec["final_norm"])(hidden) if spec["final_norm"] is not None else hidden
-    return head_after_norm(model, spec, x)
-
-
-def head_modules(model, spec, hidden):
-    """The model's whole head on ``hidden [..., d]`` by direct module calls (local runs: gradients flow)."""
-    modules = model._module
-    x = hidden
-    if spec["final_norm"] is not None:
-        x = modules.get_submodule(spec["final_norm"])(x)
-    if spec["project_out"] is not None:
-        project = modules.get_submodule(spec["project_out"])
-        x = project(x.to(next(project.parameters()).dtype))
-    unembed = modules.get_submodule(spec["unembed"])
-    return apply_logit_transform(unembed(x.to(next(unembed.parameters()).dtype)), spec)
-
-
 def decode(model, spec, hidden):
-    """``hidden [..., d]`` (last-layer-style states) -> the model's own ``logits [..., vocab]``.
+    """``hidden [..., d]`` (last-layer-style states) -> the model's own ``logits [..., vocab]`` (`access.head`).
 
     States go in in the dtype of the model's own last-layer states, as a forward would give them to its head.
     """
     hidden = hidden.to(device_of(model), hidden_dtype(model, spec))
     if spec["direct"]:
-        return head_modules(model, spec, hidden)
+        return head(model, spec, hidden, direct=True)
     # Remotely the head runs inside a one-token trace, the way NDIF runs module calls.
     with model.trace(input_ids=torch.full((1, 1), spec["pad_id"], dtype=torch.long, device=device_of(model)),
                      remote=spec["remote"]) as tracer:
-        logits = head_in_trace(model, spec, hidden).save()
+        logits = head(model, spec, hidden).save()
         stop(tracer, model)
     return logits
 
@@ -168,13 +90,12 @@ def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
     span = last[:, None] + torch.arange(ahead + 1, device=device)
     n_layers = spec["n_layers"]
     read = sorted(set(wanted) | ({n_layers} if with_final else set()))
-    blocks = envoy_at(model, spec["blocks"])
     final = None
     with model.trace(input_ids=ids, attention_mask=mask, remote=spec["remote"]) as tracer:
         states = []
         # nnsight serves module outputs in execution order, so read layers ascending, each once.
         for layer in read:
-            hidden = layer_hidden(blocks, layer, spec)
+            hidden = read_layer(model, spec, layer)
             if layer in wanted:
                 states.append(hidden[batch, last])
             if with_final and layer == n_layers:
@@ -190,9 +111,8 @@ def row_states(model, spec, ids, wanted):
     """Hidden states at every position of one unpadded row ``ids [1, T]``: ``[len(wanted), T, d]``."""
     ids = ids.to(device_of(model))
     read = sorted(set(wanted))
-    blocks = envoy_at(model, spec["blocks"])
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
-        states = [layer_hidden(blocks, layer, spec)[0] for layer in read]
+        states = [read_layer(model, spec, layer)[0] for layer in read]
         stacked = torch.stack(states).save()
         stop(tracer, model)
     index = torch.tensor([read.index(layer) for layer in wanted], device=stacked.device)
@@ -217,38 +137,13 @@ def patch_groups(layer, state):
     return groups
 
 
-def write_patch(embed, blocks, groups, position, soft_prompt, spec):
-    """Inside a trace: the soft prompt over the embedding output, then each group's states at its layer.
-
-    In execution order, as nnsight serves them: the embedding's output, block 0's input (layer 0),
-    then each block's output (layer L > 0).
-    """
-    is_tuple = spec["is_tuple"]
+def write_patch(model, spec, groups, position, soft_prompt):
+    """Inside a trace: the soft prompt over the embedding output, then each group's states at its layer
+    (`access.write_prompt`, `access.write_layer`), in the order the forward runs them (groups are ascending)."""
     if soft_prompt is not None:
-        # Vectors are written in the dtype of what they replace (a float32 prompt into a bfloat16 model; gradients
-        # flow through the cast).
-        n_soft = soft_prompt.shape[1]
-        emb = embed.output
-        embed.output = torch.cat([soft_prompt.to(emb.dtype), emb[:, n_soft:]], dim=1)
-    at_input = [g for g in groups if g[0] == 0]
-    if at_input:
-        inputs = blocks[0].inputs
-        hidden = block_input_of(inputs, spec["block_input"]).clone()
-        for _, rows, value in at_input:
-            if rows is None:
-                hidden[:, position] = value.to(hidden.dtype)
-            else:
-                hidden[rows, position] = value.to(hidden.dtype)
-        blocks[0].inputs = with_block_input(inputs, spec["block_input"], hidden)
-    for layer, rows, value in (g for g in groups if g[0] > 0):
-        block = blocks[layer - 1]
-        out = block.output
-        hidden = hidden_of(out, is_tuple).clone()
-        if rows is None:
-            hidden[:, position] = value.to(hidden.dtype)
-        else:
-            hidden[rows, position] = value.to(hidden.dtype)
-        block.output = (hidden,) + tuple(out[1:]) if is_tuple else hidden
+        write_prompt(model, spec, soft_prompt)
+    for layer, rows, value in groups:
+        write_layer(model, spec, layer, value, position, rows)
 
 
 def to_model(model, spec, ids, state, soft_prompt):
@@ -268,18 +163,15 @@ def to_model(model, spec, ids, state, soft_prompt):
 def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads):
     """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads`` (the model's own head)."""
     ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
-    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
     read_index = torch.tensor(reads, device=ids.device)
     groups = patch_groups(layer, state)
     with model.trace(input_ids=ids, remote=spec["remote"]) as tracer:
-        write_patch(embed, blocks, groups, position, soft_prompt, spec)
-        final = hidden_of(blocks[spec["n_layers"] - 1].output, spec["is_tuple"])
+        write_patch(model, spec, groups, position, soft_prompt)
         # The final norm is called here on the last block's output, not read from the forward: a model may
         # run that module more than once (nanochat norms before its blocks too). Then the rest of the head
         # on the read positions only, and stop: the model's own head would materialise [B, T, vocab]
         # logits, most of them never read.
-        if spec["final_norm"] is not None:
-            final = envoy_at(model, spec["final_norm"])(final)
+        final = final_norm(model, spec, read_layer(model, spec, -1))
         logits = head_after_norm(model, spec, final[:, read_index]).save()
         stop(tracer, model)
     return logits
@@ -324,10 +216,9 @@ def patched_rollout(model, spec, ids, groups, position, soft_prompt, n, past):
     held in place would. With ``past`` (a cache of the context's first ``p`` positions) the
     prefill runs only ``ids[:, p:]``, and ``position`` / ``soft_prompt`` are relative to ``p``.
     """
-    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
     extra = {} if past is None else {"past_key_values": past}
     with model.generate(**greedy_kwargs(spec, ids, n), output_logits=True, return_dict_in_generate=True, **extra) as tracer:
-        write_patch(embed, blocks, groups, position, soft_prompt, spec)
+        write_patch(model, spec, groups, position, soft_prompt)
         result = tracer.result.save()
     tokens = result.sequences[:, ids.shape[1]:]
     # generate's logits are the model's own (its forward applies any scale or soft cap).
@@ -342,9 +233,8 @@ def prefix_cache(model, spec, ids, soft_prompt):
     execution time. The forward runs to its end (the head on ``G x p`` positions only) for the cache to be
     in its output.
     """
-    embed, blocks = envoy_at(model, spec["embed"]), envoy_at(model, spec["blocks"])
     with model.trace(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, remote=spec["remote"]):
-        write_patch(embed, blocks, [], 0, soft_prompt, spec)
+        write_patch(model, spec, [], 0, soft_prompt)
         past = model.output.past_key_values.save()
     return past
 
