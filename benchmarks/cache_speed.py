@@ -42,11 +42,12 @@ def _settings(quick: bool) -> dict[str, Any]:
 def _sides(lm, plain, batches: list[list[tuple[list[int], list[int]]]]) -> dict[str, Callable[[], Any]]:
     """The three whole-dataset passes to compare, each a closure over the same batches."""
     import futurelens as fl
-    from futurelens.tracing import length_mask, pad_right
+    from futurelens.server.jobs import pad_rows
+    from futurelens.server.traces import length_mask
 
     padded = []
     for batch in batches:
-        ids, lengths = pad_right([p + c for p, c in batch], lm.pad_id)
+        ids, lengths = pad_rows([p + c for p, c in batch], lm.pad_id)
         padded.append((ids.to(lm.device), length_mask(lengths, ids.shape[1]).to(lm.device), (lengths - 1).to(lm.device)))
 
     def futurelens_cache() -> None:

@@ -85,7 +85,8 @@ def run(quick: bool) -> dict[str, Any]:
     """Time evaluation with cached vs recomputed states, interleaved; see the module docstring."""
     import futurelens as fl
     from futurelens.data.states import StateBatch
-    from futurelens.tracing import length_mask, pad_right
+    from futurelens.server.jobs import pad_rows
+    from futurelens.server.traces import length_mask
 
     hf, dev = plain_default(), device()
 
@@ -144,7 +145,7 @@ def run(quick: bool) -> dict[str, Any]:
                 for method in methods:
                     for prefixes, target in batches:
                         # The reference code's pattern: a full forward with every hidden state, per layer sweep.
-                        ids, lengths = pad_right(prefixes, lm.pad_id)
+                        ids, lengths = pad_rows(prefixes, lm.pad_id)
                         out = hf(input_ids=ids.to(dev), attention_mask=length_mask(lengths, ids.shape[1]).to(dev),
                                  output_hidden_states=True)
                         states = out.hidden_states[layer][torch.arange(len(prefixes)), lengths - 1].cpu()

@@ -680,7 +680,8 @@ def stage_eval(lm, plain, s: Settings, clock: Clock, work: Path) -> dict:
     from futurelens.methods.linear import LinearApprox, VocabProbe
     from futurelens.methods.ngram import NGram
     from futurelens.methods.prompts import FixedPrompt, LearnedPrompt
-    from futurelens.tracing import length_mask, pad_right
+    from futurelens.server.jobs import pad_rows
+    from futurelens.server.traces import length_mask
 
     from .common import length_sorted_batches, paired_ratio, prefix_table, stats
 
@@ -737,7 +738,7 @@ def stage_eval(lm, plain, s: Settings, clock: Clock, work: Path) -> dict:
             for layer in layers:
                 for method in methods:
                     for b, (prefixes, target) in enumerate(batches):
-                        ids, lengths = pad_right(prefixes, lm.pad_id)
+                        ids, lengths = pad_rows(prefixes, lm.pad_id)
                         out = plain(input_ids=ids.to(dev), attention_mask=length_mask(lengths, ids.shape[1]).to(dev),
                                     output_hidden_states=True)
                         st = out.hidden_states[layer][torch.arange(len(prefixes)), lengths - 1].cpu()

@@ -58,25 +58,6 @@ def _as_rows(lm: "LensModel", prefixes: TokenIds) -> list[list[int]]:
     return rows
 
 
-def pad_right(rows: list[list[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Right-pad token rows. Returns ``ids [B, T]``, ``lengths [B]``.
-
-    Right padding leaves every real position's computation identical to an
-    unpadded run in any causal model (attention or recurrence), and needs no
-    position-id bookkeeping, so batched states equal one-at-a-time states.
-    """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids, torch.tensor([len(r) for r in rows])
-
-
-def length_mask(lengths: "torch.Tensor", width: int) -> "torch.Tensor":
-    """``[B, width]`` attention mask, 1 on each row's first ``lengths[b]`` positions."""
-    return (torch.arange(width)[None] < lengths[:, None]).long()
-
-
 def _itemsize(dtype: Any) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 

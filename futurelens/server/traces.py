@@ -74,6 +74,11 @@ def decode(model, spec, hidden):
 # --------------------------------------------------------------------------- reading states
 
 
+def length_mask(lengths, width):
+    """``[B, width]`` attention mask, 1 on each row's first ``lengths[b]`` positions (on ``lengths``' device)."""
+    return (torch.arange(width, device=lengths.device)[None] < lengths[:, None]).long()
+
+
 def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
     """One forward over right-padded ``ids [B, T]``: ``(states [len(wanted), B, d], final [B, ahead + 1, d] | None)``.
 
@@ -84,7 +89,7 @@ def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
     device = device_of(model)
     ids = ids.to(device)
     lengths = lengths.to(device)
-    mask = (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).long()
+    mask = length_mask(lengths, ids.shape[1])
     batch = torch.arange(ids.shape[0], device=device)
     last = lengths - 1 - ahead
     span = last[:, None] + torch.arange(ahead + 1, device=device)
