@@ -171,7 +171,7 @@ def plain_default():
     """
     from transformers import AutoModelForCausalLM
 
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     model = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=torch.float32)
     return model.to(device()).requires_grad_(False).eval()

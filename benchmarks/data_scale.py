@@ -57,7 +57,7 @@ def _corpus(folder: Path, copies: int) -> tuple[Path, int]:
 def _tokenizer():
     import transformers
 
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     return transformers.AutoTokenizer.from_pretrained(ensure_default_model())
 

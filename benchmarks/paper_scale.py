@@ -400,7 +400,7 @@ def marginal_per_call(rows: list[dict[str, Any]], facts: dict[int, dict[str, Any
 def _tokenizer():
     import transformers
 
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     return transformers.AutoTokenizer.from_pretrained(ensure_default_model())
 

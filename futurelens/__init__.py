@@ -24,7 +24,7 @@ _EXPORTS = {
     "FutureLensError": "futurelens.errors",
     "LensModel": "futurelens.models",
     "load_model": "futurelens.models",
-    "DEFAULT_MODEL": "futurelens.models",
+    "DEFAULT_MODEL": "futurelens.embedded",
     "cache": "futurelens.tracing",
     "cache_ahead": "futurelens.tracing",
     "decode": "futurelens.tracing",

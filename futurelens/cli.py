@@ -8,10 +8,8 @@ Arguments are checked before a model loads. Ctrl-C says what was kept and how to
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import typer
 
@@ -36,9 +34,6 @@ REQUEST_HELP = (
     "With --remote: the most megabytes of tensors one NDIF request may send or bring back; every stage splits its "
     "work into as many requests as keep each under it (lower it if NDIF refuses a request as too large)."
 )
-HUB_PROBE_TIMEOUT = 3.0
-"""Seconds to wait for a TCP connection to the Hugging Face hub before treating it as unreachable."""
-
 _restore: list[Callable[[], None]] = []  # undo process-wide settings a command changed (tests run many in one process)
 
 
@@ -109,91 +104,12 @@ def _quiet_transformers() -> None:
     _restore.append(transformers.utils.logging.enable_progress_bar)
 
 
-def _unreachable(endpoint: str) -> str | None:
-    """Why the hub cannot be reached (None if a TCP connection opens within `HUB_PROBE_TIMEOUT`)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # the hub client goes through a proxy; a direct probe would say nothing about it
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
-                                 timeout=HUB_PROBE_TIMEOUT).close()
-    except OSError as err:
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def _check_hub(name: str, remote: bool) -> str:
-    """Fail at once, not after the hub client's retries, when the hub is offline and ``name`` is not cached.
-
-    Returns a note to add to a load error ("" if none). Only for names that are neither the embedded
-    default nor an existing folder.
-    """
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    from .models import DEFAULT_MODEL, EMBEDDED
-
-    if name in EMBEDDED or Path(name).exists():
-        return ""
-    cache = constants.HF_HUB_CACHE
-    try:
-        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except ValueError:  # not a valid repo id: it was meant as a folder
-        raise FutureLensError(
-            f"{name!r} is not an existing folder, nor a hub id (owner/name): check the path, or use the "
-            f"embedded default {DEFAULT_MODEL!r}."
-        ) from None
-    if constants.HF_HUB_OFFLINE:
-        if cached:
-            return ""
-        raise FutureLensError(
-            f"{name!r} is not a local folder and not in the Hugging Face cache ({cache}), and HF_HUB_OFFLINE is set, "
-            f"so the hub cannot be asked: unset HF_HUB_OFFLINE, pass a local folder, or use the embedded default "
-            f"{DEFAULT_MODEL!r}."
-        )
-    reason = _unreachable(constants.ENDPOINT)
-    if reason is None:
-        return ""
-    # The hub client would retry for ~50 s; offline mode makes it use the cache (or fail) at once.
-    previous, env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
-    constants.HF_HUB_OFFLINE = True
-    os.environ["HF_HUB_OFFLINE"] = "1"
-
-    def restore() -> None:
-        constants.HF_HUB_OFFLINE = previous
-        if env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = env
-
-    _restore.append(restore)
-    note = f"The Hugging Face hub at {constants.ENDPOINT} is unreachable from here ({reason})"
-    if cached:
-        typer.echo(f"{note}; using the cached copy of {name!r}.", err=True)
-        return ""
-    if remote:
-        return f"{note}, and {name!r} is not in the hub cache ({cache}): NDIF runs need its config and tokenizer from the hub."
-    raise FutureLensError(
-        f"{note}, and {name!r} is neither a local folder nor in the hub cache ({cache}): check your network "
-        f"(or HF_ENDPOINT), pass a local folder, or use the embedded default {DEFAULT_MODEL!r}."
-    )
-
-
 def _load(model: str, remote: bool = False, max_request_mb: float = MAX_REQUEST_MB) -> Any:
-    """`futurelens.load_model` the way every command does it: quiet, and quick to fail with no hub."""
+    """`futurelens.load_model` the way every command does it: quiet (its checks are the library's)."""
     import futurelens as fl
 
-    if not max_request_mb > 0:
-        raise FutureLensError(f"--max-request-mb must be > 0 (megabytes per NDIF request), got {max_request_mb:g}.")
     _quiet_transformers()
-    note = _check_hub(model, remote)
-    try:
-        lm = fl.load_model(model, remote=True if remote else False)
-        lm.max_request_mb = max_request_mb
-        return lm
-    except FutureLensError as err:
-        if note and isinstance(err.__cause__, OSError):  # the hub could not provide it (not, e.g., a missing key)
-            raise FutureLensError(f"{err}\n{note}") from err
-        raise
+    return fl.load_model(model, remote=True if remote else False, max_request_mb=max_request_mb)
 
 
 # --------------------------------------------------------------------------- argument checks (before any load)

@@ -78,3 +78,13 @@ def tokenizer_hash(tokenizer: Any) -> str:
     """A fingerprint of the vocabulary and special tokens: same hash, same ids."""
     payload = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(source: str, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained(source)``, with a pad token (the EOS, else id 0) where the model has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    return tok

@@ -11,7 +11,7 @@ import transformers
 import futurelens as fl
 from futurelens.artifacts.dataset import save_prefixes
 from futurelens.tokens import tokenizer_hash
-from futurelens.models import ensure_default_model
+from futurelens.embedded import ensure_default_model
 
 warnings.filterwarnings("ignore", message=".*mamba_ssm.*|.*causal_conv1d.*")
 

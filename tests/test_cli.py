@@ -166,7 +166,6 @@ def test_remote_reaches_load_model_from_every_model_command(tiny_run, monkeypatc
         raise futurelens.FutureLensError("recorded")
 
     monkeypatch.setattr(futurelens, "load_model", record)
-    monkeypatch.setattr("futurelens.cli._check_hub", lambda name, remote: "")  # no hub needed to see the call
     monkeypatch.chdir(tmp_path)
     commands = {
         "lens": ["lens", "x"],
@@ -181,12 +180,12 @@ def test_remote_reaches_load_model_from_every_model_command(tiny_run, monkeypatc
             calls.clear()
             result = invoke(*args, "--model", "EleutherAI/gpt-j-6b", *(["--remote"] if remote else []))
             assert_clean_error(result, "recorded")
-            assert calls == [("EleutherAI/gpt-j-6b", {"remote": remote})], name
+            assert calls == [("EleutherAI/gpt-j-6b", {"remote": remote, "max_request_mb": 32.0})], name
         assert "--remote" in invoke(name, "--help").output
     # without --model, cache/train/eval load the model their input was built with
     calls.clear()
     invoke("eval", "--cache", tiny_run["cache"], "--remote")
-    assert calls == [(tiny_run["model"], {"remote": True})]
+    assert calls == [(tiny_run["model"], {"remote": True, "max_request_mb": 32.0})]
 
 
 # --------------------------------------------------------------------------- the lens, Ctrl-C
@@ -379,7 +378,7 @@ def test_max_request_mb_reaches_the_model_on_every_remote_capable_command(monkey
         result = CliRunner().invoke(app, [name, "--help"])
         assert "--max-request-mb" in result.output, name
     bad = CliRunner().invoke(app, ["lens", "hi", "--max-request-mb", "0"])  # refused before any model loads
-    assert_clean_error(bad, "--max-request-mb must be > 0")
+    assert_clean_error(bad, "max_request_mb (--max-request-mb) must be > 0")  # the library's own check
     seen = {}
 
     class Stop(Exception):

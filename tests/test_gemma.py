@@ -14,7 +14,7 @@ from hook_reference import hook_patch_logits, hook_rollout, hook_states
 
 import futurelens as fl
 from futurelens import tokens
-from futurelens.models import EMBEDDED, ensure_default_model, gguf_special_tokens
+from futurelens.embedded import EMBEDDED, ensure_default_model, gguf_special_tokens
 
 pytestmark = pytest.mark.slow
 BLOCKS = "model.layers"  # written out by hand, not read from futurelens' detection
@@ -92,15 +92,15 @@ def test_a_lens_reads_the_models_own_next_tokens_at_the_last_layer(gemma):
 
 def test_a_local_gguf_file_or_folder_and_gguf_file_load_with_the_files_bos(tmp_path, monkeypatch):
     """Any .gguf path (and folder + gguf_file=) is dequantised once, tokenizer included, honouring its BOS flag."""
-    from futurelens import models
+    from futurelens import embedded
 
     monkeypatch.setenv("FUTURELENS_HOME", str(tmp_path / "home"))
-    gguf = models._gguf_path()  # SmolLM2's file: add_bos_token False, the converse of Gemma's
+    gguf = embedded._gguf_path()  # SmolLM2's file: add_bos_token False, the converse of Gemma's
     assert gguf_special_tokens(gguf) == {"add_bos_token": False}
     lm = fl.load_model(str(gguf))
     assert lm.n_layers == 30 and tokens.special_tokens(lm.tokenizer)["prepend"] == []
     calls = []
-    monkeypatch.setattr(models, "convert_gguf", lambda *a: calls.append(a))
+    monkeypatch.setattr(embedded, "convert_gguf", lambda *a: calls.append(a))
     again = fl.load_model(str(gguf.parent), gguf_file=gguf.name)  # the same file: converted already, not again
     assert not calls and again.name == str(gguf) and again.n_layers == 30
     with pytest.raises(fl.FutureLensError, match="No GGUF file at .*missing.gguf"):
