@@ -115,16 +115,6 @@ def _load(model: str, remote: bool = False, max_request_mb: float = MAX_REQUEST_
 # --------------------------------------------------------------------------- argument checks (before any load)
 
 
-def _check_source(cfg: Any) -> None:
-    from .data.corpus import documents
-
-    documents(cfg.source, getattr(cfg, "text_field", "text"))  # a missing file says so; 'hf:' streams, checked later
-    if not 1 <= cfg.min_len <= cfg.max_len:
-        raise FutureLensError(f"Need 1 <= --min-len <= --max-len, got {cfg.min_len} and {cfg.max_len}.")
-    if cfg.n_prefixes < 1:
-        raise FutureLensError(f"--n-prefixes must be >= 1, got {cfg.n_prefixes}.")
-
-
 def _check_data(cfg: Any) -> None:
     from .data.prefixes import check_config
 
@@ -249,12 +239,10 @@ def _train(cfg: Any, **where: Any) -> None:
 
 def _eval(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
-    from futurelens.evaluate import METHODS, evaluate
+    from futurelens.evaluate import check_config, evaluate
     from futurelens.figure import precision_table
 
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
+    check_config(cfg)
     cache = _open_cache(cfg.cache)
     map_large_blocks()
     df = evaluate(cfg, lm=_load(cfg.model or cache.settings["model"], **where))
@@ -265,21 +253,13 @@ def _eval(cfg: Any, **where: Any) -> None:
 
 def _lens(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
-    from futurelens.artifacts import hub_id, load_prompts
+    from futurelens.artifacts import load_prompts
     from futurelens.lens.compute import FIXED, lens
+    from futurelens.lens.config import check_config
     from futurelens.methods import PAPER_PROMPT
 
-    if cfg.rollout < 0 or cfg.top_k < 1 or cfg.chunk_size < 1:
-        raise FutureLensError("--rollout must be >= 0, --top-k and --chunk-size >= 1.")
-    if cfg.prompt and cfg.prompts:
-        raise FutureLensError("Give --prompt (one prompt, every row's state patched at its layer) or --prompts (one per "
-                              "layer), not both.")
+    check_config(cfg)
     given = cfg.prompt or cfg.prompts
-    if cfg.prompt and cfg.shared:
-        raise FutureLensError("--shared goes with --prompts; --prompt already uses its one prompt for every row.")
-    if given and hub_id(given) is None:
-        # the files exist and are soft prompts (a bare tensor has its --layer), before the model loads
-        load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
     map_large_blocks()
     lm = _load(cfg.model, **where)
     if given:
@@ -327,9 +307,9 @@ def _push(cfg: Any) -> None:
 
 
 def _demo(cfg: Any, **where: Any) -> None:
-    from .pipeline import run
+    from .pipeline import check_config, run
 
-    _check_source(cfg)
+    check_config(cfg)
     run(cfg, lm=_load(cfg.model, **where))
 
 
@@ -401,7 +381,7 @@ def _register() -> None:
     from .data.states import CacheConfig
     from .doctor import DoctorConfig
     from .evaluate import EvalConfig
-    from .lens.compute import LensConfig
+    from .lens.config import LensConfig
     from .pipeline import PipelineConfig
     from .train import TrainConfig
 

@@ -186,8 +186,16 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
             tallies.setdefault((name, at, write, n, against), Tally()).add_reduced(top_ids, wanted, surprisals, nll)
 
 
+def check_config(cfg: EvalConfig) -> None:
+    """Refuse bad settings before anything loads, with what to do."""
+    unknown = sorted(set(cfg.methods) - set(METHODS))
+    if unknown:
+        raise FutureLensError(f"Unknown method(s) {unknown}: choose from {', '.join(METHODS)}.")
+
+
 def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True) -> pd.DataFrame:
     """Score every requested method × layer × N; write ``results.csv`` and the figures to ``cfg.out``."""
+    check_config(cfg)
 
     from tqdm.auto import tqdm
 

@@ -54,11 +54,24 @@ class PipelineConfig:
     """Log training, the table, the figure and the lens to Weights & Biases (offline with WANDB_MODE=offline)."""
 
 
+def check_config(cfg: PipelineConfig) -> None:
+    """Refuse bad settings before the model loads: the source exists ('hf:' streams, checked later), the lengths."""
+    from .data.corpus import documents
+    from .errors import FutureLensError
+
+    documents(cfg.source, getattr(cfg, "text_field", "text"))
+    if not 1 <= cfg.min_len <= cfg.max_len:
+        raise FutureLensError(f"Need 1 <= --min-len <= --max-len, got {cfg.min_len} and {cfg.max_len}.")
+    if cfg.n_prefixes < 1:
+        raise FutureLensError(f"--n-prefixes must be >= 1, got {cfg.n_prefixes}.")
+
+
 def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run every stage; returns the results table, the output paths and each stage's wall time in seconds.
 
     ``lm`` (a `futurelens.LensModel`) overrides ``cfg.model``, e.g. for a model built in memory.
     """
+    check_config(cfg)
     from rich.console import Console
 
     from .artifacts.dataset import META_FILE

@@ -23,7 +23,8 @@ import sys as _sys
 import types as _types
 
 from ..artifacts import load_prompts
-from .compute import LensConfig, lens, lens_grid
+from .compute import lens, lens_grid
+from .config import LensConfig
 from .grid import LensGrid
 
 __all__ = ["LensConfig", "LensGrid", "lens", "lens_grid", "load_prompts"]

@@ -23,8 +23,7 @@ three requests remotely (`token_states`, `decode`, `rollout`) instead of one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -44,60 +43,6 @@ Prompts = Union["torch.Tensor", Mapping[int, "torch.Tensor"], str, os.PathLike, 
 FIXED = "fixed"
 """``lens(..., prompts="fixed")``: the fixed text prompt even where learned prompts ship."""
 Progress = Union[Callable[[int], Any], bool, None]
-
-
-@dataclass
-class LensConfig:
-    """Settings of `futurelens lens`."""
-
-    text: str = "Marty McFly from"
-    """Text whose tokens are read, layer by layer (the first argument)."""
-    model: str = "smollm2-135m"
-    """Hub id, local folder, or the embedded default 'smollm2-135m'."""
-    prompts: str = ""
-    """Learned soft prompts, each used at its own layer: a .safetensors checkpoint, a folder of them, or a hub id
-    (owner/name[@revision]) pushed by `futurelens push`; empty = the prompts shipped for the model (the embedded
-    default has one per layer), else the fixed prompt."""
-    prompt: str = ""
-    """One learned prompt that receives every row's state at its layer, as the authors' demo does: a file (a
-    futurelens .safetensors, or a bare tensor .pt/.safetensors such as the authors' gptj_soft_prefix.pt, which
-    needs --layer) or a hub id."""
-    layer: Optional[int] = None
-    """The layer of --prompt (for gptj_soft_prefix.pt: 14, the output of GPT-J block 13): every row's state is
-    patched there. With --prompts, picks that layer's prompt for every row."""
-    shared: bool = False
-    """Use the one learned prompt given at every row's own layer (to patch every state into the prompt's own
-    layer, as the authors' demo does, use --prompt with --layer)."""
-    fixed: bool = False
-    """Use the fixed text prompt even where learned prompts ship with futurelens for the model."""
-    revision: str = ""
-    """Hub revision (branch, tag or commit) of --prompts / --prompt when it is a hub id."""
-    probes: str = ""
-    """Fitted vocabulary probes / linear approximations (the folder `futurelens eval` saved them in, e.g.
-    runs/eval/probes, or a hub id): their top-1 guesses N = 0..n_max ahead show on hover, for the layers they have."""
-    layers: list[int] = field(default_factory=list)
-    """Layers to show (0 = block 0's input, L = the residual stream after L blocks, up to the model's n_layers); empty =
-    all, or all that have a learned prompt."""
-    target_layer: Optional[int] = None
-    """Write each row's state at this layer instead of its own (Patchscopes' target layer): with --prompts, the ones
-    trained for (row layer, this layer) by `futurelens train --target-layers`; else the fixed prompt."""
-    rollout: int = 4
-    """Tokens rolled out from each cell's state."""
-    top_k: int = 5
-    """Logit-lens tokens kept per cell (shown on hover)."""
-    fixed_prompt: str = PAPER_PROMPT
-    """Text prompt whose last token receives the state when no learned prompts are given."""
-    chunk_size: int = 512
-    """Cells patched per batched forward (lower it if memory runs short)."""
-    force: bool = False
-    """Use learned prompts even if they were trained on another model."""
-    out: str = "lens.html"
-    """HTML file the grid is written to."""
-    width: int = 12
-    """Characters per cell in the printed text grid (the HTML shows every token)."""
-
-
-# --------------------------------------------------------------------------- soft prompts
 
 
 # --------------------------------------------------------------------------- the grid
