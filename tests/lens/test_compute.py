@@ -14,7 +14,7 @@ import futurelens as fl
 from futurelens.methods import PAPER_PROMPT
 from futurelens.lens import LensGrid, lens_grid, load_prompts
 
-# The final norm of each tiny architecture, written out by hand (independent of arch.py).
+# The final norm of each tiny architecture, written out by hand (independent of futurelens.arch).
 FINAL_NORM = {"gptj": "transformer.ln_f", "llama": "model.norm", "mamba": "backbone.norm_f"}
 TEXT = [5, 6, 7, 8]  # token ids: 4 columns
 ROLLOUT, TOP_K = 3, 4
