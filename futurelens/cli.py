@@ -254,7 +254,8 @@ def _eval(cfg: Any, **where: Any) -> None:
 def _lens(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
     from futurelens.artifacts import load_prompts
-    from futurelens.lens.compute import FIXED, lens
+    from futurelens.lens.compute import lens
+    from futurelens.lens.prompts import FIXED
     from futurelens.lens.config import check_config
     from futurelens.methods import PAPER_PROMPT
 

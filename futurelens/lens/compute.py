@@ -33,15 +33,13 @@ from ..dispatch import run_job, spans
 from ..tokens import encode, prepended
 from ..server import jobs
 from .grid import LensGrid
+from .prompts import Prompts, check_prompt, for_lens, per_layer, read
 
 if TYPE_CHECKING:
     import torch
 
     from ..models import LensModel
 
-Prompts = Union["torch.Tensor", Mapping[int, "torch.Tensor"], str, os.PathLike, None]
-FIXED = "fixed"
-"""``lens(..., prompts="fixed")``: the fixed text prompt even where learned prompts ship."""
 Progress = Union[Callable[[int], Any], bool, None]
 
 
@@ -102,10 +100,7 @@ def lens_grid(
     if not 1 <= top_k <= lm.vocab_size:
         raise FutureLensError(f"top_k must be in 1..{lm.vocab_size}, got {top_k}.")
     ids, n_pre = _text_ids(lm, text)
-    if isinstance(prompts, (str, os.PathLike)):
-        from ..artifacts import load_prompts
-
-        prompts = load_prompts(prompts, lm)
+    prompts = read(lm, prompts)
     found = getattr(prompts, "source", None)
     if source is None:
         source = found.describe() if found is not None else ("fixed text prompt" if prompts is None else "soft prompts given in memory")
@@ -116,7 +111,7 @@ def lens_grid(
         from ..artifacts import select_target
 
         prompts = select_target(prompts, None if target_layer is None else lm.check_layer(target_layer, "target_layer"))
-    rows, soft, method = _resolve_prompts(lm, prompts, layers)
+    rows, soft, method = per_layer(lm, prompts, layers)
     target = None
     if soft is None:
         target = encode(lm.tokenizer, fixed_prompt)  # as the fixed-prompt method has it (futurelens.tokens)
@@ -182,10 +177,10 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
         raise FutureLensError(f"layers has repeats {rows}: each grid row needs its own layer.")
     soft = None
     if isinstance(prompts, torch.Tensor):
-        soft = _check_prompt(lm, prompts, "prompts")
+        soft = check_prompt(lm, prompts, "prompts")
     elif isinstance(prompts, Mapping):
         if at in prompts:
-            soft = _check_prompt(lm, prompts[at], f"prompts[{at}]")
+            soft = check_prompt(lm, prompts[at], f"prompts[{at}]")
         elif len(prompts) == 1:
             raise FutureLensError(
                 f"The prompt given is for layer {next(iter(prompts))}, not {at}: patch at its own layer, or pass force "
@@ -283,41 +278,7 @@ def lens(
         the `LensGrid`; its page header says where the prompts came from (package, folder, file,
         hub repo and revision, the authors' file) and how they were applied.
     """
-    import torch
-
-    from ..artifacts import PromptSet, Source, load_prompts, shipped_prompts
-
-    source = None
-    if prompts is None:
-        prompts = shipped_prompts(lm)
-        if prompts is None:
-            source = Source("fixed", note=f"no learned prompts ship with futurelens for {lm.name}: pass prompts= "
-                            "(a folder, file or hub id) or train some").describe()
-    elif isinstance(prompts, str) and prompts == FIXED:
-        prompts, source = None, Source("fixed").describe()
-    elif isinstance(prompts, (str, os.PathLike)):
-        from pathlib import Path
-
-        one_file = Path(prompts).is_file()
-        prompts = load_prompts(prompts, lm, force=force, layer=layer if one_file else None, revision=revision)
-    elif isinstance(prompts, torch.Tensor) and layer is not None:
-        prompts = PromptSet({lm.check_layer(layer): prompts}, Source("memory", layers=(lm.check_layer(layer),)))
-    if shared:
-        if not isinstance(prompts, Mapping) or len(prompts) != 1:
-            raise FutureLensError(f"shared needs exactly one learned prompt, got {len(prompts) if isinstance(prompts, Mapping) else 0}.")
-        found = getattr(prompts, "source", None)
-        source = source or (found.describe() if found is not None else None)
-        prompts = next(iter(prompts.values()))
-    if layer is not None and isinstance(prompts, Mapping) and len(prompts) == 1 and layer not in prompts:
-        if not force:
-            raise FutureLensError(f"The prompt given is for layer {next(iter(prompts))}, not {layer}: drop layer=, or pass force=True.")
-        found = getattr(prompts, "source", None)
-        moved = PromptSet({layer: next(iter(prompts.values()))}, found)
-        prompts = moved
-    if layer is not None and source is None:
-        found = getattr(prompts, "source", None)
-        base = found.describe() if found is not None else "soft prompt given in memory"
-        source = f"{base}; every row's state patched at layer {lm.check_layer(layer)}"
+    prompts, source = for_lens(lm, prompts, layer=layer, shared=shared, force=force, revision=revision)
     grid = lens_grid(lm, text, prompts, layers=layers, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt,
                      chunk_size=chunk_size, progress=progress, patch_layer=layer, source=source, target_layer=target_layer)
     if probes:
@@ -398,62 +359,6 @@ def _text_ids(lm: "LensModel", text: Any) -> tuple[list[int], int]:
     if len(ids) == n_pre:
         raise FutureLensError("The text is empty (no tokens): the lens needs at least one token.")
     return ids, n_pre
-
-
-def _resolve_prompts(
-    lm: "LensModel", prompts: Prompts, layers: int | Sequence[int] | None
-) -> "tuple[list[int], dict[int, torch.Tensor] | None, str]":
-    """``(grid layers, {layer: [P, d] soft prompt} or None for the fixed prompt, method label)``."""
-    import torch
-
-    from ..tracing import _layers
-
-    if isinstance(prompts, (str, os.PathLike)):
-        from ..artifacts import load_prompts
-
-        prompts = load_prompts(prompts, lm)
-    if prompts is None:
-        rows, soft, method = _layers(lm, layers), None, ""
-    elif isinstance(prompts, torch.Tensor):
-        rows = _layers(lm, layers)
-        shared = _check_prompt(lm, prompts, "prompts")
-        soft, method = {layer: shared for layer in rows}, f"learned soft prompt shared by all layers (P={shared.shape[0]})"
-    elif isinstance(prompts, Mapping):
-        if not prompts:
-            raise FutureLensError("prompts is an empty dict: give {layer: [P, d_model] tensor}, or None for the fixed prompt.")
-        soft = {}
-        for key, value in prompts.items():
-            layer = lm.check_layer(int(key), "prompt layer")
-            soft[layer] = _check_prompt(lm, value, f"prompts[{key}]")
-        if layers is None:
-            rows = sorted(soft)
-        else:
-            rows = _layers(lm, layers)
-            missing = [layer for layer in rows if layer not in soft]
-            if missing:
-                raise FutureLensError(
-                    f"No soft prompt for layer(s) {missing}: prompts are given for layers {sorted(soft)}. "
-                    "Ask only for those layers (or leave layers unset), or add a prompt for each."
-                )
-        soft = {layer: soft[layer] for layer in rows}
-        lengths = sorted({p.shape[0] for p in soft.values()})
-        method = f"learned soft prompt per layer (P={'/'.join(map(str, lengths))})"
-    else:
-        raise FutureLensError(
-            f"prompts must be a [P, d_model] tensor, a {{layer: tensor}} dict, a checkpoint path, or None; got {type(prompts).__name__}."
-        )
-    if len(set(rows)) != len(rows):
-        raise FutureLensError(f"layers has repeats {rows}: each grid row needs its own layer.")
-    return rows, soft, method
-
-
-def _check_prompt(lm: "LensModel", prompt: Any, what: str) -> "torch.Tensor":
-    import torch
-
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != lm.embed_dim:
-        shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise FutureLensError(f"{what} must be a [P, {lm.embed_dim}] soft prompt for {lm.name}, got {shape}.")
-    return prompt.detach()
 
 
 class _Decoder:
