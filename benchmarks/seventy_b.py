@@ -154,8 +154,10 @@ def run(quick: bool) -> dict[str, Any]:
     cli = {k: v for k, v in stages.items() if k != "build_model" and not v.get("skipped")}
     ok = all(v["rc"] == 0 for v in cli.values())
     under = all(v["peak_rss_gb"] < LIMIT_GB for v in cli.values())
+    from .run import _commit
+
     report = {"shape": shape, "settings": SETTINGS, "model_file_gb": round(model_gb, 2), "stages": stages,
-              "machine": machine()}
+              "machine": machine(), "commit": _commit()}
     if not quick:
         out = ROOT / "benchmarks" / "results" / "seventy_b"
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,7 @@ Settings (what `futurelens plan` is asked to predict): `{json.dumps(report['sett
 What the stages said before they wrote or fitted:
 {said}
 
-Machine: `{json.dumps(report['machine'])}`
+Machine: `{json.dumps(report['machine'])}`; commit {report.get('commit', 'unknown')}.
 """
 
 
