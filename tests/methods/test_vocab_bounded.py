@@ -5,6 +5,7 @@ count) and the fit still learns them; the memory formulas are the sizes of what 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from futurelens.methods.linear import VocabProbe
@@ -71,7 +72,11 @@ def _full_autograd(cache, vocab, epochs, lr, batch_size, weight_decay):
     return probe
 
 
-def test_within_the_budget_the_bounded_fit_is_the_full_vocabulary_fit():
+@pytest.mark.parametrize("chunk", [2048, 7])  # one chunk, or rows updated seven at a time
+def test_within_the_budget_the_bounded_fit_is_the_full_vocabulary_fit(chunk, monkeypatch):
+    import futurelens.methods.vocab as vocab_module
+
+    monkeypatch.setattr(vocab_module, "CHUNK", chunk)
     cache, vocab = _data(), 500
     probe = VocabProbe(vocab, epochs=3, lr=1e-2, batch_size=8).fit(cache, 0)
     ref = _full_autograd(cache, vocab, epochs=3, lr=1e-2, batch_size=8, weight_decay=1e-5)
@@ -138,8 +143,6 @@ def test_a_checkpoint_of_another_row_layout_or_budget_is_not_resumed(tmp_path):
     torch.save(blob, ckpt)
     resumed = VocabProbe(vocab, epochs=2, batch_size=16).fit(cache, 0, checkpoint=ckpt)
     assert all(torch.equal(a, b) for a, b in zip(resumed.tensors(0).values(), whole.tensors(0).values()))
-    import pytest
-
     from futurelens.errors import FutureLensError
 
     with pytest.raises(FutureLensError, match="other settings"):
