@@ -31,7 +31,9 @@ def setup(ndif_pair, ndif_server, tokenizer, tmp_path):
 
 
 def train_cfg(out):
-    return TrainConfig(out=str(out), prompt_len=3, lr=5e-2, epochs=2, batch_size=4, grad_accum=3, checkpoint_every=1000)
+    # states="ship": these requests carry the cached states (the recompute way is tests/ndif_executor/test_recompute.py)
+    return TrainConfig(out=str(out), prompt_len=3, lr=5e-2, epochs=2, batch_size=4, grad_accum=3, checkpoint_every=1000,
+                       states="ship")
 
 
 def test_training_is_many_bounded_requests_and_resumes_identically(setup, ndif_server, tmp_path, monkeypatch):
