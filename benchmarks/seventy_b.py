@@ -56,7 +56,7 @@ def build(folder: Path, shape: dict, blocks: int) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     tok = AutoTokenizer.from_pretrained(ensure_default_model())
     tok.add_tokens([f"<|r{i}|>" for i in range(len(tok), shape["vocab_size"])])

@@ -87,7 +87,7 @@ def resolve_states(mode: str, lm: LensModel, cache: Any, loss: str) -> str:
 
 def prefix_ids(cache: StateCache, tokenizer: Any) -> list[list[int]]:
     """Every row's prefix ids, indexed by the cache's ``row`` (the dataset table the cache was built from)."""
-    from .data.prefixes import load_prefixes
+    from .artifacts.dataset import load_prefixes
 
     table, _ = load_prefixes(cache.index["data"], tokenizer=tokenizer)
     return table["prefix_ids"]
