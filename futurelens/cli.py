@@ -122,29 +122,18 @@ def _check_data(cfg: Any) -> None:
 
 
 def _check_cache(cfg: Any) -> dict:
-    from .artifacts.dataset import META_FILE
-    from .data.states import DTYPES
-
-    if cfg.dtype not in DTYPES:
-        raise FutureLensError(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
-    unknown = sorted(set(cfg.splits) - {"train", "test"})
-    if unknown:
-        raise FutureLensError(f"Unknown split(s) {unknown}: choose from train, test.")
-    if cfg.shard_size < 1 or cfg.batch_size < 1:
-        raise FutureLensError("--shard-size and --batch-size must be >= 1.")
-    meta = Path(cfg.data) / META_FILE
-    if not meta.is_file():
-        raise FutureLensError(f"No dataset at {cfg.data} (no {META_FILE}): build one with `futurelens data --out {cfg.data}`.")
     import json
 
-    return json.loads(meta.read_text())
+    from .artifacts.dataset import META_FILE
+    from .data.states import check_config
+
+    check_config(cfg)
+    return json.loads((Path(cfg.data) / META_FILE).read_text())
 
 
 def _open_cache(path: str) -> Any:
-    from .data.states import INDEX, StateCache
+    from .data.states import StateCache
 
-    if not (Path(path) / INDEX).is_file():
-        raise FutureLensError(f"No state cache at {path} (no {INDEX}): build one with `futurelens cache --out {path}`.")
     return StateCache(path)
 
 
@@ -178,7 +167,8 @@ def _data_note(cfg: Any) -> str:
 def _cache(cfg: Any, **where: Any) -> None:
     import json
 
-    from futurelens.data.states import INDEX, StateCache, build_cache
+    from futurelens.artifacts.cache import INDEX
+    from futurelens.data.states import StateCache, build_cache
 
     meta = _check_cache(cfg)
     index = Path(cfg.out) / INDEX
@@ -217,12 +207,9 @@ def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
 
 
 def _train(cfg: Any, **where: Any) -> None:
-    from futurelens.train import train
+    from futurelens.train import check_config, train
 
-    if cfg.loss not in ("kl", "ce"):
-        raise FutureLensError(f"--loss must be 'kl' or 'ce', not {cfg.loss!r}.")
-    if cfg.optimizer not in ("adamw", "adam", "sgd"):
-        raise FutureLensError(f"--optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+    check_config(cfg)
     cache = _open_cache(cfg.cache)
     states = _open_cache(cfg.source_cache) if cfg.source_cache else cache  # --source-cache: model A's layers
     for note in _resume_notes(cfg, cfg.layers or states.layers):

@@ -88,6 +88,14 @@ class TrainConfig:
     """W&B project."""
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse bad settings before anything loads, with what to do."""
+    if cfg.loss not in ("kl", "ce"):
+        raise FutureLensError(f"loss (--loss) must be 'kl' or 'ce', not {cfg.loss!r}.")
+    if cfg.optimizer not in _OPTIMIZERS:
+        raise FutureLensError(f"optimizer (--optimizer) must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+
+
 def _atomic(write, path: Path) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
@@ -148,10 +156,7 @@ def train_prompt(
     from .server import jobs
     from .tokens import recorded
 
-    if cfg.loss not in ("kl", "ce"):
-        raise FutureLensError(f"loss must be 'kl' or 'ce', not {cfg.loss!r}.")
-    if cfg.optimizer not in _OPTIMIZERS:
-        raise FutureLensError(f"optimizer must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
+    check_config(cfg)
     if not 0 <= cfg.target_n <= cache.n_max:
         raise FutureLensError(f"target_n must be in 0..{cache.n_max} (the cache's n_max), got {cfg.target_n}.")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.prompt_len < 1 or cfg.checkpoint_every < 1:

@@ -76,9 +76,9 @@ def test_version_comes_from_the_installed_metadata():
         (["data", "--source", "no-such-corpus.txt"], "Corpus 'no-such-corpus.txt' is neither"),
         (["data", "--length-dist", "zipf"], "length_dist must be 'uniform' or 'loguniform'"),
         (["demo", "--source", "missing/"], "Corpus 'missing/' is neither"),
-        (["cache", "--dtype", "float8"], "--dtype must be one of float32, float16, bfloat16"),
+        (["cache", "--dtype", "float8"], "dtype (--dtype) must be one of float32, float16, bfloat16"),
         (["cache", "--data", "no-such-data"], "No dataset at no-such-data"),
-        (["train", "--loss", "mse"], "--loss must be 'kl' or 'ce'"),
+        (["train", "--loss", "mse"], "loss (--loss) must be 'kl' or 'ce'"),
         (["train", "--cache", "no-such-cache"], "No state cache at no-such-cache"),
         (["eval", "--methods", "oracle"], "Unknown method(s) ['oracle']"),
         (["lens", "x", "--prompts", "no-such-prompts"], "Soft prompt path no-such-prompts does not exist"),
@@ -105,7 +105,7 @@ def test_a_real_process_prints_the_message_alone(tmp_path):
     proc = subprocess.run([str(FUTURELENS), "cache", "--dtype", "float8"], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == ["Error: --dtype must be one of float32, float16, bfloat16, not 'float8'."]
+    assert proc.stderr.strip().splitlines() == ["Error: dtype (--dtype) must be one of float32, float16, bfloat16, not 'float8'."]
     debug = subprocess.run([str(FUTURELENS), "--debug", "cache", "--dtype", "float8"], capture_output=True, text=True,
                            cwd=tmp_path, env=env, timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "_check_cache" in debug.stderr

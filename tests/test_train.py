@@ -101,9 +101,9 @@ def test_bad_settings_are_clear_errors(tiny_cache, tmp_path):
     lm, _, cache = tiny_cache("llama", n=12)
     with pytest.raises(fl.FutureLensError, match="target_n must be in 0..2"):
         train_prompt(lm, cache, 1, _cfg(tmp_path, target_n=5), progress=False)
-    with pytest.raises(fl.FutureLensError, match="loss must be"):
+    with pytest.raises(fl.FutureLensError, match=r"loss \(--loss\) must be"):
         train_prompt(lm, cache, 1, _cfg(tmp_path, loss="mse"), progress=False)
-    with pytest.raises(fl.FutureLensError, match="optimizer must be"):
+    with pytest.raises(fl.FutureLensError, match=r"optimizer \(--optimizer\) must be"):
         train_prompt(lm, cache, 1, _cfg(tmp_path, optimizer="lion"), progress=False)
 
 

@@ -1,14 +1,5 @@
-"""The hidden-state cache: each prefix's last-token state at every requested layer, sharded on disk.
-
-Layout of a cache folder::
-
-    cache.json                      settings, model, tokenizer hash, dataset fingerprint, shard list
-    train/shard-00000.safetensors   layer.<L> [rows, d]   one tensor per cached layer
-                                    final     [rows, n_max + 1, d]  last layer over the continuation
-                                    target    [rows, n_max + 1]     the model's continuation (targets)
-                                    last_token [rows]               the prefix's last token
-                                    row       [rows]                row index in the dataset table
-    test/...
+"""The hidden-state cache: building it (`build_cache`, resumable and verified shard by shard) and reading it
+(`StateCache`). Its on-disk layout, checksums and index are `futurelens.artifacts.cache`.
 
 Shards are computed from their own rows only (length-sorted batches inside a
 shard), written to a temporary file and renamed, so a killed build resumes at the
@@ -26,7 +17,6 @@ shard and the `futurelens cache` command that repairs it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..atomic import atomic_path
+from ..artifacts.cache import FORMAT, INDEX, cache_disk_bytes, save_shard, verify_shard, write_index
 from ..errors import FutureLensError
 
 if TYPE_CHECKING:
@@ -43,10 +33,7 @@ if TYPE_CHECKING:
 
     from ..models import LensModel
 
-INDEX = "cache.json"
 DTYPES = ("float32", "float16", "bfloat16")
-FORMAT = 2
-"""Index format: 2 records each shard's ``bytes`` and ``sha256`` (format 1 caches are read and verified structurally)."""
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +61,6 @@ class CacheConfig:
     """Dataset splits to cache."""
 
 
-def cache_disk_bytes(rows: int, layers: int, n_max: int, d: int, dtype_bytes: int, shards: int = 1) -> int:
-    """Bytes a cache of ``rows`` prefixes takes on disk: per row ``layers`` states and ``n_max + 1`` final states of
-    ``d`` values of ``dtype_bytes``, ``n_max + 3`` int64 ids (targets, last token, row); at most 4 KB of safetensors
-    header per shard file. E.g. 100k prefixes, 81 layers, d 8192, fp16: 133 GB; one layer: 8.2 GB."""
-    return rows * ((layers + n_max + 1) * d * dtype_bytes + 8 * (n_max + 3)) + 4096 * shards
-
-
 def check_disk(out: Path, needed: int, what: str) -> None:
     """Say what a stage will write before it does, and refuse it when the disk cannot hold it."""
     import shutil
@@ -95,66 +75,19 @@ def check_disk(out: Path, needed: int, what: str) -> None:
                               "another --out, cache fewer --layers, or a smaller --dtype (float16).")
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_save(tensors: dict[str, "torch.Tensor"], path: Path) -> dict:
-    """Write a shard atomically; returns its ``{"bytes", "sha256"}`` record for the index."""
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        record = {"bytes": os.path.getsize(tmp), "sha256": _sha256(tmp)}
-    return record
-
-
-def _check_structure(path: Path, rows: list[int], keys: set[str]) -> str | None:
-    """Why a shard without a recorded checksum is unusable (None if it is whole): header, tensors, row ids."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            if set(f.keys()) != keys:
-                return f"it holds tensors {sorted(f.keys())}, not {sorted(keys)}"
-            bad = [k for k in f.keys() if f.get_slice(k).get_shape()[:1] != [len(rows)]]
-            if bad:
-                return f"tensors {bad} do not have {len(rows)} rows"
-            if f.get_tensor("row").tolist() != rows:
-                return "it holds other rows of the dataset"
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type, and OSError
-        return f"it cannot be read ({type(err).__name__}: {err})"
-    return None
-
-
-def _verify(path: Path, shard: dict, rows: list[int], keys: set[str]) -> str | None:
-    """Why an existing shard file fails its index record (None if it passes); records a checksum it lacked."""
-    size = path.stat().st_size
-    if "sha256" in shard:
-        if size != shard["bytes"]:
-            return f"it is {size} bytes, the index records {shard['bytes']}"
-        if _sha256(path) != shard["sha256"]:
-            return "its sha256 differs from the one the index records"
-        return None
-    problem = _check_structure(path, rows, keys)
-    if problem is None:  # whole, written just before a kill (or by format 1): record it now
-        shard.update(bytes=size, sha256=_sha256(path))
-    return problem
-
-
 def check_config(cfg: CacheConfig) -> None:
     """Refuse bad settings with a message that names the fix, before anything is loaded or read."""
     if cfg.dtype not in DTYPES:
-        raise FutureLensError(f"dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
+        raise FutureLensError(f"dtype (--dtype) must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}.")
     if cfg.shard_size < 1 or cfg.batch_size < 1:
         raise FutureLensError("shard_size and batch_size must be >= 1.")
     unknown = set(cfg.splits) - {"train", "test"}
     if unknown:
         raise FutureLensError(f"Unknown split(s) {sorted(unknown)}: choose from train, test.")
+    from ..artifacts.dataset import META_FILE
+
+    if not (Path(cfg.data) / META_FILE).is_file():
+        raise FutureLensError(f"No dataset at {cfg.data} (no {META_FILE}): build one with `futurelens data --out {cfg.data}`.")
 
 
 def repair_command(path: str | os.PathLike, index: dict) -> str:
@@ -175,11 +108,6 @@ def repair_command(path: str | os.PathLike, index: dict) -> str:
         for split in index["splits"]:
             cmd += ["--splits", split]
     return shlex.join(cmd)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2))
 
 
 def _settings(lm: "LensModel", cfg: CacheConfig, meta: dict, layers: list[int]) -> dict:
@@ -248,7 +176,7 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
         for k, shard in enumerate(shards[split]):
             path = out / shard["file"]
             chunk = plan[split][k * cfg.shard_size : (k + 1) * cfg.shard_size]
-            problem = _verify(path, shard, chunk, keys) if path.exists() else "missing"
+            problem = verify_shard(path, shard, chunk, keys) if path.exists() else "missing"
             if problem is None:
                 done += shard["rows"]
                 continue
@@ -259,7 +187,7 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
             shard.pop("sha256", None)
     index = {"format": FORMAT, "settings": settings, "data": str(Path(cfg.data).resolve()), "complete": False,
              "splits": shards}
-    _atomic_json(index, index_path)
+    write_index(index, index_path)
 
     dtype = getattr(torch, cfg.dtype)
     total = sum(len(r) for r in plan.values())
@@ -275,12 +203,12 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
                 continue
             chunk = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
             tensors = _shard(lm, table.select(chunk), chunk, layers, cfg.batch_size, dtype, bar)
-            shard.update(_atomic_save(tensors, out / shard["file"]))
+            shard.update(save_shard(tensors, out / shard["file"]))
             del tensors
-            _atomic_json(index, index_path)  # the shard's size and checksum, recorded as soon as it exists
+            write_index(index, index_path)  # the shard's size and checksum, recorded as soon as it exists
     bar.close()
     index["complete"] = True
-    _atomic_json(index, index_path)
+    write_index(index, index_path)
     return out
 
 
@@ -342,7 +270,7 @@ class StateCache:
         self.path = Path(path)
         index_path = self.path / INDEX
         if not index_path.exists():
-            raise FutureLensError(f"{self.path} is not a state cache (no {INDEX}); build one with `futurelens cache`.")
+            raise FutureLensError(f"No state cache at {self.path} (no {INDEX}): build one with `futurelens cache --out {self.path}`.")
         self.index = json.loads(index_path.read_text())
         if not self.index["complete"]:
             raise FutureLensError(
