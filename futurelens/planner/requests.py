@@ -17,6 +17,7 @@ import math
 from types import SimpleNamespace
 from typing import Iterable, Sequence
 
+from ..errors import FutureLensError
 from ..remote import spans
 
 Requests = list[tuple[int, int]]
@@ -91,6 +92,11 @@ def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, promp
     def run(chunk: list[tuple[int, bool]]) -> None:
         nonlocal stepped, accumulated, carried
         sent = carried + sum(b for b, _ in chunk)
+        if sent > limit:  # one batch and the carried state alone: `futurelens.remote.run_job` refuses it
+            raise FutureLensError(
+                f"One training request would send {sent / 2**20:.3g} MB (the prompt, its optimizer state and one "
+                f"batch), over the request bound max_request_mb={lm.max_request_mb:g}: use a smaller train batch "
+                "size, or raise the bound.")
         for _, last in chunk:
             accumulated += 1
             if accumulated >= grad_accum or last:
