@@ -48,10 +48,9 @@ class Shape:
     weight_dtype: str
     """The checkpoint's own dtype."""
 
-    @property
-    def matmul_params(self) -> int:
-        """Parameters a token multiplies through: all but the embedding lookup (a tied head still multiplies)."""
-        return self.params if self.tied else self.params - self.embed_params
+    matmul_params: int = 0
+    """Weights of the model's ``nn.Linear`` modules, the head included (tied or not): what a token multiplies
+    through, 2 FLOPs each. Norms, biases, convolutions and a recurrent scan are not counted (small beside them)."""
 
     @property
     def tied(self) -> bool:
@@ -135,6 +134,7 @@ def resolve(model: str) -> Shape:
         vocab=int(head.weight.shape[0]), params=sum(p.numel() for p in module.parameters()),
         embed_params=embed.weight.numel(), head_params=0 if tied else head.weight.numel(),
         attention=arch.kv_cache, attn_width=int(heads * head_dim), weight_dtype=dtype,
+        matmul_params=sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear)),
     )
 
 
