@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/ on the path, not the repo root
     sys.path.insert(0, str(ROOT))
 
-BENCHMARKS = ("cache_speed", "train_step", "eval_speed", "lens_speed", "cache_memory", "data_scale", "paper_scale", "flops", "gpu")
+BENCHMARKS = ("cache_speed", "train_step", "eval_speed", "lens_speed", "cache_memory", "data_scale", "paper_scale", "flops", "gpu",
+              "plan_check")
 
 
 def _commit() -> str:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +154,36 @@ def test_plan_of_a_folder_and_of_the_embedded_default(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FutureLensError, match="no config.json"):
         fl.plan(model=str(tmp_path / "empty"), calibrate=False)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PLAN_LINE = re.compile(r"^`futurelens plan (?P<args>[^`]*)`\n\n(?P<table>(?:\|[^\n]*\n)+)", re.M)
+MACHINE_COLUMNS = {"here", "RAM"}
+"""Columns measured on the machine plan runs on (its matmul rate, its process's memory): not compared."""
+CLIENT_ROWS = {"eval: vocab", "eval: linear", "total"}
+"""Rows whose GPU times include client-side fits priced at this machine's rate."""
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.strip().splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_readme_cost_tables_are_what_plan_prints(monkeypatch):
+    """Each table of the README's "Cost of a run" is the output of the command above it (machine columns aside)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = list(PLAN_LINE.finditer(README.read_text()))
+    assert len(found) == 4, "the README shows GPT-J and Llama-3.1-70B, locally and on NDIF"
+    assert {("--remote" in m["args"].split(), m["args"].split()[1]) for m in found} == {
+        (False, "EleutherAI/gpt-j-6b"), (True, "EleutherAI/gpt-j-6b"), (False, "meta-llama/Llama-3.1-70B"),
+        (True, "meta-llama/Llama-3.1-70B")}
+    for m in found:
+        result = CliRunner().invoke(app, ["plan", *shlex.split(m["args"])])
+        assert result.exit_code == 0, result.output
+        shown, printed = _table(m["table"]), _table(result.output)
+        assert [r["stage"] for r in shown] == [r["stage"] for r in printed]
+        for a, b in zip(shown, printed):
+            gpu = {"A100", "H100", "H200"} if a["stage"] in CLIENT_ROWS else set()
+            keep = set(a) - MACHINE_COLUMNS - gpu
+            assert {k: a[k] for k in keep} == {k: b[k] for k in keep}, (m["args"], a["stage"])

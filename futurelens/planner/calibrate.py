@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from . import flops as F
-from .hardware import process_age, rss
+from .hardware import peak_rss, process_age, rss
 from .shape import Shape
 
 MAX_PARAMS = 2e9
@@ -37,12 +37,15 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     ``greedy_call_s`` (per call, beyond its FLOPs at that rate) and ``train_step_s`` (one step at ``train_batch``)."""
     import torch
 
+    from ..data.states import StateBatch
     from ..models import load_model
     from ..tracing import cache_ahead, greedy
     from ..train import prompt_loss
 
     lm = load_model(model)
     startup = process_age()
+    load_peak = peak_rss()  # loading copies weights: a stage's process peaks at least here
+    t0 = time.perf_counter()
     gc.collect()
     fixed = rss()
     g = torch.Generator().manual_seed(0)
@@ -63,9 +66,9 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     greedy_call = max(sg - 8 * (F.row(shape, 24) + F.decode(shape, 24, n_max)) / rate, 0.0)
 
     layer = shape.n_layers // 2
-    batch = {"states": torch.randn(train_batch, shape.d_model, generator=g),
-             "target": ids(train_batch, n_max + 1),
-             "final": torch.randn(train_batch, n_max + 1, shape.d_model, generator=g)}
+    batch = StateBatch(states=torch.randn(train_batch, shape.d_model, generator=g), target=ids(train_batch, n_max + 1),
+                       last_token=ids(train_batch, 1)[:, 0], row=torch.arange(train_batch),
+                       final=torch.randn(train_batch, n_max + 1, shape.d_model, generator=g))
     prompt = (torch.randn(prompt_len, shape.embed_dim, generator=g) * 0.02).requires_grad_(True)
 
     def step() -> None:
@@ -73,7 +76,9 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
         prompt.grad = None
 
     st = _best(step)
+    took = time.perf_counter() - t0
     del lm
     gc.collect()
-    return {"startup_s": startup, "fixed_rss": fixed, "forward_call_s": call, "flop_rate": rate,
-            "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len}
+    return {"startup_s": startup, "fixed_rss": fixed, "load_peak_rss": load_peak, "forward_call_s": call, "flop_rate": rate,
+            "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len,
+            "calibration_s": took}

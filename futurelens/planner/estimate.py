@@ -41,7 +41,7 @@ class Plan:
         start-up and fixed memory included (eval: its methods' times summed, their peaks' largest)."""
         mine = [r for r in self.rows if r["name"] == name or r["name"].startswith(name + ":")]
         return {"s": self.machine["startup_s"] + sum(r["here_s"] for r in mine),
-                "rss": self.machine["fixed_rss"] + max(r["ram"] for r in mine)}
+                "rss": max(self.machine.get("load_peak_rss", 0), self.machine["fixed_rss"] + max(r["ram"] for r in mine))}
 
 
 def weight_bytes(shape: Shape, dtype: str) -> float:
@@ -98,7 +98,7 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
             gpu_s[name] = model_side + client_s
         plan.rows.append({
             "name": s.name, "flops": s.flops, "client_flops": s.client_flops, "here_s": here, "gpu_s": gpu_s,
-            "ram": s.ram, "gpu_mem": (gpu_weights + s.gpu) if s.calls else 0.0, "disk": s.disk,
+            "ram": s.ram + (0.0 if cfg.remote else s.model_ram), "gpu_mem": (gpu_weights + s.gpu) if s.calls else 0.0, "disk": s.disk,
             "requests": s.requests, "exact": s.exact, "note": s.note,
         })
     return plan

@@ -66,15 +66,24 @@ def this_machine() -> dict[str, Any]:
     return {"cores": cores, "ram": ram, "disk_free": shutil.disk_usage(".").free}
 
 
-def rss() -> int:
-    """This process's resident set size now, bytes (Linux ``VmRSS``; 0 elsewhere)."""
+def _status(field: str) -> int:
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss() -> int:
+    """This process's resident set size now, bytes (Linux ``VmRSS``; 0 elsewhere)."""
+    return _status("VmRSS")
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size so far, bytes (Linux ``VmHWM``; 0 elsewhere)."""
+    return _status("VmHWM")
 
 
 def process_age() -> float:

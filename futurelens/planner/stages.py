@@ -89,7 +89,10 @@ class Stage:
     kind: str = "forward"
     """Which calibrated per-call cost applies here: 'greedy', 'forward', 'train' (see `futurelens.planner.calibrate`)."""
     ram: float = 0.0
-    """Bytes the stage holds at its peak beyond the process's fixed part and the weights."""
+    """Bytes the client holds at its peak beyond the process's fixed part (the stage's own buffers)."""
+    model_ram: float = 0.0
+    """Bytes of the model's working set (activations, logits, KV cache): in the client's RAM when the model runs
+    here, on the server when remote."""
     gpu: float = 0.0
     """Device working set beyond the weights (activations, logits, KV cache)."""
     disk: float = 0.0
@@ -112,12 +115,17 @@ def _pools(lengths: list[int], size: int) -> list[list[int]]:
     return [lengths[a : a + size] for a in range(0, len(lengths), size)] or [[]]
 
 
-def _activations(shape: Shape, rows: int, tokens: float) -> float:
-    """Bytes of one block's float32 activations for ``rows x tokens`` (residual, MLP, attention scores) and the
-    head's logits over every position (transformers computes them for the whole row)."""
+def _activations(shape: Shape, rows: int, tokens: float, logits: float = 0) -> float:
+    """Bytes of one block's float32 activations for ``rows x tokens`` (residual, MLP, attention scores), and
+    ``logits`` rows x positions of vocabulary-sized float32 logits (what the call's head computes and keeps)."""
     mlp = 4 * shape.d_model
     scores = (shape.attn_width // 64 or 1) * tokens if shape.attention else 0
-    return 4 * rows * tokens * (3 * shape.d_model + mlp + scores + shape.vocab)
+    return 4 * rows * tokens * (3 * shape.d_model + mlp + scores) + 4 * logits * shape.vocab
+
+
+def _kv(shape: Shape, rows: int, tokens: float, itemsize: int = 4) -> float:
+    """Bytes of a key/value cache (or nothing for a recurrent model's small state)."""
+    return 2 * shape.n_layers * rows * tokens * (shape.attn_width or shape.d_model) * itemsize if shape.attention else 0
 
 
 def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[Stage]:
@@ -138,9 +146,12 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     mean_len = sum(run.candidates) / max(len(run.candidates), 1)
     data = Stage("data", flops=sum(F.row(shape, L) + F.decode(shape, L, cfg.n_max) for L in run.candidates),
                  calls=calls * heads, kind="greedy",
+                 # generate keeps the last position's logits and scores per step, and the KV cache of the batch.
                  ram=1_000_000 * 4 + SEEN_BYTES * len(run.candidates) + PY_INT_BYTES * biggest * (mean_len + 2 * heads),
-                 gpu=_activations(shape, cfg.data_batch_size, cfg.max_len) + 2 * shape.n_layers * cfg.data_batch_size
-                 * (cfg.max_len + heads) * (shape.attn_width or d) * 2,
+                 model_ram=_activations(shape, cfg.data_batch_size, cfg.max_len, 2 * heads * cfg.data_batch_size)
+                 + _kv(shape, cfg.data_batch_size, cfg.max_len + heads),
+                 gpu=_activations(shape, cfg.data_batch_size, cfg.max_len, 2 * heads * cfg.data_batch_size)
+                 + _kv(shape, cfg.data_batch_size, cfg.max_len + heads, 2),
                  disk=2 * n_all * 8 * (mean_len + 2 * heads + 2),
                  note=f"{len(run.candidates):,} candidates labelled" + ("" if not cfg.filter_correct or cfg.data
                                                                       else f" (keep rate {cfg.keep_rate:g} assumed)"))
@@ -155,7 +166,8 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     row_bytes = (len(cached) + heads) * d * itemsize
     cache = Stage("cache", flops=sum(F.row(shape, L + cfg.n_max) for L in run.train + run.test),
                   calls=sum(math.ceil(len(s) / cfg.cache_batch_size) for s in shards),
-                  ram=2 * cfg.cache_shard_size * row_bytes + _activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
+                  ram=2 * cfg.cache_shard_size * row_bytes,
+                  model_ram=_activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
                   gpu=_activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
                   disk=n_all * (row_bytes + 8 * heads + 16),
                   note=f"{len(cached)} layers x {n_all:,} rows, {cfg.cache_dtype}")
@@ -171,8 +183,8 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     step_flops = F.BACKWARD * b * F.row(shape, P + target_n) + (2 * b * d * V if kl else 0)
     train = Stage("train", flops=steps * step_flops * len(prompt_layers), calls=steps * len(prompt_layers),
                   weight_reads=2, kind="train",
-                  ram=cfg.cache_shard_size * (1 + (heads if kl else 0)) * d * itemsize * 2
-                  + _activations(shape, b, P + target_n) * 2,
+                  ram=cfg.cache_shard_size * (1 + (heads if kl else 0)) * d * itemsize * 2,
+                  model_ram=_activations(shape, b, P + target_n) * 2,
                   gpu=_activations(shape, b, P + target_n) * shape.n_layers,
                   disk=len(prompt_layers) * P * shape.embed_dim * 4 * 5,
                   note=f"{len(prompt_layers)} prompts x {steps:,} steps of {b} x {P + target_n} tokens")
@@ -209,7 +221,7 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
     heads, d, V, n_train, n_test = cfg.n_max + 1, shape.d_model, shape.vocab, len(run.train), len(run.test)
     L, b = len(layers), cfg.eval_batch_size
     batches = math.ceil(n_test / b) * L
-    scoring = _activations(shape, b, 1) + 3 * 4 * b * heads * V  # logits, log-softmax and the model's own per batch
+    scoring = _activations(shape, b, 1, 3 * b * heads)  # per batch: logits, log-softmax and the model's own
     out = []
     for method in cfg.methods:
         s = Stage(f"eval: {method}", kind="forward")
@@ -223,7 +235,7 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.note = f"probe {heads} x ~{rows[0] - 1:,} targets x {d} per layer" + ("" if run.distinct_targets else " (targets estimated)")
         elif method == "linear":
             s.client_flops = L * (2 * n_train * (d + 1) ** 2 + heads * 2 * n_train * (d + 1) * d + heads * (d + 1) ** 3)
-            s.ram = 8 * (d + 1) ** 2 + 8 * heads * (d + 1) * d + 4 * heads * (d + 1) * d + scoring
+            s.ram, s.model_ram = 8 * (d + 1) ** 2 + 8 * heads * (d + 1) * d + 4 * heads * (d + 1) * d, scoring
             s.flops, s.calls = batches * b * heads * 2 * d * V, batches
             s.disk = L * 4 * heads * (d + 1) * d
             s.note = "ridge in float64 on the client; decoded by the model's head"
@@ -231,8 +243,12 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.note = "not costed"
         elif method in ("fixed", "learned"):
             tokens = FIXED_PROMPT_TOKENS if method == "fixed" else cfg.prompt_len
-            s.flops = L * n_test * sum(F.row(shape, tokens + n) for n in range(heads))
-            s.calls, s.ram, s.gpu = batches, scoring, _activations(shape, b, tokens + heads)
+            # One patched forward of the prompt and the n_max teacher tokens gives every N (jobs.prompt_logits);
+            # scoring decodes the model's own final states beside it (jobs.score_job).
+            s.flops = L * n_test * (F.row(shape, tokens + cfg.n_max) + heads * 2 * d * V)
+            # The patched forward's logits over every position of the prompt and the teacher tokens, log-softmaxed.
+            patched = _activations(shape, b, tokens + cfg.n_max, 2 * b * (tokens + cfg.n_max))
+            s.calls, s.ram, s.model_ram, s.gpu = batches, 8 * b * heads * 10 * 3, scoring + patched, patched
         out.append(s)
     if cfg.remote:
         # Per layer, the model-side methods' payloads travel with every request (evaluate._score's request_spans).
@@ -260,8 +276,13 @@ def _lens(cfg: PlanConfig, shape: Shape, lm: Any) -> Stage:
     cells = (shape.n_layers + 1) * T
     s = Stage("lens", flops=F.row(shape, T) + cells * (2 * shape.d_model * shape.vocab + F.row(shape, P + 1)
                                                       + F.decode(shape, P + 1, max(r - 1, 0))),
-              calls=1 + math.ceil(cells / 64) * max(r, 1), ram=4 * 64 * shape.vocab * 3 + 8 * cells * (10 + r) * 3,
-              gpu=_activations(shape, 64, P + r), disk=cells * 2_000, note=f"{cells:,} cells, {r}-token rollouts")
+              # Per chunk of up to 512 cells (LensConfig.chunk_size): the logit lens' and each rollout step's
+              # vocabulary-sized logits, softmax and top-k temporaries, and the rollout's KV cache.
+              calls=1 + math.ceil(cells / 512) * max(r, 1),
+              ram=8 * cells * (10 + r) * 3,
+              model_ram=_activations(shape, min(cells, 512), P + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), P + r),
+              gpu=_activations(shape, min(cells, 512), P + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), P + r, 2),
+              disk=cells * 2_000, note=f"{cells:,} cells, {r}-token rollouts")
     if cfg.remote:
         s.requests = _remote(lambda: R._split(lm, [4 * P * shape.embed_dim] * (shape.n_layers + 1),
                                               [12 * T * (10 + r)] * (shape.n_layers + 1), 8 * T))

@@ -46,7 +46,8 @@ def cells(plan: Any) -> list[list[str]]:
     for r in plan.rows:
         row = [r["name"], _n(r["flops"] + r["client_flops"]) if r["flops"] or r["client_flops"] else "-",
                _time(r["here_s"])] + [_time(r["gpu_s"][g]) for g in GPUS]
-        row += [_bytes(plan.machine["fixed_rss"] + r["ram"]), _bytes(r["gpu_mem"]) if r["gpu_mem"] else "-",
+        row += [_bytes(max(plan.machine.get("load_peak_rss", 0), plan.machine["fixed_rss"] + r["ram"])),
+                _bytes(r["gpu_mem"]) if r["gpu_mem"] else "-",
                 _bytes(r["disk"])]
         if plan.cfg.remote:
             q = r["requests"]
@@ -80,6 +81,10 @@ def footnotes(plan: Any) -> list[str]:
         f"A100 / H100 / H200: {plan.how['gpus']}.",
         f"RAM: peak of the stage's process on this machine: {plan.how['ram']}. GPU mem: weights + working set of a GPU run.",
     ]
+    ram = plan.machine.get("ram", 0)
+    over = [r["name"] for r in plan.rows if ram and plan.machine["fixed_rss"] + r["ram"] > ram]
+    if over:
+        lines.append(f"Over this machine's {ram / 2**30:.0f} GiB of RAM: {', '.join(over)}.")
     if cfg.remote:
         lines.append(f"requests: {plan.how['requests']}; ~ marks counts from the length distribution, not the run's "
                      f"own rows (--data). Bytes are tensors and token ids each way under --max-request-mb "
