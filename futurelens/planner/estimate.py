@@ -38,9 +38,11 @@ class Plan:
 
     def process(self, name: str) -> dict[str, float]:
         """The CLI process of stage ``name`` ('data', 'cache', 'train', 'eval', 'lens'): ``{"s", "rss"}``, its
-        start-up and fixed memory included (eval: its methods' times summed, their peaks' largest)."""
+        start-up, its first model call's one-off cost and its fixed memory included (eval: its methods' times
+        summed, their peaks' largest)."""
         mine = [r for r in self.rows if r["name"] == name or r["name"].startswith(name + ":")]
-        return {"s": self.machine["startup_s"] + sum(r["here_s"] for r in mine),
+        first = self.machine.get("first_call_s", {}).get({"data": "greedy", "train": "train"}.get(name, "forward"), 0.0)
+        return {"s": self.machine["startup_s"] + (0.0 if self.cfg.remote else first) + sum(r["here_s"] for r in mine),
                 "rss": max(self.machine.get("load_peak_rss", 0), self.machine["fixed_rss"] + max(r["ram"] for r in mine))}
 
 

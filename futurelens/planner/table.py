@@ -77,7 +77,9 @@ def footnotes(plan: Any) -> list[str]:
         f"{s.name} ({s.source} config): {s.params / 1e9:.3g}B parameters, {s.n_layers} blocks, d {s.d_model}, "
         f"vocabulary {s.vocab:,}. {cfg.n_prefixes:,} prefixes of {cfg.min_len}-{cfg.max_len} tokens, N = 0..{cfg.n_max}"
         + (", on NDIF" if cfg.remote else ", local") + ".",
-        f"here: {plan.how['here']}. Each stage's process adds {plan.machine['startup_s']:.1f} s of start-up (in the total).",
+        f"here: {plan.how['here']}. Each stage's process adds {plan.machine['startup_s']:.1f} s of start-up (in the total)"
+        + (f" and its first model call's one-off {max(plan.machine['first_call_s'].values()):.1f} s at most"
+           if plan.machine.get("first_call_s") else "") + ".",
         f"A100 / H100 / H200: {plan.how['gpus']}.",
         f"RAM: peak of the stage's process on this machine: {plan.how['ram']}. GPU mem: weights + working set of a GPU run.",
     ]
