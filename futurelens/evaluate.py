@@ -66,6 +66,9 @@ class EvalConfig:
     """Prompt of the fixed-prompt intervention (the state goes to its last token)."""
     vocab_epochs: int = 3
     """Training epochs of the direct vocabulary probe."""
+    vocab_memory_mb: float = 4096
+    """Memory budget of the vocabulary probe's fit (weights and AdamW's moments): past it, each N's rarest train
+    targets share one row (futurelens.methods.vocab)."""
     probes: str = ""
     """Fitted vocabulary probes and linear approximations: a folder or hub id to reuse them from (empty =
     <out>/probes). Each fit is saved there as it finishes and reused when model, layer, data and settings match."""
@@ -278,7 +281,8 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
         for view, writes in views(layer):  # one view of the states (per target layer when they are mapped)
             client, model_side = [], []  # methods that need no model run here; (method, write layer) where the model is
             if "vocab" in cfg.methods:
-                client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs), cache, layer, **fits))
+                client.append(fitted(VocabProbe(lm.vocab_size, epochs=cfg.vocab_epochs,
+                                                      memory_mb=cfg.vocab_memory_mb), cache, layer, **fits))
             if "linear" in cfg.methods:
                 model_side.append((fitted(LinearApprox(lm, sgd_epochs=cfg.linear_sgd_epochs), cache, layer, **fits), layer))
             if "mlp" in cfg.methods:

@@ -77,6 +77,10 @@ class TrainConfig:
     """Seed for the initialisation and the shuffling."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many batches."""
+    states: str = "auto"
+    """Where each batch's source states come from remotely: 'ship' (sent from the cache), 'recompute' (only prefix
+    ids are sent; the server recomputes the states in the same request) or 'auto' (ship locally; remotely the
+    faster by futurelens.train_states.choose_states). Results are the same either way."""
     wandb: bool = False
     """Log training curves to Weights & Biases (works offline with WANDB_MODE=offline)."""
     wandb_project: str = "futurelens"
@@ -160,8 +164,9 @@ def train_prompt(
     out.mkdir(parents=True, exist_ok=True)
     final_path = prompt_path(out, layer, write)
     ckpt_path = final_path.with_name(final_path.name.replace(".safetensors", ".ckpt.pt"))
+    # ``states`` is how the batches travel, not what is trained: a prompt trained either way is the same prompt.
     settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project")}
+                if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project", "states")}
     if not settings["source_cache"]:  # prompts trained before cross-model training existed keep matching
         del settings["source_cache"]
     if final_path.exists():
@@ -187,15 +192,21 @@ def train_prompt(
     n_batches = -(-cache.size("train") // cfg.batch_size)
     step_settings = {k: settings[k] for k in ("optimizer", "lr", "weight_decay", "target_n", "loss", "grad_accum")}
     limit = (lm.max_request_mb * 2**20) if lm.remote else float("inf")
+    from .train_states import id_batch, prefix_ids, resolve_states
+
+    recompute = resolve_states(cfg.states, lm, cache, cfg.loss) == "recompute"
+    prefixes = prefix_ids(cache, lm.tokenizer) if recompute else None
 
     def remaining():
-        """``(epoch, i, last of its epoch, plain batch)`` from the resume point on; the shuffle is seeded, so the order is the same."""
+        """``(epoch, i, last of its epoch, plain batch)`` from the resume point on; the shuffle is seeded, so the order
+        is the same. Recomputed on the server, a batch is its ids (`id_batch`), and no state is read here."""
         for epoch in range(state["epoch"], cfg.epochs):
-            batches = cache.batches(layer, "train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, final=cfg.loss == "kl")
+            batches = cache.batches(None if recompute else layer, "train", cfg.batch_size, shuffle=True,
+                                    seed=cfg.seed + epoch, final=cfg.loss == "kl" and not recompute)
             for i, batch in enumerate(batches):
                 if epoch == state["epoch"] and i < state["batch"]:
                     continue
-                yield epoch, i, i == n_batches - 1, plain_batch(batch)
+                yield epoch, i, i == n_batches - 1, id_batch(batch, prefixes) if recompute else plain_batch(batch)
 
     def chunks():
         # What travels with every request besides its batches: the prompt and the optimizer's carried state.
@@ -213,9 +224,17 @@ def train_prompt(
     name = f"L{layer}" if write == layer else f"L{layer}->L{write}"
     bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
                disable=not progress, desc=f"Training prompt {name}", unit="batch")
+    if recompute:
+        from .server import recompute as server_recompute
+
+        job, extra_args = server_recompute.train_steps_recompute, (layer, getattr(torch, cache.settings["dtype"]),
+                                                                     cfg.loss == "kl")
+    else:
+        job, extra_args = jobs.train_steps, ()
     for chunk in chunks():
         prompt, carried["optimizer"], carried["grad"], carried["pending"], steps = run_job(
-            lm, jobs.train_steps, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, write
+            lm, job, prompt, carried["optimizer"], carried["grad"], carried["pending"], chunk, step_settings, write,
+            *extra_args
         )
         state["losses"] += [step_loss for _, _, step_loss in steps]
         epoch, i, last, _ = chunk[-1]

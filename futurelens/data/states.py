@@ -73,6 +73,27 @@ class CacheConfig:
     """Dataset splits to cache."""
 
 
+def cache_disk_bytes(rows: int, layers: int, n_max: int, d: int, dtype_bytes: int, shards: int = 1) -> int:
+    """Bytes a cache of ``rows`` prefixes takes on disk: per row ``layers`` states and ``n_max + 1`` final states of
+    ``d`` values of ``dtype_bytes``, ``n_max + 3`` int64 ids (targets, last token, row); at most 4 KB of safetensors
+    header per shard file. E.g. 100k prefixes, 81 layers, d 8192, fp16: 133 GB; one layer: 8.2 GB."""
+    return rows * ((layers + n_max + 1) * d * dtype_bytes + 8 * (n_max + 3)) + 4096 * shards
+
+
+def check_disk(out: Path, needed: int, what: str) -> None:
+    """Say what a stage will write before it does, and refuse it when the disk cannot hold it."""
+    import shutil
+
+    def size(n: int) -> str:
+        return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+    free = shutil.disk_usage(out).free
+    log.warning("%s: %s to write to %s (%s free).", what, size(needed), out, size(free))
+    if needed > free:
+        raise FutureLensError(f"{what} needs {size(needed)} but {out} has {size(free)} free: free space, pass "
+                              "another --out, cache fewer --layers, or a smaller --dtype (float16).")
+
+
 def _sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -241,6 +262,11 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
 
     dtype = getattr(torch, cfg.dtype)
     total = sum(len(r) for r in plan.values())
+    todo = [s for split in shards for s in shards[split] if "sha256" not in s]
+    check_disk(out, cache_disk_bytes(sum(s["rows"] for s in todo), len(layers), settings["n_max"], lm.d_model,
+                                     torch.empty(0, dtype=dtype).element_size(), len(todo)),
+               f"Caching {sum(s['rows'] for s in todo)} prefixes x {len(layers)} layer(s) {layers} x d {lm.d_model} "
+               f"in {cfg.dtype}")
     bar = tqdm(total=total, initial=done, desc="Caching states", unit="prefix", disable=not progress, smoothing=0.1)
     for split, rows in plan.items():
         for k, shard in enumerate(shards[split]):

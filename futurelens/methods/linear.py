@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .base import Prediction, from_logits, plain_batch
+from .vocab import vocab_logits  # noqa: F401  (importable from here, as before)
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch, StateCache
@@ -215,33 +216,14 @@ def cross_entropy_grad_(probe: torch.nn.Linear, x: torch.Tensor, target: torch.T
     torch.sum(z, 0, out=probe.bias.grad)
 
 
-def vocab_logits(tensors: dict[str, torch.Tensor], x: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``[b, heads, vocab]`` logits of a saved vocabulary probe (`VocabProbe.tensors`) on states ``x [b, d]``.
-
-    A compact probe (a ``tokens`` tensor: the ids its rows stand for, the last row of each head standing for every
-    other id) gives every other id that row's logit, exactly the full probe's, whose rows for those ids are equal.
-    """
-    weight, bias = tensors["weight"].float(), tensors["bias"].float()
-    z = x.float() @ weight.T + bias
-    tokens = tensors.get("tokens")
-    if tokens is None:
-        return z.view(len(x), -1, vocab_size)
-    tokens = tokens.long()
-    z = z.view(len(x), -1, len(tokens) + 1)
-    out = z[:, :, -1:].expand(-1, -1, vocab_size).clone()
-    out[:, :, tokens] = z[:, :, :-1]
-    return out
-
-
 @dataclass
 class VocabProbe:
     """Direct vocabulary prediction: a linear map from the state to the vocabulary, per N.
 
-    Fitted compactly, exactly: the weights start at zero, so every token that is no train target gets the same
-    logits and so the same gradient (and AdamW update) at every step; their rows stay identical, and one row stands
-    for all of them (counted as many times in the softmax). Memory and checkpoints grow with the distinct train
-    targets S, not the vocabulary: at Gemma's 262,144 tokens and S = 3,000 a probe is 1% of the full one. The size is
-    logged before the fit.
+    Fitted with bounded memory (`futurelens.methods.vocab`): per N, a row for each of its distinct train targets
+    and one for every other id (exactly the full probe: zero-initialised, those rows stay equal), AdamW without a
+    gradient buffer, and a ``memory_mb`` budget past which the rarest targets share the other row. The fit's peak
+    (`vocab_probe_fit_bytes`) is logged before it starts.
     """
 
     vocab_size: int
@@ -250,48 +232,47 @@ class VocabProbe:
     batch_size: int = 64
     weight_decay: float = 1e-5
     name: str = "linear (vocab)"
+    memory_mb: float = 4096
+    """Budget for the weights and AdamW's moments; when an N's distinct train targets need more rows, its rarest
+    targets share the "other" row (never on the embedded default; at d = 8192 it allows ~10,900 rows per N)."""
     probes: dict[int, torch.nn.Linear] = field(default_factory=dict)
-    """``{layer: Linear(d, (n_max + 1) * (S + 1))}``: all N share one matmul; per N, a row per train target id
-    (``tokens[layer]``) and one for every other id. A full probe read from an older file: ``vocab`` rows per N."""
+    """``{layer: Linear(d, sum of rows)}``: all N share one matmul; each N's block has a row per id of its own
+    (``tokens[layer]``) and a last one for every other id. A full probe read from an older file: ``vocab`` rows per N."""
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
-    """``{layer: [S] ids}`` of a compact probe's rows (none for a full one)."""
+    """``{layer: ids}`` of the rows: each N's ``[S_N]`` one after another (per-N probe, ``rows[layer]``), or one
+    ``[S]`` set shared by every N (an older fit); none for a full probe."""
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    """``{layer: [heads]}`` rows of each N's block (``S_N + 1``), for a per-N probe."""
     seed: int = 0
     kind: ClassVar[str] = "vocab"
 
     def settings(self) -> dict:
         """What a saved fit must match to be reused."""
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "weight_decay": self.weight_decay,
-                "seed": self.seed, "vocab_size": self.vocab_size}
+                "seed": self.seed, "vocab_size": self.vocab_size, "memory_mb": self.memory_mb}
 
     def tensors(self, layer: int) -> dict[str, torch.Tensor]:
         probe = self.probes[layer]
         out = {"weight": probe.weight.detach(), "bias": probe.bias.detach()}
         if layer in self.tokens:
             out["tokens"] = self.tokens[layer]
+        if layer in self.rows:
+            out["rows"] = self.rows[layer]
         return out
 
     def restore(self, layer: int, tensors: dict[str, torch.Tensor]) -> VocabProbe:
-        weight, bias = tensors["weight"].float(), tensors["bias"].float()
-        probe = torch.nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            probe.weight.copy_(weight)
-            probe.bias.copy_(bias)
-        self.probes[layer] = probe.requires_grad_(False)
-        if "tokens" in tensors:
-            self.tokens[layer] = tensors["tokens"].long()
-        else:
-            self.tokens.pop(layer, None)
+        self.probes[layer] = _linear(tensors["weight"].float(), tensors["bias"].float())
+        for name, held in (("tokens", self.tokens), ("rows", self.rows)):
+            if name in tensors:
+                held[layer] = tensors[name].long()
+            else:
+                held.pop(layer, None)
         return self
 
     @staticmethod
     def train_targets(cache: StateCache) -> torch.Tensor:
         """The distinct token ids among the train split's targets (every N), sorted."""
-        seen = [torch.unique(b.target) for b in cache.batches(None, "train", batch_size=4096)]
-        if not seen:
-            from ..errors import FutureLensError
-
-            raise FutureLensError("The cache has no train rows: nothing to fit the vocabulary probe on.")
-        return torch.unique(torch.cat(seen))
+        return torch.unique(_all_targets(cache))
 
     def fit(self, cache: StateCache, layer: int, seed: int | None = None,
             checkpoint: str | os.PathLike | None = None) -> VocabProbe:
@@ -299,52 +280,78 @@ class VocabProbe:
         killed fit resumes after its last finished epoch, ending identical to an uninterrupted one."""
         import logging
 
+        from .vocab import BYTES_PER_PARAM, CHUNK, budget_rows, head_rows, head_step_, row_index, vocab_probe_fit_bytes
+
         if seed is not None:
             self.seed = seed
         seed = self.seed
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        torch.manual_seed(seed)
-        heads = cache.n_max + 1
-        tokens = self.train_targets(cache)
-        width = len(tokens) + 1
-        shared = self.vocab_size - len(tokens)
-        index = torch.full((self.vocab_size,), len(tokens), dtype=torch.long)
-        index[tokens] = torch.arange(len(tokens))
-        params = heads * width * (cache.d_model + 1)
-        mb = 4 * params / 2**20
+        heads, d, V = cache.n_max + 1, cache.d_model, self.vocab_size
+        targets = _all_targets(cache)
+        tokens = head_rows(targets, budget_rows(d, heads, self.memory_mb))
+        rows = [len(t) + 1 for t in tokens]
+        starts = [sum(rows[:n]) for n in range(heads + 1)]
+        index = row_index(tokens, V)
+        distinct = [len(torch.unique(c)) for c in targets.T]
+        capped = [n for n in range(heads) if distinct[n] > len(tokens[n])]
+        peak = vocab_probe_fit_bytes(d, rows, self.batch_size) + index.numel() * 8
         logging.getLogger(__name__).log(
-            logging.WARNING if mb > 1024 else logging.INFO,
-            "Vocabulary probe at layer %d: %d heads x %d rows (%d distinct train targets + 1 row for the other %d "
-            "ids) x %d: %.0f MB of weights, %.0f MB in memory while fitting (weights, gradient, AdamW), a %.0f MB "
-            "checkpoint per epoch.", layer, heads, width, len(tokens), shared, cache.d_model, mb,
-            4 * mb + 4 * self.batch_size * heads * width / 2**20, 3 * mb)
-        probe = torch.nn.Linear(cache.d_model, heads * width)
-        torch.nn.init.zeros_(probe.weight)
-        torch.nn.init.zeros_(probe.bias)
-        # Fused: one pass over the parameters per step, where the default builds parameter-sized temporaries.
-        opt = torch.optim.AdamW(probe.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        start = 0
+            logging.WARNING if capped or peak > 2**30 else logging.INFO,
+            "Vocabulary probe at layer %d: rows per N %s (each N's distinct train targets + 1 row for the other ids "
+            "of the %d) x %d: %.0f MB of weights, %.0f MB peak while fitting (weights, AdamW's moments, one chunk's "
+            "gradient), a %.0f MB checkpoint per epoch.%s", layer, rows, V, d, 4 * starts[-1] * (d + 1) / 2**20,
+            peak / 2**20, BYTES_PER_PARAM * starts[-1] * (d + 1) / 2**20,
+            f" N = {capped}: more distinct targets than --memory-mb {self.memory_mb} holds; the rarest share the "
+            "other row." if capped else "")
+        total = starts[-1]
+        weight, bias = torch.zeros(total, d), torch.zeros(total)
+        state = {"m": torch.zeros(total, d), "v": torch.zeros(total, d), "mb": torch.zeros(total),
+                 "vb": torch.zeros(total)}
+        start, step = 0, 0
         saved = _load_checkpoint(ckpt, self.settings())
-        if saved is not None and torch.equal(saved.get("tokens", torch.empty(0)), tokens):  # not a full-probe one
-            probe.load_state_dict(saved["probe"])
-            opt.load_state_dict(saved["optimizer"])
-            start = saved["epoch"]
-        probe.weight.grad, probe.bias.grad = torch.zeros_like(probe.weight), torch.zeros_like(probe.bias)
-        scratch = torch.empty(self.batch_size, heads * width)
+        flat = torch.cat(tokens)
+        if saved is not None and "state" in saved and torch.equal(saved["tokens"], flat) \
+                and saved["rows"] == rows:
+            weight, bias, state = saved["weight"], saved["bias"], saved["state"]
+            start, step = saved["epoch"], saved["step"]
+        scratch = torch.empty(self.batch_size, max(rows))
+        buffers = (torch.empty(min(CHUNK, max(rows)), d), torch.empty(min(CHUNK, max(rows)), d))
         for epoch in range(start, self.epochs):
             for batch in cache.batches(layer, "train", batch_size=self.batch_size, shuffle=True, seed=seed + epoch):
-                cross_entropy_grad_(probe, batch.states.float(), index[batch.target], scratch, shared=shared)
-                opt.step()
-            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "probe": probe.state_dict(),
-                                    "optimizer": opt.state_dict(), "tokens": tokens})
-        probe.weight.grad = probe.bias.grad = None
-        self.probes[layer] = probe.requires_grad_(False)
-        self.tokens[layer] = tokens
+                step += 1
+                x, scale = batch.states.float(), len(batch.row) * heads
+                for n in range(heads):
+                    a, b = starts[n], starts[n + 1]
+                    head_step_(weight[a:b], bias[a:b], {k: t[a:b] for k, t in state.items()}, x,
+                               index[n][batch.target[:, n]], V - len(tokens[n]), scale, step, self.lr,
+                               self.weight_decay, scratch, buffers)
+            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "step": step, "weight": weight,
+                                    "bias": bias, "state": state, "tokens": flat, "rows": rows})
+        del state, scratch, buffers
+        self.probes[layer] = _linear(weight, bias)
+        self.tokens[layer], self.rows[layer] = flat, torch.tensor(rows)
         return self
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
         logits = vocab_logits(self.tensors(layer), batch.states, self.vocab_size)
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
+
+
+def _all_targets(cache: StateCache) -> torch.Tensor:
+    """``[n_train, heads]``: every train row's targets, in cache order."""
+    seen = [b.target for b in cache.batches(None, "train", batch_size=4096)]
+    if not seen:
+        from ..errors import FutureLensError
+
+        raise FutureLensError("The cache has no train rows: nothing to fit the vocabulary probe on.")
+    return torch.cat(seen)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
+    """A frozen `torch.nn.Linear` holding ``weight [out, d]`` and ``bias [out]`` themselves (no copy)."""
+    probe = torch.nn.Linear(weight.shape[1], weight.shape[0], device="meta")  # meta: nothing allocated to overwrite
+    probe.weight, probe.bias = torch.nn.Parameter(weight, False), torch.nn.Parameter(bias, False)
+    return probe
 
 
 def fitted(

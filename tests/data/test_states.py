@@ -163,3 +163,38 @@ def test_remote_cache_is_one_request_per_shard_and_matches_local(tiny, tokenizer
     a, b = local.load(2, "train", final=True), remote.load(2, "train", final=True)
     torch.testing.assert_close(b.states, a.states, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.final, a.final, rtol=1e-5, atol=1e-6)
+
+
+def test_the_disk_cost_is_said_before_writing_and_equals_what_is_written(llama, tokenizer, tmp_path, caplog):
+    import logging
+
+    from futurelens.data.states import cache_disk_bytes
+
+    data, _ = synthetic_prefixes(tmp_path / "data", tokenizer, llama.name)  # 15 train + 5 test, n_max 2
+    out = tmp_path / "c"
+    with caplog.at_level(logging.WARNING, logger="futurelens.data.states"):
+        cfg = CacheConfig(data=str(data), out=str(out), layers=[1, 3], dtype="float16", shard_size=4)
+        build_cache(llama, cfg, progress=False)
+    said = [r.getMessage() for r in caplog.records if "to write to" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("Caching 20 prefixes x 2 layer(s) [1, 3]")
+    files = [p for p in out.rglob("*.safetensors")]
+    on_disk = sum(p.stat().st_size for p in files)
+    header = sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in files)  # safetensors: u64 length + JSON
+    want = cache_disk_bytes(20, 2, 2, llama.d_model, 2, shards=len(files))
+    assert on_disk - header == want - 4096 * len(files)  # the tensors' bytes, exactly
+    assert header <= 4096 * len(files) and f"{want / 1e6:.1f} MB to write" in said[0]
+    # a hand count at 70B shape, all layers, fp16, 100k prefixes: the issue's 133 GB
+    assert round(cache_disk_bytes(100_000, 81, 3, 8192, 2) / 1e9) == 139  # 85 x 8192 x 2 B x 100k (+ ids)
+
+
+def test_a_disk_too_small_is_refused_before_any_shard_is_written(llama, tokenizer, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    data, _ = synthetic_prefixes(tmp_path / "data", tokenizer, llama.name)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "c"
+    with pytest.raises(fl.FutureLensError, match=r"needs [\d.]+ MB but .* has 0\.0 MB free: free space.*fewer --layers"):
+        build_cache(llama, CacheConfig(data=str(data), out=str(out)), progress=False)
+    assert not list(out.rglob("*.safetensors"))

@@ -34,8 +34,11 @@ def test_the_compact_probe_equals_a_full_vocabulary_fit(tiny_cache, caplog):
         probe = VocabProbe(V, epochs=3, lr=1e-2, batch_size=8).fit(cache, 2)
     ref = _full_reference(cache, 2, V, epochs=3, lr=1e-2, batch_size=8, weight_decay=1e-5)
     test = cache.load(2, "test")
-    tokens = probe.tokens[2]
-    assert len(tokens) < 200 and probe.probes[2].weight.shape[0] == (cache.n_max + 1) * (len(tokens) + 1) < V
+    tokens = probe.tokens[2]  # each N's own ids, one N after another
+    train = cache.load(None, "train").target
+    rows = [len(torch.unique(train[:, n])) + 1 for n in range(cache.n_max + 1)]  # per N: its targets + the rest
+    assert probe.rows[2].tolist() == rows and probe.probes[2].weight.shape[0] == sum(rows) == len(tokens) + len(rows)
+    assert sum(rows) < (cache.n_max + 1) * (len(VocabProbe.train_targets(cache)) + 1) < V  # less than one joint set
     with torch.no_grad():
         want = ref(test.states.float()).view(len(test.row), -1, V)
     got = vocab_logits(probe.tensors(2), test.states, V)
@@ -45,10 +48,10 @@ def test_the_compact_probe_equals_a_full_vocabulary_fit(tiny_cache, caplog):
         torch.testing.assert_close(p.logprobs, want[:, n].log_softmax(-1), rtol=1e-4, atol=1e-4)
     # Every id that is no train target has one logit (the rows the full fit keeps equal), and it is not a target's.
     other = torch.ones(V, dtype=torch.bool)
-    other[tokens] = False
+    other[torch.unique(train)] = False
     assert torch.allclose(want[:, :, other], want[:, :, other][:, :, :1].expand(-1, -1, int(other.sum())), atol=1e-5)
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert f"{len(tokens)} distinct train targets + 1 row for the other {V - len(tokens)} ids" in said
+    assert f"rows per N {rows} (each N's distinct train targets + 1 row for the other ids of the {V})" in said
     assert "checkpoint per epoch" in said
 
 
