@@ -83,7 +83,8 @@ def test_cache_disk_is_layers_times_width_times_rows():
                 calibrate=False)
     cache = p.stage("cache")
     per_row = (81 + 4) * 8192 * 2 + 8 * 4 + 16  # 81 layers and the 4 final states, fp16; targets, last token, row
-    assert cache["disk"] == 100_000 * per_row
+    shards = math.ceil(80_000 / 512) + math.ceil(20_000 / 512)  # train and test shards of 512 rows, 4 KB header each
+    assert cache["disk"] == 100_000 * per_row + 4096 * shards
     assert 81 * 8192 * 2 * 100_000 / 1e9 == pytest.approx(132.7, abs=0.1)  # the 133 GB: the layers alone
 
 
@@ -187,3 +188,19 @@ def test_readme_cost_tables_are_what_plan_prints(monkeypatch):
             gpu = {"A100", "H100", "H200"} if a["stage"] in CLIENT_ROWS else set()
             keep = set(a) - MACHINE_COLUMNS - gpu
             assert {k: a[k] for k in keep} == {k: b[k] for k in keep}, (m["args"], a["stage"])
+
+
+def test_remote_training_shows_both_ways_and_picks_as_the_stage_does():
+    from futurelens.train_states import choose_states, recompute_bytes_per_row, recompute_flops_per_row, ship_bytes_per_row
+
+    kw = dict(model="meta-llama/Llama-3.1-70B", remote=True, n_prefixes=10_000, layers=[40], methods=[], calibrate=False)
+    auto, ship, again = (fl.plan(**kw, states=s).stage("train") for s in ("auto", "ship", "recompute"))
+    mean = (8 + 96) / 2
+    picked = choose_states(ship_bytes_per_row(8192, 3, "kl", 4), recompute_bytes_per_row(mean, 3),
+                           recompute_flops_per_row(resolve("meta-llama/Llama-3.1-70B").params, mean, 3))
+    assert f"states {picked} (auto)" in auto["note"]
+    assert auto["requests"] == (ship if picked == "ship" else again)["requests"]
+    # Only ids travel when the server recomputes (what is left is the prompt and its AdamW state, ~1 MB a request),
+    # at more server FLOPs.
+    assert again["requests"]["sent"] < ship["requests"]["sent"] / 50 and again["flops"] > ship["flops"]
+    assert again["requests"]["requests"] < ship["requests"]["requests"]

@@ -30,6 +30,8 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
         raise FutureLensError("n_prefixes and min_len must be >= 1, max_len >= min_len and n_max >= 0.")
     if not 0 < cfg.keep_rate <= 1:
         raise FutureLensError(f"keep_rate must be in (0, 1], got {cfg.keep_rate}.")
+    if cfg.states not in ("auto", "ship", "recompute"):
+        raise FutureLensError(f"states must be 'auto', 'ship' or 'recompute', not {cfg.states!r}.")
     if cfg.cache_dtype not in _BYTES:
         raise FutureLensError(f"cache_dtype must be one of {', '.join(_BYTES)}, not {cfg.cache_dtype!r}.")
     shape = resolve(cfg.model)

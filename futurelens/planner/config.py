@@ -56,12 +56,17 @@ class PlanConfig:
     """Soft-prompt training batch size."""
     loss: str = TrainConfig.loss
     """Soft-prompt loss, 'kl' (ships the cached final states) or 'ce'."""
+    states: str = TrainConfig.states
+    """With --remote: how training batches get their source states, 'ship', 'recompute' (only prefix ids travel; the
+    server recomputes them) or 'auto' (as `futurelens train --states auto` picks); the table shows the other way too."""
     eval_layers: list[int] = field(default_factory=list)
     """Layers evaluated; empty = every cached layer, as `futurelens eval`."""
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     """Methods evaluated: ngram, vocab, linear, mlp, fixed, learned."""
     vocab_epochs: int = EvalConfig.vocab_epochs
     """Training epochs of the direct vocabulary probe."""
+    vocab_memory_mb: float = EvalConfig.vocab_memory_mb
+    """The vocabulary probe's memory budget (futurelens eval --vocab-memory-mb)."""
     mlp_epochs: int = EvalConfig.mlp_epochs
     """Training epochs of the MLP probe."""
     data_batch_size: int = DataConfig.batch_size

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..errors import FutureLensError
 from ..remote import spans
@@ -71,18 +71,19 @@ def train_batch_bytes(rows: int, d_model: int, n_max: int, itemsize: int, kl: bo
 
 def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, prompt_len: int, embed_dim: int,
           d_model: int, n_max: int, itemsize: int, kl: bool, grad_accum: int = 1, checkpoint_every: int = 50,
-          optimizer: str = "adamw") -> Requests:
+          optimizer: str = "adamw", batch_bytes: "Callable[[int], int] | None" = None) -> Requests:
     """One soft prompt's training (`futurelens.train.train_prompt`'s ``chunks``): batches are added to a request
     while its bytes, the prompt and the carried optimizer state and gradient (``payload_bytes((prompt,
     carried))``) plus each batch's, stay under the bound, and at most ``checkpoint_every`` batches; each returns the
-    prompt, the optimizer state and the gradient of a step still accumulating."""
+    prompt, the optimizer state and the gradient of a step still accumulating. ``batch_bytes(rows)``: what one
+    batch sends, when not the shipped states (`train_batch_bytes`), e.g. a recompute request's ids."""
     limit = lm.max_request_mb * 2**20
     prompt = prompt_len * embed_dim * 4  # float32
     # torch's Adam(W) state: exp_avg and exp_avg_sq like the prompt, and `step` as a float32 scalar tensor.
     state = {"adamw": 2 * prompt + 4, "adam": 2 * prompt + 4, "sgd": 0}[optimizer]
     per_epoch = math.ceil(n_train / batch_size)
-    sizes = [train_batch_bytes(min(batch_size, n_train - i * batch_size), d_model, n_max, itemsize, kl)
-             for i in range(per_epoch)]
+    size_of = batch_bytes or (lambda rows: train_batch_bytes(rows, d_model, n_max, itemsize, kl))
+    sizes = [size_of(min(batch_size, n_train - i * batch_size)) for i in range(per_epoch)]
     out: Requests = []
     stepped, accumulated = False, 0  # whether the optimizer has state yet; batches into the current step
     chunk: list[tuple[int, bool]] = []

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.states import cache_disk_bytes
 from ..errors import FutureLensError
 from . import flops as F
 from . import requests as R
@@ -24,6 +25,8 @@ BATCH_TOKENS = 32768
 """`futurelens.data.prefixes.DataConfig.batch_tokens`: labelling rows per call are capped by it."""
 SEEN_BYTES = 60
 """Bytes the candidate stream keeps per candidate drawn (its ``seen`` set; benchmarks/paper_scale.py measured)."""
+VOCAB_BATCH = 64
+"""`futurelens.methods.linear.VocabProbe.batch_size`."""
 PY_INT_BYTES = 36
 """A token id in a Python list: an 8-byte pointer and a 28-byte int object."""
 
@@ -169,7 +172,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
                   ram=2 * cfg.cache_shard_size * row_bytes,
                   model_ram=_activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
                   gpu=_activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
-                  disk=n_all * (row_bytes + 8 * heads + 16),
+                  disk=cache_disk_bytes(n_all, len(cached), cfg.n_max, d, itemsize, len(shards)),
                   note=f"{len(cached)} layers x {n_all:,} rows, {cfg.cache_dtype}")
     if cfg.remote:
         cache.requests = _remote(R.cache, lm, shards, len(cached), cfg.n_max, d, itemsize)
@@ -190,10 +193,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
                   note=f"{len(prompt_layers)} prompts x {steps:,} steps of {b} x {P + target_n} tokens")
     train.step_flops = step_flops  # type: ignore[attr-defined]
     if cfg.remote:
-        per_layer = _remote(R.train, lm, n_train, b, cfg.epochs, P, shape.embed_dim, d, cfg.n_max, itemsize, kl)
-        train.requests = per_layer if "error" in per_layer else {k: (v if k == "largest" else v * len(prompt_layers))
-                                                                 for k, v in per_layer.items()}
-        train.exact = bool(cfg.data)
+        _train_remote(cfg, shape, train, lm, run, itemsize, kl, len(prompt_layers))
     out.append(train)
 
     out += _eval(cfg, shape, run, itemsize, eval_layers)
@@ -201,18 +201,39 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     return out
 
 
+def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Rows, itemsize: int, kl: bool,
+                  prompts: int) -> None:
+    """Remote training both ways (`futurelens.train_states`): shipping each batch's cached states, or sending its
+    prefix ids for the server to recompute them; ``--states auto`` picks by `choose_states`, as the stage does."""
+    from ..train_states import choose_states, recompute_bytes_per_row, recompute_flops_per_row, ship_bytes_per_row
+
+    d, n_train, b = shape.d_model, len(run.train), cfg.train_batch_size
+    mean_len = sum(run.train) / max(n_train, 1)
+    ship_row = ship_bytes_per_row(d, cfg.n_max, cfg.loss, itemsize)
+    id_row = recompute_bytes_per_row(mean_len, cfg.n_max)
+    id_flops = recompute_flops_per_row(shape.params, mean_len, cfg.n_max)
+    mode = cfg.states if cfg.states != "auto" else choose_states(ship_row, id_row, id_flops)
+    args = (lm, n_train, b, cfg.epochs, cfg.prompt_len, shape.embed_dim, d, cfg.n_max, itemsize, kl)
+    ways = {"ship": _remote(R.train, *args),
+            "recompute": _remote(R.train, *args, batch_bytes=lambda rows: math.ceil(rows * id_row))}
+    ways = {k: (v if "error" in v else {x: (y if x == "largest" else y * prompts) for x, y in v.items()})
+            for k, v in ways.items()}
+    train.requests, train.exact = ways[mode], bool(cfg.data) and mode == "ship"
+    extra = n_train * cfg.epochs * prompts * F.row(shape, mean_len + cfg.n_max)  # the recompute forwards
+    if mode == "recompute":
+        train.flops += extra
+    other = "recompute" if mode == "ship" else "ship"
+    alt = ways[other]
+    alt_text = "over the bound" if "error" in alt else f"{alt['requests']:,} requests, {alt['sent'] / 2**30:.3g} GiB sent"
+    train.note += (f"; states {mode}" + (" (auto)" if cfg.states == "auto" else "") + f"; {other} would be {alt_text}"
+                   + (f" and +{extra:.3g} FLOPs on the server" if other == "recompute" else ""))
+
+
 def _distinct(run: Rows, heads: int, vocab: int) -> list[int]:
     """Distinct train targets per N: counted from the table, else Heaps' law (7 x draws^0.6, capped at the vocabulary)."""
     if run.distinct_targets:
         return run.distinct_targets
     return [min(vocab, int(7 * max(len(run.train), 1) ** 0.6) + 1)] * heads
-
-
-def _vocab_probe_bytes(d: int, rows: list[int], batch: int) -> float:
-    """`futurelens.methods.linear.VocabProbe.fit`'s memory as its log line states it: weight, gradient and AdamW's two
-    moments (16 bytes a parameter) and the logits scratch ``[batch, heads x rows]``."""
-    params = sum(rows) * (d + 1)
-    return 16 * params + 4 * batch * sum(rows)
 
 
 def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int]) -> list[Stage]:
@@ -228,9 +249,12 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
         if method == "ngram":
             s.ram, s.note = 16 * n_train * heads * 8, "counts on the train text; no model calls"
         elif method == "vocab":
-            rows = [n + 1 for n in _distinct(run, heads, V)]
+            from ..methods.vocab import vocab_probe_fit_bytes, vocab_probe_rows
+
+            # The bounded fit's own formulas (futurelens.methods.vocab): rows per N capped by its memory budget.
+            rows = vocab_probe_rows(d, V, heads, _distinct(run, heads, V), cfg.vocab_memory_mb)
             s.client_flops = 3 * 2 * d * sum(rows) * n_train * cfg.vocab_epochs * L
-            s.ram = _vocab_probe_bytes(d, rows, 64) + scoring + 8 * V
+            s.ram = vocab_probe_fit_bytes(d, rows, VOCAB_BATCH) + 8 * heads * V + scoring
             s.disk = L * 3 * 4 * sum(rows) * (d + 1)
             s.note = f"probe {heads} x ~{rows[0] - 1:,} targets x {d} per layer" + ("" if run.distinct_targets else " (targets estimated)")
         elif method == "linear":
@@ -274,8 +298,10 @@ def _lens(cfg: PlanConfig, shape: Shape, lm: Any) -> Stage:
     """The lens page of one text (`futurelens.lens.compute`): every layer x token cell decoded, then rolled out."""
     T, r, P = cfg.lens_tokens, cfg.rollout, cfg.prompt_len
     cells = (shape.n_layers + 1) * T
-    s = Stage("lens", flops=F.row(shape, T) + cells * (2 * shape.d_model * shape.vocab + F.row(shape, P + 1)
-                                                      + F.decode(shape, P + 1, max(r - 1, 0))),
+    # The row's states once; per cell the logit lens (the head) and r rollout tokens after the prompt, whose own
+    # states are computed once and shared by every cell (the shared-prefix rollout).
+    s = Stage("lens", flops=F.row(shape, T) + F.row(shape, P) + cells * (2 * shape.d_model * shape.vocab
+                                                                         + F.decode(shape, P, r)),
               # Per chunk of up to 512 cells (LensConfig.chunk_size): the logit lens' and each rollout step's
               # vocabulary-sized logits, softmax and top-k temporaries, and the rollout's KV cache.
               calls=1 + math.ceil(cells / 512) * max(r, 1),

@@ -88,13 +88,14 @@ def test_plan_counts_equal_the_remote_stages(ndif_pair, measured, tmp_path):
     cache_log = list(measured)
     measured.clear()
     remote.max_request_mb = TRAIN_LIMIT_MB
-    train_cfg = TrainConfig(out=str(tmp_path / "prompts"), prompt_len=3, epochs=2, batch_size=4)
+    train_cfg = TrainConfig(out=str(tmp_path / "prompts"), prompt_len=3, epochs=2, batch_size=4,
+                            states="ship")
     train_prompt(remote, cache, 2, train_cfg, progress=False)
     train_log = list(measured)
 
     p = fl.plan(model=remote.name, remote=True, max_request_mb=LIMIT_MB, data=data_cfg.out, n_max=2, min_len=3,
                 max_len=9, layers=[1, 2], prompt_layers=[2], prompt_len=3, epochs=2, train_batch_size=4,
-                data_batch_size=6, data_shard_size=24, cache_shard_size=8, methods=[], calibrate=False)
+                data_batch_size=6, data_shard_size=24, cache_shard_size=8, methods=[], calibrate=False, states="ship")
     p_train = fl.plan(p.cfg, max_request_mb=TRAIN_LIMIT_MB)
     for name, log in (("data", data_log), ("cache", cache_log), ("train", train_log)):
         row = (p_train if name == "train" else p).stage(name)
