@@ -169,11 +169,77 @@ def _write(folder: Path, out: dict[str, Any], mach: dict[str, Any]) -> None:
             Path(tmp).write_text(body)
 
 
+# --------------------------------------------------------------------------- the 70B-width run (benchmarks/seventy_b.py)
+
+SEVENTY_B = ROOT / "benchmarks" / "results" / "seventy_b" / "seventy_b.json"
+
+
+def seventy_b_settings(report: dict[str, Any], lens_tokens: int) -> dict[str, Any]:
+    """Plan's settings for the run `benchmarks.seventy_b` made (its recorded ``settings``)."""
+    s = report["settings"]
+    d, c, t, e, lens = s["data"], s["cache"], s["train"], s["eval"], s["lens"]
+    return dict(n_prefixes=d["n_prefixes"], min_len=d["min_len"], max_len=d["max_len"], n_max=d["n_max"],
+                filter_correct=d["filter_correct"], data_batch_size=d["batch_size"], layers=c["layers"],
+                cache_dtype=c["dtype"], cache_batch_size=c["batch_size"], cache_shard_size=c["shard_size"],
+                prompt_layers=t["layers"], epochs=t["epochs"], train_batch_size=t["batch_size"],
+                prompt_len=t["prompt_len"], eval_layers=e["layers"], methods=e["methods"],
+                eval_batch_size=e["batch_size"], vocab_epochs=e["vocab_epochs"], dtype=s["dtype"],
+                rollout=lens["rollout"], lens_tokens=lens_tokens, calibrate=False)
+
+
+def seventy_b(report_path: Path = SEVENTY_B) -> dict[str, Any]:
+    """Plan's peak RSS beside each stage's measured peak in the 70B-width CPU run (``report_path``, written by
+    `benchmarks.seventy_b`): plan is given the model's config.json (no weights) and the run's settings."""
+    import transformers
+
+    from futurelens.models import ensure_default_model
+
+    report = json.loads(report_path.read_text())
+    tokens = len(transformers.AutoTokenizer.from_pretrained(ensure_default_model())(report["settings"]["lens"]["text"])
+                 ["input_ids"])
+    with tempfile.TemporaryDirectory(prefix="plan-70b-") as tmp:
+        config = transformers.LlamaConfig(**report["shape"], num_hidden_layers=report["settings"]["blocks"])
+        config.save_pretrained(tmp)
+        predicted = predict(tmp, seventy_b_settings(report, tokens))
+    rows = []
+    for stage, m in report["stages"].items():
+        if stage not in STAGES or m.get("peak_rss_gb") is None:
+            continue
+        p = predicted["stages"][stage]["rss"] / 2**30
+        rows.append({"stage": stage, "predicted_gb": round(p, 2), "measured_gb": m["peak_rss_gb"],
+                     "ratio": round(p / m["peak_rss_gb"], 3), "ok": abs(p / m["peak_rss_gb"] - 1) <= GOAL,
+                     "predicted_s": round(predicted["stages"][stage]["s"], 1), "measured_s": m["seconds"]})
+    return {"report": str(report_path.relative_to(ROOT)), "commit": report.get("commit"), "rows": rows,
+            "how": predicted["how"], "skipped": {k: v["skipped"] for k, v in report["stages"].items() if v.get("skipped")}}
+
+
+def seventy_b_markdown(c: dict[str, Any]) -> str:
+    lines = [f"Measured: `{c['report']}` (commit {c['commit']}); plan: the model's config.json and the run's settings, "
+             "no weights read.", "",
+             "| stage | plan: peak RSS | measured | plan / measured | plan: time (peak x efficiency) | measured |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in c["rows"]:
+        lines.append(f"| {r['stage']} | {r['predicted_gb']:.2f} GiB | {r['measured_gb']:.2f} GiB | {r['ratio']:.2f} "
+                     f"{'yes' if r['ok'] else '**no**'} | {r['predicted_s']:.0f} s | {r['measured_s']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
     parser.add_argument("--write", help="folder for README.md and table.json (benchmarks/results/plan)")
+    parser.add_argument("--seventy-b", action="store_true", help="only compare plan with the committed 70B-width run "
+                        "(benchmarks/results/seventy_b/seventy_b.json); with --write, into seventy_b.md / .json there")
     a = parser.parse_args()
-    print(json.dumps(run(a.quick, Path(a.write) if a.write else None), indent=2, default=str))
+    if a.seventy_b:
+        c = seventy_b()
+        print(seventy_b_markdown(c))
+        if a.write:
+            Path(a.write, "seventy_b.json").write_text(json.dumps(c, indent=2, default=str) + "\n")
+            Path(a.write, "seventy_b.md").write_text("# futurelens plan against the 70B-width CPU run\n\n"
+                                                    "`python -m benchmarks.plan_check --seventy-b --write "
+                                                    "benchmarks/results/plan`\n\n" + seventy_b_markdown(c))
+    else:
+        print(json.dumps(run(a.quick, Path(a.write) if a.write else None), indent=2, default=str))
