@@ -50,6 +50,16 @@ def weight_bytes(shape: Shape, dtype: str) -> float:
     return shape.params * _BYTES.get(dtype, 4)
 
 
+def resident_weight_bytes(shape: Shape, dtype: str) -> float:
+    """Weights resident in RAM once a CPU run has loaded and used them. Loaded in the checkpoint's own dtype,
+    safetensors' tensors are memory-mapped and a page counts only once read: an untied input embedding is read
+    a row per token seen, so it stays (almost all) out (4 GB of Llama-3.1-70B's 128,256 x 8192 float32 rows);
+    converted to another dtype, every weight is copied in."""
+    own = _BYTES.get(shape.weight_dtype.replace("torch.", ""), 4) == _BYTES.get(dtype, 4)
+    untouched = shape.embed_params if own and not shape.tied else 0
+    return (shape.params - untouched) * _BYTES.get(dtype, 4)
+
+
 def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any] | None) -> Plan:
     """The `Plan` of ``stages``: see the module docstring for how each figure is made."""
     here_dtype = cfg.dtype or "float32"
@@ -63,7 +73,7 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
                     f"{1e3 * cal['forward_call_s']:.0f} ms a call; start-up {cal['startup_s']:.1f} s)")
     else:
         gc.collect()
-        local = 0.0 if cfg.remote else weight_bytes(shape, here_dtype)
+        local = 0.0 if cfg.remote else resident_weight_bytes(shape, here_dtype)
         machine.update(startup_s=process_age(), fixed_rss=rss() + local, flop_rate=mm * CPU_EFFICIENCY,
                        forward_call_s=0.0, greedy_call_s=0.0)
         how_here = (f"peak x efficiency: this machine's measured fp32 matmul rate {mm / 1e9:.0f} GFLOP/s x "
@@ -77,7 +87,8 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
         "gpus": (f"peak x efficiency: data-sheet dense {gpu_dtype} peak x {100 * 0.4:.0f}% or weight reads at 70% of HBM "
                  "bandwidth, the larger per call (not measured); client-side fits at this machine's rate"),
         "ram": ("measured fixed part (this process after imports" + ("" if cfg.remote or cal is None else " and the weights")
-                + ") + the stage's buffers" + ("" if cal is not None or cfg.remote else f" + {here_dtype} weights")),
+                + ") + the stage's buffers" + ("" if cal is not None or cfg.remote else f" + the {here_dtype} weights it reads "
+                                                                "(an untied embedding memory-mapped, mostly unread)")),
         "requests": "exact: futurelens.remote.spans over the run's rows" if cfg.data else
                     "futurelens.remote.spans over rows spread evenly over the length range",
     }
