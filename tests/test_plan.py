@@ -204,3 +204,19 @@ def test_remote_training_shows_both_ways_and_picks_as_the_stage_does():
     # at more server FLOPs.
     assert again["requests"]["sent"] < ship["requests"]["sent"] / 50 and again["flops"] > ship["flops"]
     assert again["requests"]["requests"] < ship["requests"]["requests"]
+
+
+def test_calibration_times_the_model_itself(tmp_path, tokenizer):
+    """A small local model is timed through futurelens' own calls, and this machine's column says so."""
+    from conftest import build_tiny
+
+    build_tiny("llama", tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    p = fl.plan(model=str(tmp_path), n_prefixes=50, methods=["fixed"], layers=[1])
+    m = p.machine
+    assert p.how["here"].startswith("measured")
+    assert m["flop_rate"] > 0 and m["train_step_s"] > 0 and m["startup_s"] > 0 and m["fixed_rss"] > 100 * 2**20
+    assert set(m["first_call_s"]) == {"forward", "greedy", "train"}
+    # The data stage's time is its greedy calls at the measured cost per call plus its FLOPs at the measured rate.
+    data = p.stage("data")
+    assert data["here_s"] >= m["greedy_call_s"] * 1  # at least one call

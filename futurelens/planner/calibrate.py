@@ -47,6 +47,8 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     from ..tracing import cache_ahead, greedy
     from ..train import prompt_loss
 
+    from .. import cli  # noqa: F401 - each stage runs as a `futurelens` process: its start-up imports the CLI too
+
     lm = load_model(model)
     startup = process_age()
     load_peak = peak_rss()  # loading copies weights: a stage's process peaks at least here
