@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from futurelens.planner.flops import analytic as analytic_flops
+
 from .common import default_lm, device, interleaved, paired_ratio, plain_default, pydoc_prefixes, result, stats
 
 NAME = "flops"
@@ -89,8 +91,7 @@ def run(quick: bool) -> dict[str, Any]:
     peak = mm_flops / min(times["matmul"])
 
     n_params = sum(p.numel() for name, p in plain.named_parameters() if "embed" not in name)
-    analytic = 2 * n_params * rows * length + 2 * lm.vocab_size * lm.d_model * rows * length \
-        + 4 * lm.n_layers * lm.d_model * length**2 * rows
+    analytic = analytic_flops(n_params, lm.vocab_size, lm.d_model, lm.n_layers, rows, length)
     sides = ("hf_forward", "futurelens_cache")
     achieved = {side: flops[side]["total"] / min(times[side]) for side in sides}
     # Per round: (F / t_side) / (F_mm / t_mm), the median over rounds.

@@ -112,12 +112,8 @@ PAPER = {
     "vocab_epochs": 1,
     "fixed_prompt_tokens": 10,  # 'Hello! Could you please tell me more about "' in GPT-J's tokenizer
 }
-GPUS = {
-    # dense peaks from the vendors' data sheets (no sparsity); HBM bandwidth
-    "A100 80GB SXM": {"bf16": 312e12, "tf32": 156e12, "fp64": 19.5e12, "hbm": 2.039e12},
-    "H100 80GB SXM": {"bf16": 989e12, "tf32": 495e12, "fp64": 67e12, "hbm": 3.35e12},
-}
-UTILISATION = {"compute": 0.40, "bandwidth": 0.70}
+from futurelens.planner.hardware import GPUS, UTILISATION  # noqa: E402 - the plan's GPUs and efficiencies, one home
+from futurelens.planner.hardware import roofline as _shared_roofline  # noqa: E402
 
 
 GROWTH_CAUSES = {
@@ -260,13 +256,8 @@ def greedy_calls(lengths: list[int], shard_size: int = DATA_SHARD, batch_size: i
 
 
 def _roofline(calls: float, flops: float, weight_reads: float, peak: float, gpu: dict[str, float]) -> dict[str, float]:
-    """Seconds for ``calls`` calls doing ``flops`` FLOPs in all and reading the weights ``weight_reads`` times each:
-    per call, the larger of the arithmetic at ``UTILISATION['compute']`` of ``peak`` and the weight reads at
-    ``UTILISATION['bandwidth']`` of HBM bandwidth."""
-    per_call_compute = flops / calls / (peak * UTILISATION["compute"])
-    per_call_memory = weight_reads * GPTJ["weight_bytes"] / (gpu["hbm"] * UTILISATION["bandwidth"])
-    return {"compute_s": calls * per_call_compute, "memory_s": calls * per_call_memory,
-            "s": calls * max(per_call_compute, per_call_memory), "bound": "compute" if per_call_compute >= per_call_memory else "memory"}
+    """`futurelens.planner.hardware.roofline` with GPT-J's bf16 weights."""
+    return _shared_roofline(calls, flops, weight_reads, GPTJ["weight_bytes"], peak, gpu)
 
 
 def gptj_workload(mean_prefix_len: float, calls_per_candidate: float) -> dict[str, dict[str, float]]:

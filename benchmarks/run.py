@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/ on 
     sys.path.insert(0, str(ROOT))
 
 BENCHMARKS = ("cache_speed", "train_step", "eval_speed", "lens_speed", "cache_memory", "data_scale", "paper_scale", "flops", "gpu",
-              "vocab_probe", "seventy_b")
+              "vocab_probe", "seventy_b", "plan_check")
 
 
 def _commit() -> str:

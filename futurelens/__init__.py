@@ -41,6 +41,8 @@ _EXPORTS = {
     "save_prompt": "futurelens.artifacts",
     "shipped_prompts": "futurelens.artifacts",
     "push": "futurelens.artifacts",
+    "plan": "futurelens.planner",
+    "PlanConfig": "futurelens.planner",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

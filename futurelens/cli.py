@@ -344,6 +344,13 @@ def _doctor(cfg: Any, remote: bool = False, max_request_mb: float = MAX_REQUEST_
     typer.echo(f"All {len(results)} remote checks passed on {cfg.model}.")
 
 
+def _plan(cfg: Any) -> None:
+    from .planner import run
+
+    _quiet_transformers()
+    run(cfg)
+
+
 def _positional(fn, name: str, help: str):
     """Make option ``--<name>`` of a `command` wrapper its first positional argument."""
     import inspect
@@ -402,6 +409,12 @@ def _register() -> None:
     app.command("doctor", help="Check every remote operation against NDIF on a served model (--remote): a pass/fail "
                 "table with request counts and bytes.")(
         _positional(cmd(DoctorConfig, "doctor", _doctor), "model", field_docs(DoctorConfig)["model"])
+    )
+    from .planner import PlanConfig
+
+    app.command("plan", help="What a run would cost before it runs, per stage: FLOPs, time here and on A100/H100/H200, "
+                "RAM, GPU memory, disk and, with --remote, NDIF requests and bytes each way (offline for shipped configs).")(
+        command(PlanConfig, _guard(_plan, lambda cfg: "Nothing is written by plan; run it again."))
     )
     push_docs = field_docs(PushConfig)
     app.command("push", help="Upload a run's soft prompts, fitted probes and results to the Hugging Face hub, with a "

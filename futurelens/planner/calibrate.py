@@ -1,0 +1,91 @@
+"""This machine's throughput for one model, measured on the model itself through futurelens' own calls.
+
+`calibrate` loads the model (its weights must be here) and times, best of two each, what the stages
+call: `futurelens.cache_ahead` at two sizes (the forward's per-call cost and FLOP rate, by a line
+through the two), `futurelens.greedy` (a labelling call: prefill plus ``n_max`` decode steps), and one
+soft-prompt training step (`futurelens.train.prompt_loss` and its backward). The process's age and
+resident memory after loading are the fixed part of a stage's process (interpreter, imports, weights).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable
+
+from . import flops as F
+from .hardware import peak_rss, process_age, rss
+from .shape import Shape
+
+MAX_PARAMS = 2e9
+"""Models larger than this are not loaded to calibrate (their weights would not fit this machine's RAM)."""
+
+
+def _best(fn: Callable[[], Any], repeats: int = 2) -> tuple[float, float]:
+    """``(best of repeats, first call)`` seconds: a process's first call of a kind also builds what later calls
+    reuse (nnsight's instrumented forwards), a one-off cost each stage's process pays."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best, first
+
+
+def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len: int,
+              cache_batch: int) -> dict[str, Any]:
+    """Measured costs of ``model`` here: ``startup_s``, ``fixed_rss``, ``load_peak_rss``, ``forward_call_s``,
+    ``flop_rate``, ``greedy_call_s`` (per call, beyond its FLOPs at that rate), ``train_step_s`` (one step at
+    ``train_batch``) and ``first_call_s`` (the one-off extra of a process's first call of each kind)."""
+    import torch
+
+    from ..data.states import StateBatch
+    from ..models import load_model
+    from ..tracing import cache_ahead, greedy
+    from ..train import prompt_loss
+
+    from .. import cli  # noqa: F401 - each stage runs as a `futurelens` process: its start-up imports the CLI too
+
+    lm = load_model(model)
+    startup = process_age()
+    load_peak = peak_rss()  # loading copies weights: a stage's process peaks at least here
+    t0 = time.perf_counter()
+    gc.collect()
+    fixed = rss()
+    g = torch.Generator().manual_seed(0)
+
+    def ids(rows: int, length: int) -> torch.Tensor:
+        return torch.randint(5, shape.vocab - 1, (rows, length), generator=g)
+
+    (b1, t1), (b2, t2) = (2, 8), (cache_batch, 48)
+    x1, x2, c1, c2 = ids(b1, t1), ids(b2, t2), ids(b1, n_max), ids(b2, n_max)
+    (s1, first1), (s2, _) = _best(lambda: cache_ahead(lm, x1, c1, None)), _best(lambda: cache_ahead(lm, x2, c2, None))
+    f1, f2 = b1 * F.row(shape, t1 + n_max), b2 * F.row(shape, t2 + n_max)
+    rate = (f2 - f1) / max(s2 - s1, 1e-9)
+    call = max(s1 - f1 / rate, 0.0)
+
+    rows = ids(8, 24).tolist()
+    sg, first_g = _best(lambda: greedy(lm, rows, n_max + 1, batch_size=8))
+    greedy_call = max(sg - 8 * (F.row(shape, 24) + F.decode(shape, 24, n_max)) / rate, 0.0)
+
+    layer = shape.n_layers // 2
+    batch = StateBatch(states=torch.randn(train_batch, shape.d_model, generator=g), target=ids(train_batch, n_max + 1),
+                       last_token=ids(train_batch, 1)[:, 0], row=torch.arange(train_batch),
+                       final=torch.randn(train_batch, n_max + 1, shape.d_model, generator=g))
+    prompt = (torch.randn(prompt_len, shape.embed_dim, generator=g) * 0.02).requires_grad_(True)
+
+    def step() -> None:
+        prompt_loss(lm, prompt, batch, layer, 1, "kl").backward()
+        prompt.grad = None
+
+    st, first_t = _best(step)
+    took = time.perf_counter() - t0
+    del lm
+    gc.collect()
+    return {"startup_s": startup, "fixed_rss": fixed, "load_peak_rss": load_peak, "forward_call_s": call, "flop_rate": rate,
+            "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len,
+            "calibration_s": took, "first_call_s": {"forward": max(first1 - s1, 0.0), "greedy": max(first_g - sg, 0.0),
+                                                    "train": max(first_t - st, 0.0)}}
