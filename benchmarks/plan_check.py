@@ -92,7 +92,7 @@ def run(quick: bool = False, write: Path | None = None) -> dict[str, Any]:
     """Plan, then run, both models; see the module docstring."""
     from benchmarks.common import machine, result
     from benchmarks.paper_scale import make_model, stage
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     started = time.perf_counter()
     report: dict[str, Any] = {}
@@ -192,7 +192,7 @@ def seventy_b(report_path: Path = SEVENTY_B) -> dict[str, Any]:
     `benchmarks.seventy_b`): plan is given the model's config.json (no weights) and the run's settings."""
     import transformers
 
-    from futurelens.models import ensure_default_model
+    from futurelens.embedded import ensure_default_model
 
     report = json.loads(report_path.read_text())
     tokens = len(transformers.AutoTokenizer.from_pretrained(ensure_default_model())(report["settings"]["lens"]["text"])

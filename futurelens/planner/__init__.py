@@ -4,7 +4,7 @@ For a model (a shipped config, a folder, a hub id, the embedded default) and a r
 (`PlanConfig`), every stage — data (labelling), cache, train, eval per method, lens — gets its FLOPs,
 its time here and on an A100 / H100 / H200, its peak client RAM, GPU memory and disk and, remotely,
 its NDIF requests and bytes each way. Modules: `shape` (the model without weights), `flops` (the
-analytic counter), `requests` (remote requests by `futurelens.remote.spans`), `stages` (work and
+analytic counter), `requests` (remote requests by `futurelens.dispatch.spans`), `stages` (work and
 footprint per stage), `calibrate` (this machine, measured on the model), `hardware` (the GPUs),
 `estimate` (pricing), `table` (printing).
 """

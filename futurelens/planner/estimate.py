@@ -89,8 +89,8 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
         "ram": ("measured fixed part (this process after imports" + ("" if cfg.remote or cal is None else " and the weights")
                 + ") + the stage's buffers" + ("" if cal is not None or cfg.remote else f" + the {here_dtype} weights it reads "
                                                                 "(an untied embedding memory-mapped, mostly unread)")),
-        "requests": "exact: futurelens.remote.spans over the run's rows" if cfg.data else
-                    "futurelens.remote.spans over rows spread evenly over the length range",
+        "requests": "exact: futurelens.dispatch.spans over the run's rows" if cfg.data else
+                    "futurelens.dispatch.spans over rows spread evenly over the length range",
     }
     for s in stages:
         client_s = s.client_flops / client_rate

@@ -1,7 +1,7 @@
 """NDIF requests of each remote stage, and their bytes each way, split by the stages' own helper.
 
 Every function here walks the items a stage sends (prefix rows, cache rows, training batches) in the
-stage's order and splits them with `futurelens.remote.spans`, the one place remote work is split by
+stage's order and splits them with `futurelens.dispatch.spans`, the one place remote work is split by
 size, with the per-item byte sizes the stage passes it (cited at each function). A request's bytes are
 what `spans` bounds: tensors at ``numel * element_size`` and token ids at 8 bytes (int64) each; what a
 request carries besides (the job's source, the model's envoy tree: ~120 KB) is not counted.
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
 
 from ..errors import FutureLensError
-from ..remote import spans
+from ..dispatch import spans
 
 Requests = list[tuple[int, int]]
 
@@ -93,7 +93,7 @@ def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, promp
     def run(chunk: list[tuple[int, bool]]) -> None:
         nonlocal stepped, accumulated, carried
         sent = carried + sum(b for b, _ in chunk)
-        if sent > limit:  # one batch and the carried state alone: `futurelens.remote.run_job` refuses it
+        if sent > limit:  # one batch and the carried state alone: `futurelens.dispatch.run_job` refuses it
             raise FutureLensError(
                 f"One training request would send {sent / 2**20:.3g} MB (the prompt, its optimizer state and one "
                 f"batch), over the request bound max_request_mb={lm.max_request_mb:g}: use a smaller train batch "

@@ -64,7 +64,7 @@ def shipped() -> dict[str, Path]:
 
 def _config_dict(model: str) -> tuple[dict, str]:
     """``(config.json as a dict, where from)`` for a hub id, folder or embedded name; offline where it can be."""
-    from ..models import EMBEDDED, default_model_dir, ensure_default_model
+    from ..embedded import EMBEDDED, default_model_dir, ensure_default_model
 
     files = shipped()
     lowered = {k.lower(): v for k, v in files.items()}

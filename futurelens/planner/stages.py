@@ -54,7 +54,7 @@ def _spread(n: int, lo: int, hi: int) -> list[int]:
 def rows(cfg: PlanConfig) -> Rows:
     """The rows of the run: read from ``cfg.data`` (a prefix table) when given, else spread over the length range."""
     if cfg.data:
-        from ..data.prefixes import load_prefixes
+        from ..artifacts.dataset import load_prefixes
 
         table, meta = load_prefixes(cfg.data)
         cols = table.select_columns(["prefix_ids", "target_ids", "split"]).to_dict()
