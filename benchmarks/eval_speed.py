@@ -73,6 +73,7 @@ def _methods(lm, cache, layers: list[int], train_pairs) -> tuple[Any, list[Any]]
     vocab = VocabProbe(lm.vocab_size, epochs=1).fit(cache, middle)
     vocab.probes = {layer: vocab.probes[middle] for layer in layers}
     vocab.tokens = {layer: vocab.tokens[middle] for layer in layers if middle in vocab.tokens}  # a compact probe's ids
+    vocab.rows = {layer: vocab.rows[middle] for layer in layers if middle in vocab.rows}  # its per-N row counts
     linear = LinearApprox(lm)
     for layer in layers:
         linear.fit(cache, layer)

@@ -699,6 +699,7 @@ def stage_eval(lm, plain, s: Settings, clock: Clock, work: Path) -> dict:
     vocab = VocabProbe(lm.vocab_size, epochs=1).fit(cache, middle)
     vocab.probes = {layer: vocab.probes[middle] for layer in layers}
     vocab.tokens = {layer: vocab.tokens[middle] for layer in layers if middle in vocab.tokens}  # a compact probe's ids
+    vocab.rows = {layer: vocab.rows[middle] for layer in layers if middle in vocab.rows}  # its per-N row counts
     linear = LinearApprox(lm).fit(cache, middle)
     linear.maps = {layer: linear.maps[middle] for layer in layers}
     g = torch.Generator().manual_seed(0)
