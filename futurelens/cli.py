@@ -183,12 +183,12 @@ def _cache(cfg: Any, **where: Any) -> None:
 
 def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
     """What `train` will reuse in ``cfg.out``: finished prompts and checkpoints to resume from."""
-    from futurelens.artifacts import prompt_path
+    from futurelens.artifacts import prompt_checkpoint_path, prompt_path
 
     notes = []
     for layer, target in [(layer, t) for layer in layers for t in (cfg.target_layers or [layer])]:
         final = prompt_path(cfg.out, layer, target)
-        ckpt = final.with_name(final.name.replace(".safetensors", ".ckpt.pt"))
+        ckpt = prompt_checkpoint_path(cfg.out, layer, target)
         if target != layer:
             layer = f"{layer} -> {target}"
         if final.exists():

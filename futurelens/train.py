@@ -103,7 +103,7 @@ def _atomic(write, path: Path) -> None:
 
 # The prompt file format lives in `futurelens.artifacts` (with every other on-disk and hub format); these
 # names stay importable from here.
-from .artifacts import load_prompt, load_prompts, prompt_key, prompt_path, save_prompt  # noqa: E402,F401
+from .artifacts import load_prompt, load_prompts, prompt_checkpoint_path, prompt_key, prompt_path, save_prompt  # noqa: E402,F401
 
 
 _OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -169,7 +169,7 @@ def train_prompt(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     final_path = prompt_path(out, layer, write)
-    ckpt_path = final_path.with_name(final_path.name.replace(".safetensors", ".ckpt.pt"))
+    ckpt_path = prompt_checkpoint_path(out, layer, write)
     # ``states`` is how the batches travel, not what is trained: a prompt trained either way is the same prompt.
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project", "states")}

@@ -32,11 +32,13 @@ from .probes import (
     PROBE_KINDS,
     ProbeInfo,
     data_fingerprint,
+    load_fit_checkpoint,
     load_probe,
     probe_checkpoint_path,
     probe_path,
     probes_folder,
     read_probe,
+    save_fit_checkpoint,
     save_probe,
 )
 from .prompts import (
@@ -44,6 +46,7 @@ from .prompts import (
     PROMPT_KEY,
     load_prompt,
     load_prompts,
+    prompt_checkpoint_path,
     prompt_key,
     prompt_path,
     prompt_width,
@@ -59,8 +62,8 @@ from .source import MANIFEST, PROMPT_SUFFIXES, PromptSet, Source, hub_id, pull, 
 __all__ = [
     "CARD", "MANIFEST", "MAP_FORMAT", "MAP_KEY", "NGRAM_KIND", "read_ngram", "save_ngram", "PACKAGE_PROMPTS", "PROBE_FORMAT", "PROBE_KINDS", "PROMPT_KEY",
     "PROMPT_SUFFIXES", "MapInfo", "ProbeInfo", "PromptSet", "PushConfig", "PushResult", "Source", "collect_run",
-    "data_fingerprint", "hub_id", "load_map", "load_probe", "load_prompt", "load_prompts", "manifest", "map_path",
-    "model_card", "probe_checkpoint_path", "probe_path", "prompt_key", "prompt_path", "prompt_width", "probes_folder", "pull", "push", "read_probe", "read_prompt",
+    "data_fingerprint", "load_fit_checkpoint", "save_fit_checkpoint", "hub_id", "load_map", "load_probe", "load_prompt", "load_prompts", "manifest", "map_path",
+    "model_card", "probe_checkpoint_path", "probe_path", "prompt_checkpoint_path", "prompt_key", "prompt_path", "prompt_width", "probes_folder", "pull", "push", "read_probe", "read_prompt",
     "save_map", "save_probe", "save_prompt", "select_target", "shipped_prompts", "shipped_prompts_dir",
     "source_layers", "stage_run",
 ]

@@ -144,3 +144,24 @@ def probes_folder(location: str | os.PathLike, revision: str | None = None) -> t
     return (folder / "probes" if (folder / "probes").is_dir() else folder), Source("hub", repo, resolved)
 
 
+def load_fit_checkpoint(path: Path | None, settings: dict) -> dict | None:
+    """An unfinished fit's checkpoint (``torch.save``d dict with its ``settings``) if there is one for these settings;
+    one for other settings is refused, naming the file."""
+    if path is None or not path.exists():
+        return None
+    import torch
+
+    saved = torch.load(path, weights_only=False, map_location="cpu")
+    if saved.get("settings") != settings:
+        raise FutureLensError(f"{path} is a checkpoint of a fit with other settings: use another --probes folder, or delete it.")
+    return saved
+
+
+def save_fit_checkpoint(path: Path | None, blob: dict) -> None:
+    """Write an unfinished fit's checkpoint atomically (nothing when ``path`` is None)."""
+    if path is None:
+        return
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)

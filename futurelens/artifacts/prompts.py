@@ -56,6 +56,12 @@ def prompt_path(out: str | os.PathLike, layer: int, target_layer: int | None = N
     return Path(out) / (f"layer-{layer}.safetensors" if isinstance(key, int) else f"layer-{layer}-to-{key[1]}.safetensors")
 
 
+def prompt_checkpoint_path(out: str | os.PathLike, layer: int, target_layer: int | None = None) -> Path:
+    """Where training keeps the resumable checkpoint of that prompt (``layer-<L>.ckpt.pt`` beside `prompt_path`)."""
+    final = prompt_path(out, layer, target_layer)
+    return final.with_name(final.name.replace(".safetensors", ".ckpt.pt"))
+
+
 def save_prompt(
     path: str | os.PathLike,
     prompt: "torch.Tensor",

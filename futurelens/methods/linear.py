@@ -23,33 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..artifacts.probes import load_fit_checkpoint, save_fit_checkpoint
 from .base import Prediction, from_logits, plain_batch
 from .vocab import vocab_logits  # noqa: F401  (importable from here, as before)
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch, StateCache
     from ..models import LensModel
-
-
-def _load_checkpoint(path: Path | None, settings: dict) -> dict | None:
-    """A fit's checkpoint if there is one for these settings; one for other settings is refused."""
-    if path is None or not path.exists():
-        return None
-    from ..errors import FutureLensError
-
-    saved = torch.load(path, weights_only=False, map_location="cpu")
-    if saved.get("settings") != settings:
-        raise FutureLensError(f"{path} is a checkpoint of a fit with other settings: use another --probes folder, or delete it.")
-    return saved
-
-
-def _save_checkpoint(path: Path | None, blob: dict) -> None:
-    if path is None:
-        return
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +118,7 @@ class LinearApprox:
         """Ridge least squares per N, streamed shard by shard (`streamed_ridge`), then ``sgd_epochs`` of SGD, each
         epoch checkpointed to ``checkpoint``."""
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        saved = _load_checkpoint(ckpt, self.settings()) if self.sgd_epochs else None
+        saved = load_fit_checkpoint(ckpt, self.settings()) if self.sgd_epochs else None
         if saved is not None:
             maps = saved["maps"]
         else:
@@ -168,7 +148,7 @@ class LinearApprox:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "maps": maps.detach().clone(),
+            save_fit_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "maps": maps.detach().clone(),
                                     "optimizer": opt.state_dict()})
         return maps.detach()
 
@@ -308,7 +288,7 @@ class VocabProbe:
         state = {"m": torch.zeros(total, d), "v": torch.zeros(total, d), "mb": torch.zeros(total),
                  "vb": torch.zeros(total)}
         start, step = 0, 0
-        saved = _load_checkpoint(ckpt, self.settings())
+        saved = load_fit_checkpoint(ckpt, self.settings())
         flat = torch.cat(tokens)
         if saved is not None and "state" in saved and torch.equal(saved["tokens"], flat) \
                 and saved["rows"] == rows:
@@ -325,7 +305,7 @@ class VocabProbe:
                     head_step_(weight[a:b], bias[a:b], {k: t[a:b] for k, t in state.items()}, x,
                                index[n][batch.target[:, n]], V - len(tokens[n]), scale, step, self.lr,
                                self.weight_decay, scratch, buffers)
-            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "step": step, "weight": weight,
+            save_fit_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1, "step": step, "weight": weight,
                                     "bias": bias, "state": state, "tokens": flat, "rows": rows})
         del state, scratch, buffers
         self.probes[layer] = _linear(weight, bias)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from .base import Prediction, from_logits
-from .linear import _load_checkpoint, _save_checkpoint
+from ..artifacts.probes import load_fit_checkpoint, save_fit_checkpoint
 
 if TYPE_CHECKING:
     from ..data.states import StateBatch, StateCache
@@ -75,7 +75,7 @@ class MLPProbe:
         params = [p.requires_grad_(True) for p in self.init(cache.n_max + 1, cache.d_model)]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         start = 0
-        saved = _load_checkpoint(ckpt, self.settings())
+        saved = load_fit_checkpoint(ckpt, self.settings())
         if saved is not None:
             with torch.no_grad():
                 for p, s in zip(params, saved["params"]):
@@ -96,7 +96,7 @@ class MLPProbe:
                 for p, g in zip(params, torch.autograd.grad(loss, params)):
                     p.grad = g
                 opt.step()
-            _save_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1,
+            save_fit_checkpoint(ckpt, {"settings": self.settings(), "epoch": epoch + 1,
                                     "params": [p.detach().clone() for p in params], "optimizer": opt.state_dict()})
         self.params[layer] = tuple(p.detach() for p in params)
         return self

@@ -118,7 +118,7 @@ def test_a_killed_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache
     settings = {"epochs": 3, "lr": 1e-2, "batch_size": 8, "hidden": 16}
     whole = MLPProbe(lm, **settings).fit(cache, 2)
     ckpt = tmp_path / "mlp-layer-2.ckpt.pt"
-    real, saves = mlp._save_checkpoint, []
+    real, saves = mlp.save_fit_checkpoint, []
 
     def killed_after_one(path, blob):
         real(path, blob)
@@ -126,7 +126,7 @@ def test_a_killed_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache
         if blob["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(mlp, "_save_checkpoint", killed_after_one)
+    monkeypatch.setattr(mlp, "save_fit_checkpoint", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         MLPProbe(lm, **settings).fit(cache, 2, checkpoint=ckpt)
     after_one = torch.load(ckpt, weights_only=False)

@@ -35,7 +35,7 @@ def note(line):
     with open(os.environ["PROBE_KILL_LOG"], "a") as f:
         f.write(line + "\\n")
 
-real_save, real_load = linear._save_checkpoint, linear._load_checkpoint
+real_save, real_load = linear.save_fit_checkpoint, linear.load_fit_checkpoint
 
 def save(path, blob):
     real_save(path, blob)
@@ -46,7 +46,7 @@ def load(path, settings):
     note(f"load {path.name} {saved['epoch'] if saved else 0} {__import__('time').time()}")
     return saved
 
-linear._save_checkpoint, linear._load_checkpoint = save, load
+linear.save_fit_checkpoint, linear.load_fit_checkpoint = save, load
 from futurelens.cli import main
 sys.argv[0] = "futurelens"
 main()

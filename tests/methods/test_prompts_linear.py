@@ -214,7 +214,7 @@ def test_a_killed_probe_fit_resumes_after_its_last_epoch_and_ends_identical(tiny
     lm, _, cache = tiny_cache("llama", n=24)
     whole = VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2)
     ckpt = tmp_path / "vocab-layer-2.ckpt.pt"
-    real, saves = linear._save_checkpoint, []
+    real, saves = linear.save_fit_checkpoint, []
 
     def killed_after_two(path, blob):
         real(path, blob)
@@ -222,10 +222,10 @@ def test_a_killed_probe_fit_resumes_after_its_last_epoch_and_ends_identical(tiny
         if blob["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(linear, "_save_checkpoint", killed_after_two)
+    monkeypatch.setattr(linear, "save_fit_checkpoint", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2, checkpoint=ckpt)
-    monkeypatch.setattr(linear, "_save_checkpoint", real)
+    monkeypatch.setattr(linear, "save_fit_checkpoint", real)
     assert saves == [1, 2] and torch.load(ckpt, weights_only=False)["epoch"] == 2
     resumed = VocabProbe(lm.vocab_size, epochs=3).fit(cache, 2, checkpoint=ckpt)
     assert torch.equal(resumed.probes[2].weight, whole.probes[2].weight)
@@ -238,10 +238,10 @@ def test_a_killed_probe_fit_resumes_after_its_last_epoch_and_ends_identical(tiny
         real(path, blob)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(linear, "_save_checkpoint", killed_after_one)
+    monkeypatch.setattr(linear, "save_fit_checkpoint", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         LinearApprox(lm, sgd_epochs=2).fit(cache, 3, checkpoint=lin)
-    monkeypatch.setattr(linear, "_save_checkpoint", real)
+    monkeypatch.setattr(linear, "save_fit_checkpoint", real)
     again = LinearApprox(lm, sgd_epochs=2).fit(cache, 3, checkpoint=lin)
     torch.testing.assert_close(again.maps[3], full.maps[3], rtol=0, atol=0)
     with pytest.raises(Exception, match=r"other settings"):
