@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import transformers
 
 import futurelens as fl
+from futurelens import secrets
 from futurelens.artifacts.dataset import save_prefixes
 from futurelens.tokens import tokenizer_hash
 from futurelens.embedded import ensure_default_model
@@ -114,3 +116,14 @@ def tiny_cache(tiny, tokenizer, tmp_path):
         return lm, model, StateCache(out)
 
     return make
+
+
+@pytest.fixture
+def restore_log_filters():
+    """Undo install_redaction (load_model(remote=True) calls it): its filters outlive a test on the shared root handlers."""
+    targets = [logging.getLogger(n) for n in secrets._LOGGERS]
+    targets += [h for t in list(targets) for h in t.handlers]
+    saved = {id(t): list(t.filters) for t in targets}
+    yield
+    for t in targets:
+        t.filters[:] = saved[id(t)]

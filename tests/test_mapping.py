@@ -14,7 +14,7 @@ import torch
 import transformers
 from conftest import BLOCKS, N_LAYERS, build_tiny, synthetic_prefixes
 from hook_reference import hook_patch_logits
-from ndif_executor.conftest import checkpoints, ndif_pair, ndif_server, restore_log_filters  # noqa: F401 - fixtures
+from ndif_executor.conftest import checkpoints, ndif_pair, ndif_server  # noqa: F401 - fixtures
 
 import futurelens as fl
 from futurelens.data.states import CacheConfig, StateCache, build_cache

@@ -40,18 +40,7 @@ def test_redact_removes_keys_and_key_shaped_values(with_key):
     assert secrets.redact(keep) == keep
 
 
-@pytest.fixture
-def clean_filters():
-    """Undo install_redaction's filters, which outlive a test on the shared root handlers."""
-    targets = [logging.getLogger(n) for n in secrets._LOGGERS]
-    targets += [h for t in list(targets) for h in t.handlers]
-    saved = {id(t): list(t.filters) for t in targets}
-    yield
-    for t in targets:
-        t.filters[:] = saved[id(t)]
-
-
-def test_logs_never_show_the_key(with_key, caplog, clean_filters):
+def test_logs_never_show_the_key(with_key, caplog, restore_log_filters):
     first = secrets.install_redaction()
     secrets.install_redaction()
     root = logging.getLogger()

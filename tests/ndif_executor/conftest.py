@@ -9,7 +9,6 @@ one is the reference every result must equal.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from types import SimpleNamespace
 
@@ -20,7 +19,6 @@ from huggingface_hub import HfApi
 from nnsight.modeling.mixins.remotable import Remotable
 
 import futurelens as fl
-from futurelens import secrets
 
 from conftest import build_tiny
 from ndif_executor.backend import ExecutorBackend, Server
@@ -49,17 +47,6 @@ def checkpoints(tmp_path_factory, tokenizer):
         return made[kind]
 
     return make
-
-
-@pytest.fixture
-def restore_log_filters():
-    """load_model(remote=True) installs secret redaction on the root logger and its handlers: undo it afterwards."""
-    targets = [logging.getLogger(n) for n in secrets._LOGGERS]
-    targets += [h for t in list(targets) for h in t.handlers]
-    saved = {id(t): list(t.filters) for t in targets}
-    yield
-    for t in targets:
-        t.filters[:] = saved[id(t)]
 
 
 @pytest.fixture
