@@ -1,7 +1,10 @@
 """A SIGKILL at a random moment of probe fitting (`futurelens eval`), then the same command: it resumes, bit-identical.
 
-The child runs the real CLI with two hooks that only log: every checkpoint load (with the epoch it resumes
-at) and every checkpoint save, so the test knows where the killed run stood and what the re-run did.
+The child runs the real CLI with hooks that log every checkpoint load (with the epoch it resumes at) and every
+checkpoint save, so the test knows where the killed run stood and what the re-run did. In the run to be killed the
+hooks also hold the child at one point past the kill's moment (the next checkpoint write, or the final file's write
+once its temporary is on disk), so the kill always lands mid-fit however fast or loaded the machine is: a kill timed
+by the clock alone once missed, the child having finished first.
 """
 
 from __future__ import annotations
@@ -37,9 +40,28 @@ def note(line):
 
 real_save, real_load = linear.save_fit_checkpoint, linear.load_fit_checkpoint
 
+HOLD = os.environ.get("PROBE_KILL_HOLD", "").split()  # ["save", name, epoch] or ["final", name]
+
+def hold():
+    note("held 0 0 0")
+    while True:
+        __import__("time").sleep(60)
+
 def save(path, blob):
+    if HOLD[:1] == ["save"] and HOLD[1:] == [path.name, str(blob["epoch"])]:
+        hold()
     real_save(path, blob)
     note(f"save {path.name} {blob['epoch']} {__import__('time').time()}")
+
+import safetensors.torch as st
+real_save_file = st.save_file
+
+def save_file(tensors, filename, metadata=None):
+    real_save_file(tensors, filename, metadata=metadata)
+    if HOLD[:1] == ["final"] and os.path.basename(filename).startswith("." + HOLD[1] + "-"):
+        hold()
+
+st.save_file = save_file
 
 def load(path, settings):
     saved = real_load(path, settings)
@@ -107,20 +129,15 @@ def test_sigkilled_probe_fitting_resumes_to_bit_identical_probes(tiny, tokenizer
     where = f"seed {seed}: {kind} layer {layer}, " + (
         "during the final write" if during_final_write else f"{delay:.3f}s after checkpoint {after} ({epoch_s:.3f}s/epoch)")
 
-    proc = subprocess.Popen(cmd(out), env={**env, "PROBE_KILL_LOG": str(out_log)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    seen, last, deadline = 0, None, time.time() + 300  # a loaded machine can take a while to start the child
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            info = ckpt.stat()
-            stamp = info.st_mtime_ns, info.st_ino  # a new file (an atomic replace) per epoch
-        except FileNotFoundError:
-            stamp = None
-        if stamp is not None and stamp != last:
-            seen, last = seen + 1, stamp
-        if seen >= after and (not during_final_write or list(final.parent.glob(f".{final.name}-*.tmp"))):
-            break
-        time.sleep(0.001)
+    hold = f"final {final.name}" if during_final_write else f"save {ckpt.name} {after + 1}"
+    proc = subprocess.Popen(cmd(out), env={**env, "PROBE_KILL_LOG": str(out_log), "PROBE_KILL_HOLD": hold},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Wait for checkpoint `after` of the target fit (or the hold in its final write), then kill `delay` later: at
+    # that moment the child is computing the next epoch or held at its checkpoint write, never finished.
+    mark = ("held", "0", 0) if during_final_write else ("save", ckpt.name, after)
+    deadline = time.time() + 300  # a loaded machine can take a while to start the child
+    while proc.poll() is None and time.time() < deadline and mark not in [e[:3] for e in _log(out_log)]:
+        time.sleep(0.005)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
