@@ -45,7 +45,7 @@ for stage in $stages; do
       [ -f "$run/data/futurelens.json" ] || $fl data --model "$model" --source "$source" --out "$run/data" \
         --n-prefixes 1000 --no-filter-correct --test-fraction 0.25 --batch-tokens 8192 --shard-size 100 ;;
     cache)
-      $fl cache --data "$run/data" --out "$run/cache" --dtype float32 --batch-size 4 "${layer_args[@]}" ;;
+      $fl cache --data "$run/data" --out "$run/cache" --dtype float32 --batch-size 4 --shard-size 64 "${layer_args[@]}" ;;
     train)
       $fl train --cache "$run/cache" --out "$run/prompts" --epochs 4 --lr 5e-3 --batch-size 8 "${train_args[@]}" ;;
     eval)

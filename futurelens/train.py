@@ -1,10 +1,15 @@
 """Soft-prompt training: the learned-prompt causal intervention, one prompt per layer.
 
-A soft prompt of P vectors (init N(0, init_std), no BOS) is trained so that, with a
+A soft prompt of P vectors (init N(0, init_std)) is trained so that, with a
 layer-L state patched over the output of block L at its last vector and the model's
 own first ``N`` continuation tokens teacher-forced after it, the model's next-token
 distribution matches the original model's at the token N ahead (KL), or hits that
 token (CE). The model's weights stay frozen; only the prompt gets gradients.
+
+The prompt is read as the model reads text (``lead='auto'``): after the tokens its tokenizer puts before any text
+(BOS for Gemma and Llama-3; nothing for GPT-J, so the paper's prompt is unchanged), as frozen rows, the embedding's
+output for those tokens. The saved prompt holds them first (``[k + P, e]``, metadata ``lead_ids``), so whatever
+patches it (evaluation, the lens, a trace) feeds BOS too with no option of its own.
 
 With ``target_layers`` (Patchscopes' target layer L') the state read at L is written at L' instead, one prompt
 per pair (``layer-<L>-to-<L'>.*``); the paper's L' = L stays the default.
@@ -58,6 +63,10 @@ class TrainConfig:
     prompt_len: int = 10
     """Soft prompt length P: vectors as wide as the model's embedding output (`embed_dim`; the residual width d_model
     except where a model projects its embeddings in, as OPT-350m does)."""
+    lead: str = "auto"
+    """What the model reads before the soft prompt: 'auto' = the tokens its tokenizer puts before any text (BOS for
+    Gemma and Llama-3, nothing for GPT-J and SmolLM2), as frozen rows saved at the prompt's start; 'none' = the soft
+    prompt alone from position 0."""
     init_std: float = 0.02
     """Standard deviation of the prompt's normal initialisation."""
     loss: str = "kl"
@@ -92,6 +101,8 @@ def check_config(cfg: TrainConfig) -> None:
     """Refuse bad settings before anything loads, with what to do."""
     if cfg.loss not in ("kl", "ce"):
         raise FutureLensError(f"loss (--loss) must be 'kl' or 'ce', not {cfg.loss!r}.")
+    if cfg.lead not in ("auto", "none"):
+        raise FutureLensError(f"lead (--lead) must be 'auto' or 'none', not {cfg.lead!r}.")
     if cfg.optimizer not in _OPTIMIZERS:
         raise FutureLensError(f"optimizer (--optimizer) must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
 
@@ -136,7 +147,7 @@ def train_prompt(
     log: Any = None,
     target_layer: int | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Train (or resume, or load if finished) the soft prompt for ``layer``. Returns ``(prompt [P, d], losses)``.
+    """Train (or resume, or load if finished) the soft prompt for ``layer``. Returns ``(prompt [k + P, e], losses)``: the ``k`` lead rows first.
 
     The state read at ``layer`` is written at ``target_layer`` (default ``layer``, the paper's setting).
 
@@ -153,7 +164,7 @@ def train_prompt(
 
     from .methods.base import plain_batch
     from .dispatch import payload_bytes, run_job
-    from .server import jobs
+    from .server import jobs, traces
     from .tokens import recorded
 
     check_config(cfg)
@@ -175,12 +186,19 @@ def train_prompt(
                 if k not in ("out", "layers", "target_layers", "checkpoint_every", "wandb", "wandb_project", "states")}
     if not settings["source_cache"]:  # prompts trained before cross-model training existed keep matching
         del settings["source_cache"]
+    # What precedes the prompt is recorded as the ids it resolved to; none (GPT-J, SmolLM2) records nothing, so a
+    # prompt trained before the option existed keeps matching.
+    del settings["lead"]
+    lead_ids = lead_tokens(cfg.lead, lm)
+    if lead_ids:
+        settings["lead_ids"] = lead_ids
     if final_path.exists():
         prompt, meta = load_prompt(final_path, lm)
         if meta["config"] == settings:
             return prompt, meta["losses"]
         raise FutureLensError(f"{final_path} was trained with other settings: use another --out, or delete it to retrain.")
 
+    lead = run_job(lm, traces.embed_rows, lead_ids) if lead_ids else None  # [k, e], frozen
     g = torch.Generator().manual_seed(cfg.seed + layer)
     prompt = torch.randn(cfg.prompt_len, lm.embed_dim, generator=g) * cfg.init_std
     carried = {"optimizer": None, "grad": None, "pending": []}
@@ -197,6 +215,7 @@ def train_prompt(
 
     n_batches = -(-cache.size("train") // cfg.batch_size)
     step_settings = {k: settings[k] for k in ("optimizer", "lr", "weight_decay", "target_n", "loss", "grad_accum")}
+    step_settings["lead"] = lead
     limit = (lm.max_request_mb * 2**20) if lm.remote else float("inf")
     from .train_states import id_batch, prefix_ids, resolve_states
 
@@ -256,9 +275,20 @@ def train_prompt(
              "special_tokens": json.dumps(recorded(cache.settings.get("dataset", {}).get("special_tokens")))}  # how its states' text was tokenised (futurelens.tokens)
     if cache.settings.get("source_model"):  # a mapped cache (futurelens.mapping): the states are another model's
         extra.update(source_model=cache.settings["source_model"], target_layer=write)
+    if lead is not None:
+        prompt = torch.cat([lead, prompt])
+        extra["lead_ids"] = json.dumps(lead_ids)
     save_prompt(final_path, prompt, model=lm.name, layer=layer, config=settings, losses=state["losses"], extra=extra)
     ckpt_path.unlink(missing_ok=True)
     return prompt, state["losses"]
+
+
+def lead_tokens(lead: str, lm: LensModel) -> list[int]:
+    """The token ids read before the soft prompt: for 'auto', those the model's tokenizer puts before any text (the
+    same as its dataset's, which `train` checks)."""
+    from .tokens import prepended
+
+    return prepended(lm.tokenizer) if lead == "auto" else []
 
 
 def _fingerprint(cache: StateCache) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 from conftest import BLOCKS, build_tiny
-from hook_reference import hook_last_states
+from hook_reference import hook_last_states, hook_patch_logits
 
 import futurelens as fl
 from futurelens import tokens
@@ -138,3 +138,62 @@ def test_records_made_before_the_rule_read_as_nothing_added(tokenizer, bos_token
     with pytest.raises(fl.FutureLensError, match="an old dataset was tokenised with no special token"):
         tokens.check(None, bos_tokenizer, "an old dataset", "")
     tokens.check(json.dumps({"prepend": [bos_tokenizer.bos_token_id]}), bos_tokenizer, "a prompt", "")
+
+
+def test_a_soft_prompt_is_read_after_the_bos_as_text_is(tokenizer, bos_tokenizer, tmp_path, corpus):
+    """With a BOS tokenizer the trained prompt starts with the embedded BOS, frozen, and the patched run equals the model
+    reading the BOS *token* at position 0 and the prompt's rows after it (a hook computation from the ids). Without BOS
+    (or ``lead='none'``) the prompt is the trained rows alone. Planted bug seen to fail: the lead row made part of
+    the trained parameter (it moved, and the hook run on the BOS token no longer matched)."""
+    from futurelens.train import TrainConfig, prompt_loss, train_prompt
+
+    P = 2
+    for tok, lead, expect in ((bos_tokenizer, "auto", [bos_tokenizer.bos_token_id]), (tokenizer, "auto", []),
+                              (bos_tokenizer, "none", [])):
+        lm = _lm(tok)
+        model = lm.nn._module
+        data = _data(lm, tmp_path / f"d-{lead}-{len(expect)}", corpus)
+        cache = StateCache(build_cache(lm, CacheConfig(data=str(data), out=str(tmp_path / f"c-{lead}-{len(expect)}"),
+                                                       layers=[1]), progress=False))
+        out = tmp_path / f"p-{lead}-{len(expect)}"
+        cfg = TrainConfig(cache=str(cache.path), out=str(out), layers=[1], prompt_len=P, epochs=2, batch_size=4,
+                          lr=5e-2, lead=lead)
+        prompt, _ = train_prompt(lm, cache, 1, cfg, progress=False)
+        k = len(expect)
+        assert prompt.shape == (k + P, lm.embed_dim)
+        meta = fl.artifacts.read_prompt(out / "layer-1.safetensors")[1]
+        assert json.loads(meta.get("lead_ids", "[]")) == expect
+        init = torch.randn(P, lm.embed_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)) * cfg.init_std
+        assert not torch.allclose(prompt[k:], init)  # the soft rows trained
+        if not k:
+            continue
+        with torch.no_grad():
+            embedded = model.get_input_embeddings()(torch.tensor(expect))
+        assert torch.equal(prompt[:k], embedded)  # the lead is the BOS's embedding, untouched by training
+
+        # The training objective on the saved prompt == the model fed [BOS, pad x P, teacher] as ids, with only the
+        # P soft rows written over the embedding, the state patched at the prompt's last position.
+        batch = next(cache.batches(1, "train", batch_size=3, final=True))
+        table, _ = load_prefixes(data)
+        rows, kl = prompt[k:], []
+
+        def soft_rows(_m, _i, out):
+            out = out.clone()
+            out[:, k:k + P] = rows.to(out.dtype)
+            return out
+
+        for b in range(3):
+            row = table[int(batch.row[b])]
+            teacher = row["target_ids"][:1]
+            handle = model.get_input_embeddings().register_forward_hook(soft_rows)
+            try:
+                with torch.no_grad():
+                    patched = hook_patch_logits(model, BLOCKS["llama"], torch.tensor([expect + [0] * P + teacher]),
+                                                batch.states[b:b + 1], 1, k + P - 1)[0, -1].log_softmax(-1)
+            finally:
+                handle.remove()
+            with torch.no_grad():
+                original = model(input_ids=torch.tensor([row["prefix_ids"] + teacher])).logits[0, -1].log_softmax(-1)
+            kl.append((original.exp() * (original - patched)).sum())
+        torch.testing.assert_close(prompt_loss(lm, prompt, batch, 1, 1, "kl"), torch.stack(kl).mean(), rtol=1e-4,
+                                   atol=1e-5)

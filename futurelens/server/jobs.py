@@ -228,6 +228,8 @@ def train_steps(model, spec, prompt, optimizer_state, grad, pending, batches, se
     gradient accumulated so far and the pending losses of an unfinished step travel in and
     out, so a run split into many requests takes exactly the steps one request would.
     Returns ``(prompt, optimizer_state, grad, pending, [(epoch, i, step loss)])``.
+    ``settings["lead"]`` (``[k, e]`` or None) are frozen rows read before the prompt (the embedded BOS): the
+    patched run sees ``lead + prompt``, and only ``prompt`` is trained.
     """
     if weightless(model):
         # NDIF's sandbox runs the block in a process of its own and passes activations over a socket: no gradient
@@ -246,8 +248,11 @@ def train_steps(model, spec, prompt, optimizer_state, grad, pending, batches, se
         param.grad = grad.to(device)
     pending = list(pending)
     losses = []
+    lead = settings.get("lead")
+    lead = None if lead is None else lead.to(device, param.dtype)
     for epoch, i, last, batch in batches:
-        loss = prompt_loss(model, spec, param, batch, layer, settings["target_n"], settings["loss"])
+        full = param if lead is None else torch.cat([lead, param])
+        loss = prompt_loss(model, spec, full, batch, layer, settings["target_n"], settings["loss"])
         (loss / settings["grad_accum"]).backward()
         pending.append(float(loss.item()))
         if len(pending) >= settings["grad_accum"] or last:

@@ -165,6 +165,15 @@ def to_model(model, spec, ids, state, soft_prompt):
     return ids, state, soft_prompt
 
 
+def embed_rows(model, spec, ids):
+    """``[len(ids), e]`` float32: the embedding's output for token ``ids`` read from position 0 on (what a soft prompt's
+    leading rows must be for the model to read those tokens there, as `access.write_prompt` replaces that output)."""
+    with model.trace(input_ids=torch.tensor([list(ids)], dtype=torch.long), remote=spec["remote"]) as tracer:
+        rows = envoy_at(model, spec["embed"]).output[0].save()
+        stop(tracer, model)
+    return rows.float().cpu()
+
+
 def patched_logits(model, spec, ids, layer, state, soft_prompt, position, reads):
     """One patched forward; ``[B, len(reads), vocab]`` logits at ``reads`` (the model's own head)."""
     ids, state, soft_prompt = to_model(model, spec, ids, state, soft_prompt)
