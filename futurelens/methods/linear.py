@@ -158,7 +158,7 @@ class LinearApprox:
 
     def describe(self, layer: int, target: int | None = None) -> tuple:
         """This method as the server side takes it (`futurelens.server.jobs.method_logits`): the map is applied here
-        (`mapped`), where it is held (``[N + 1, d + 1, d]``: 259 MB at GPT-J's width, over a request's bound), and
+        (`mapped`), where it is held (``[N + 1, d + 1, d]``: 256 MiB at GPT-J's width, over a request's bound), and
         only the mapped rows travel, for the model's head to decode. It writes nowhere, so ``target`` is unused."""
         return ("decode", self.name, None, None)
 
