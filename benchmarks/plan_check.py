@@ -102,12 +102,10 @@ def run(quick: bool = False, write: Path | None = None) -> dict[str, Any]:
         make_model(tiny)
         ensure_default_model()
         models = {"tiny": str(tiny), "default": "smollm2-135m"}
-        import transformers
-
-        tokens = len(transformers.AutoTokenizer.from_pretrained(tiny)(LENS_TEXT)["input_ids"])
         for key, model in models.items():
             s = {**SETTINGS[key], **(QUICK[key] if quick else {})}
-            plan_settings = {**s, "lens_tokens": tokens}
+            # the lens page as `commands` runs it: this text (counted by the model's tokenizer), the fixed prompt
+            plan_settings = {**s, "lens_text": LENS_TEXT, "lens_prompts": "fixed"}
             predicted = predict(model, plan_settings)
             measured = []
             for name, args in commands(model, s, work / key).items():
@@ -183,8 +181,16 @@ def seventy_b_settings(report: dict[str, Any], lens_tokens: int) -> dict[str, An
                 cache_dtype=c["dtype"], cache_batch_size=c["batch_size"], cache_shard_size=c["shard_size"],
                 prompt_layers=t["layers"], epochs=t["epochs"], train_batch_size=t["batch_size"],
                 prompt_len=t["prompt_len"], eval_layers=e["layers"], methods=e["methods"],
-                eval_batch_size=e["batch_size"], vocab_epochs=e["vocab_epochs"], dtype=s["dtype"],
-                rollout=lens["rollout"], lens_tokens=lens_tokens, calibrate=False)
+                eval_batch_size=e["batch_size"], vocab_epochs=e["vocab_epochs"], k=e["k"], dtype=s["dtype"],
+                rollout=lens["rollout"], lens_top_k=lens["top_k"], lens_tokens=lens_tokens, lens_prompts="learned",
+                calibrate=False)
+
+
+def seventy_b_mlp_settings(report: dict[str, Any], lens_tokens: int) -> dict[str, Any]:
+    """Plan's settings for the run's ``eval_mlp`` stage (the MLP probe alone, its own eval process)."""
+    m = report["settings"]["eval_mlp"]
+    return {**seventy_b_settings(report, lens_tokens), "eval_layers": m["layers"], "methods": m["methods"],
+            "eval_batch_size": m["batch_size"], "k": m["k"], "mlp_epochs": m["mlp_epochs"]}
 
 
 def seventy_b(report_path: Path = SEVENTY_B) -> dict[str, Any]:
@@ -201,9 +207,12 @@ def seventy_b(report_path: Path = SEVENTY_B) -> dict[str, Any]:
         config = transformers.LlamaConfig(**report["shape"], num_hidden_layers=report["settings"]["blocks"])
         config.save_pretrained(tmp)
         predicted = predict(tmp, seventy_b_settings(report, tokens))
+        mlp = predict(tmp, seventy_b_mlp_settings(report, tokens)) if "eval_mlp" in report["stages"] else None
+    if mlp is not None:
+        predicted["stages"]["eval_mlp"] = mlp["stages"]["eval"]
     rows = []
     for stage, m in report["stages"].items():
-        if stage not in STAGES or m.get("peak_rss_gb") is None:
+        if stage not in (*STAGES, "eval_mlp") or m.get("peak_rss_gb") is None:
             continue
         p = predicted["stages"][stage]["rss"] / 2**30
         rows.append({"stage": stage, "predicted_gb": round(p, 2), "measured_gb": m["peak_rss_gb"],

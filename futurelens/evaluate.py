@@ -148,7 +148,8 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     from .figure import NO_LAYER
     from .methods.base import Prediction, plain_batch
     from .metrics import Tally, target_nll
-    from .dispatch import request_spans, run_job
+    from .dispatch import payload_bytes, run_job
+    from .scoring import hidden_bytes, returned_bytes, score_spans
     from .server import jobs
 
     def reduced(p: Prediction, target: torch.Tensor, text: torch.Tensor) -> tuple:
@@ -168,15 +169,35 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
         local.append({name: [reduced(p, batch.target[:, n], sent["text"][:, n]) for n, p in enumerate(ps)]
                       for name, ps in preds.items()})
         del preds  # before the next batch's predict, not after it
-    top1 = [{name: [p[0][:, 0] for p in preds] for name, preds in d.items()} for d in local]
+    # Contiguous: a column of [b, k] ids is a view, and a view travels with its whole storage.
+    top1 = [{name: [p[0][:, 0].contiguous() for p in preds] for name, preds in d.items()} for d in local]
     # Each model-side method goes by its index, so the same method at two target layers stays two rows.
     labels = [(m.name, target) for m, target in model_side]
-    methods = [(kind, i, payload, write)
-               for i, (kind, _, payload, write) in enumerate(m.describe(layer, target) for m, target in model_side)]
+    methods, mapped = [], []  # mapped: (index, method) of the probes applied here, whose rows the model decodes
+    for i, (m, target) in enumerate(model_side):
+        kind, _, payload, write = m.describe(layer, target)
+        if kind == "decode":
+            mapped.append((i, m))
+            payload = i
+        methods.append((kind, i, payload, write))
+    heads = batches[0].target.shape[1] if batches else 0
+    sent = [payload_bytes(p) + payload_bytes(t) + len(mapped) * hidden_bytes(len(b.row), heads, b.states.shape[-1])
+            for p, t, b in zip(plain, top1, batches)]
+    back = [returned_bytes(len(b.row), heads, k, len(methods), len(t)) for b, t in zip(batches, top1)]
+    # Remotely as few requests as the bound allows; locally one batch a call, so one batch's mapped rows are held.
+    groups = score_spans(lm, sent, back, payload_bytes(methods)) if lm.remote else [(i, i + 1) for i in range(len(plain))]
     scored = []
-    for start, stop in request_spans(lm, plain, fixed=methods):
-        for i, *rest in run_job(lm, jobs.score_job, methods, plain[start:stop], layer, k, top1[start:stop]):
+    for start, stop in groups:
+        chunk = []
+        for p, b in zip(plain[start:stop], batches[start:stop]):
+            if lm.remote:  # a batch is a view of its shard's tensors: sent as a copy, only its own rows travel
+                p = {name: t.clone() for name, t in p.items()}
+            if mapped:
+                p["hidden"] = {i: m.mapped(b.states, layer) for i, m in mapped}
+            chunk.append(p)
+        for i, *rest in run_job(lm, jobs.score_job, methods, chunk, layer, k, top1[start:stop]):
             scored.append((start + i, *rest))
+        del chunk
     for i, key, n, top_ids, surprisals, nlls, text_nlls in scored:
         target_ids, text = batches[i].target[:, n], plain[i]["text"][:, n]
         if top_ids is None:  # a client-side prediction: only its surprisal came back

@@ -235,7 +235,13 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
             bar.update(len(parts[-1][1]))
         states, final = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 0)
     else:
-        states, final = run_job(lm, jobs.cache_shard, prefixes, conts, layers, batch_size, dtype, bar.update)
+        from ..allocator import release_free_memory
+
+        def done(n: int) -> None:
+            bar.update(n)
+            release_free_memory()  # the batch's freed activations, which glibc's heap would keep (see there)
+
+        states, final = run_job(lm, jobs.cache_shard, prefixes, conts, layers, batch_size, dtype, done)
     tensors = {f"layer.{layer}": states[i] for i, layer in enumerate(layers)}
     tensors["final"] = final
     tensors["target"] = torch.tensor(targets, dtype=torch.long)

@@ -135,11 +135,14 @@ def lens_grid(
 
         # Remotely the grid is one request while its result (ids and probabilities per cell) fits the bound,
         # else one per group of grid rows (each reads the text's states again).
-        sent = [0 if soft is None else soft[layer].element_size() * soft[layer].numel() for layer in rows]
+        # The text's ids and the fixed prompt's travel as int64 tensors: what the bound counts is what is sent.
+        text_ids = torch.tensor(ids, dtype=torch.long)
+        prompt_ids = None if target is None else torch.tensor(target, dtype=torch.long)
         parts = [
-            run_job(lm, jobs.lens_job, ids, n_pre, rows[a:b], None if soft is None else {r: soft[r] for r in rows[a:b]},
-                    target, top_k, rollout, chunk_size, step, writes)
-            for a, b in spans(lm, L, payload=sent, result=12 * T * (top_k + rollout), fixed=8 * (len(ids) + len(target or [])),
+            run_job(lm, jobs.lens_job, text_ids, n_pre, rows[a:b], None if soft is None else {r: soft[r] for r in rows[a:b]},
+                    prompt_ids, top_k, rollout, chunk_size, step, writes)
+            for a, b in spans(lm, L, **lens_request_sizes(len(ids), len(target or []), [
+                0 if soft is None else soft[r].element_size() * soft[r].numel() for r in rows], T, top_k, rollout),
                               lower="lens a shorter text")
         ]
         top_probs, top_ids, phrase_ids, phrase_probs = (torch.cat([part[i] for part in parts]) for i in range(4))
@@ -147,6 +150,15 @@ def lens_grid(
         if bar is not None:
             bar.close()
     return _grid(lm, ids, n_pre, rows, top_k, rollout, top_probs, top_ids, phrase_ids, phrase_probs, method, source)
+
+
+def lens_request_sizes(n_ids: int, n_prompt_ids: int, row_bytes: Sequence[int], T: int, top_k: int,
+                       rollout: int) -> dict:
+    """`spans`' sizes for the lens page's requests (`jobs.lens_job`): per grid row ``payload`` its soft prompt's bytes
+    (``row_bytes``; 0 with the fixed prompt) and ``result`` ``T x (top_k + rollout)`` float32 probabilities and int64
+    ids; ``fixed`` the text's ``n_ids`` and the fixed prompt's ``n_prompt_ids`` int64 ids. `futurelens plan` calls it
+    with the sizes it expects."""
+    return {"payload": list(row_bytes), "result": 12 * T * (top_k + rollout), "fixed": 8 * (n_ids + n_prompt_ids)}
 
 
 def _grid(lm, ids, n_pre, rows, top_k, rollout, top_probs, top_ids, phrase_ids, phrase_probs, method, source) -> LensGrid:

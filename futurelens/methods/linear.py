@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..artifacts.probes import load_fit_checkpoint, save_fit_checkpoint
-from .base import Prediction, from_logits, plain_batch
+from .base import Prediction, from_logits
 from .vocab import vocab_logits  # noqa: F401  (importable from here, as before)
 
 if TYPE_CHECKING:
@@ -152,17 +152,21 @@ class LinearApprox:
                                     "optimizer": opt.state_dict()})
         return maps.detach()
 
+    def mapped(self, states: torch.Tensor, layer: int) -> torch.Tensor:
+        """``states [b, d]`` -> ``[b, n_max + 1, d]``: the last-layer state each N's map predicts (float32)."""
+        return torch.einsum("bd,nde->bne", _with_bias(states.float()), self.maps[layer])
+
     def describe(self, layer: int, target: int | None = None) -> tuple:
-        """This method as the server side takes it (`futurelens.server.jobs.method_logits`); it writes nowhere, so
-        ``target`` is unused."""
-        return ("linear", self.name, self.maps[layer], None)
+        """This method as the server side takes it (`futurelens.server.jobs.method_logits`): the map is applied here
+        (`mapped`), where it is held (``[N + 1, d + 1, d]``: 256 MiB at GPT-J's width, over a request's bound), and
+        only the mapped rows travel, for the model's head to decode. It writes nowhere, so ``target`` is unused."""
+        return ("decode", self.name, None, None)
 
     def predict(self, batch: StateBatch, layer: int, k: int) -> list[Prediction]:
-        from ..dispatch import run_job
-        from ..server import jobs
+        from ..tracing import decode
 
         with torch.no_grad():
-            logits = run_job(self.lm, jobs.method_logits, self.describe(layer), plain_batch(batch), layer)
+            logits = decode(self.lm, self.mapped(batch.states, layer))
         return [from_logits(logits[:, n], k) for n in range(logits.shape[1])]
 
 

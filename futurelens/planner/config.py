@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..data.prefixes import DataConfig
 from ..data.states import CacheConfig
 from ..evaluate import DEFAULT_METHODS, EvalConfig
+from ..lens.config import LensConfig
 from ..train import TrainConfig
 
 _MAX_REQUEST_MB = 32.0  # the library's and the CLI's default for LensModel.max_request_mb
@@ -79,10 +80,22 @@ class PlanConfig:
     """Rows per cache shard file."""
     eval_batch_size: int = EvalConfig.batch_size
     """Test rows per scoring batch."""
-    lens_tokens: int = 8
-    """Tokens of the lens page's text."""
-    rollout: int = 4
+    k: int = EvalConfig.k
+    """Largest k of precision@k (scoring returns k ids per row and N)."""
+    lens_text: str = LensConfig.text
+    """The lens page's text: its tokens are counted with the model's tokenizer when it is on this machine (a folder,
+    the embedded default, a hub id already downloaded)."""
+    lens_tokens: int = 0
+    """Tokens of the lens page's text (its columns); 0 = --lens-text counted, or 8 where no tokenizer is at hand."""
+    lens_prompts: str = "learned"
+    """What the lens patches into: 'learned' (a soft prompt per grid row, e.g. `futurelens lens --prompts`) or
+    'fixed' (the fixed text prompt, `futurelens lens --fixed`)."""
+    lens_top_k: int = LensConfig.top_k
+    """Logit-lens tokens kept per cell."""
+    rollout: int = LensConfig.rollout
     """Tokens each lens cell rolls out."""
+    fixed_prompt: str = EvalConfig.fixed_prompt
+    """The fixed prompt (of `futurelens eval` and the lens): its tokens are counted like --lens-text's."""
     calibrate: bool = True
     """Time the model's own forward on this machine when its weights are here and it is small (< 2B parameters):
     this machine's column then comes from measured throughput, else from its measured matmul rate."""

@@ -18,9 +18,8 @@ from . import flops as F
 from . import requests as R
 from .config import PlanConfig
 from .shape import Shape, layers as resolve_layers
+from .text import Counts, counts
 
-FIXED_PROMPT_TOKENS = 10
-"""Tokens of the fixed prompt 'Hello! Could you please tell me more about "' (GPT-J's tokenizer; 10-11 in others)."""
 BATCH_TOKENS = 32768
 """`futurelens.data.prefixes.DataConfig.batch_tokens`: labelling rows per call are capped by it."""
 SEEN_BYTES = 60
@@ -196,8 +195,9 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
         _train_remote(cfg, shape, train, lm, run, itemsize, kl, len(prompt_layers))
     out.append(train)
 
-    out += _eval(cfg, shape, run, itemsize, eval_layers)
-    out.append(_lens(cfg, shape, lm))
+    texts = counts(cfg.model, shape.source, cfg.lens_text, cfg.fixed_prompt, cfg.lens_tokens)
+    out += _eval(cfg, shape, run, itemsize, eval_layers, prompt_layers, texts)
+    out.append(_lens(cfg, shape, lm, texts))
     return out
 
 
@@ -236,9 +236,9 @@ def _distinct(run: Rows, heads: int, vocab: int) -> list[int]:
     return [min(vocab, int(7 * max(len(run.train), 1) ** 0.6) + 1)] * heads
 
 
-def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int]) -> list[Stage]:
+def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int], prompt_layers: list[int],
+          texts: Counts) -> list[Stage]:
     """One stage per method, all layers together (`futurelens.evaluate`)."""
-    lm = R.bound(cfg.max_request_mb)
     heads, d, V, n_train, n_test = cfg.n_max + 1, shape.d_model, shape.vocab, len(run.train), len(run.test)
     L, b = len(layers), cfg.eval_batch_size
     batches = math.ceil(n_test / b) * L
@@ -258,15 +258,31 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.disk = L * 3 * 4 * sum(rows) * (d + 1)
             s.note = f"probe {heads} x ~{rows[0] - 1:,} targets x {d} per layer" + ("" if run.distinct_targets else " (targets estimated)")
         elif method == "linear":
-            s.client_flops = L * (2 * n_train * (d + 1) ** 2 + heads * 2 * n_train * (d + 1) * d + heads * (d + 1) ** 3)
+            s.client_flops = L * (2 * n_train * (d + 1) ** 2 + heads * 2 * n_train * (d + 1) * d + heads * (d + 1) ** 3
+                                  + 2 * n_test * heads * (d + 1) * d)
             s.ram, s.model_ram = 8 * (d + 1) ** 2 + 8 * heads * (d + 1) * d + 4 * heads * (d + 1) * d, scoring
             s.flops, s.calls = batches * b * heads * 2 * d * V, batches
             s.disk = L * 4 * heads * (d + 1) * d
-            s.note = "ridge in float64 on the client; decoded by the model's head"
+            s.note = "ridge in float64 on the client, mapped there; the mapped rows decoded by the model's head"
         elif method == "mlp":
-            s.note = "not costed"
+            from ..methods.mlp import MLPProbe, fit_bytes
+
+            # One N at a time (`MLPProbe.fit`): per step the block on a batch, the model's head on its rows and on the
+            # cached final states, and the backward through the head and the block; every N's block is kept.
+            fb = MLPProbe.batch_size
+            steps = math.ceil(n_train / fb) * cfg.mlp_epochs * heads
+            head_flops = 2 * fb * d * V
+            step = head_flops + 3 * (head_flops + 2 * fb * 2 * d * d)
+            s.client_flops = L * (steps * step + 2 * n_test * heads * 2 * d * d)
+            # the block, one N's gradient and moments; per step ~7 [b, V] float32 logits-sized tensors (the guess,
+            # the target, their log-softmax, the KL's terms, the gradients through the softmax)
+            s.ram = fit_bytes(d, heads) + 7 * 4 * fb * V + scoring
+            s.flops, s.calls = batches * b * heads * 2 * d * V, batches
+            s.disk = L * 4 * heads * (2 * d * d + 2 * d) * 2  # the probe, and its checkpoint while fitting
+            s.note = (f"MLP probe {heads} x (2 x {d} x {d}) fitted on the client one N at a time (KL through the "
+                      "model's head" + ("; remotely one request per batch, not counted" if cfg.remote else "") + ")")
         elif method in ("fixed", "learned"):
-            tokens = FIXED_PROMPT_TOKENS if method == "fixed" else cfg.prompt_len
+            tokens = texts.prompt_ids if method == "fixed" else cfg.prompt_len
             # One patched forward of the prompt and the n_max teacher tokens gives every N (jobs.prompt_logits);
             # scoring decodes the model's own final states beside it (jobs.score_job).
             s.flops = L * n_test * (F.row(shape, tokens + cfg.n_max) + heads * 2 * d * V)
@@ -275,42 +291,69 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.calls, s.ram, s.model_ram, s.gpu = batches, 8 * b * heads * 10 * 3, scoring + patched, patched
         out.append(s)
     if cfg.remote:
-        # Per layer, the model-side methods' payloads travel with every request (evaluate._score's request_spans).
-        fixed = sum({"linear": 4 * heads * (d + 1) * d, "learned": 4 * cfg.prompt_len * shape.embed_dim,
-                     "fixed": 8 * FIXED_PROMPT_TOKENS}.get(m, 0) for m in cfg.methods)
-        per_batch = [R.train_batch_bytes(min(b, n_test - a), d, cfg.n_max, itemsize, True) + 8 * heads * min(b, n_test - a)
-                     for a in range(0, n_test, b)]
-        model_side = [m for m in cfg.methods if m in ("linear", "fixed", "learned", "mlp")]
-        back = [min(b, n_test - a) * heads * (8 * 10 + 3 * 4) * len(model_side) for a in range(0, n_test, b)]
-        try:
-            one = R.total(R._split(lm, per_batch, back, fixed))
-            req = {k: (v if k == "largest" else v * L) for k, v in one.items()}
-        except FutureLensError as err:
-            req = {"error": str(err)}
-        target = next((s for s in out if s.name.split(": ")[1] in model_side), None)
-        if target is not None:
-            target.requests = req
-            target.note = (target.note + "; " if target.note else "") + f"requests: all model-side methods ({', '.join(model_side)})"
+        _eval_remote(cfg, shape, run, itemsize, layers, prompt_layers, out)
     return out
 
 
-def _lens(cfg: PlanConfig, shape: Shape, lm: Any) -> Stage:
+def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int], prompt_layers: list[int],
+                 out: list[Stage]) -> None:
+    """Scoring's requests (`futurelens.evaluate._score`), layer by layer as the stage makes them: its test batches
+    sized by `futurelens.scoring` and split by its `score_spans`, with every model-side method's tensors (a soft
+    prompt) sent with each request. All methods share those requests: they go on the first row that calls the model."""
+    from .. import scoring
+
+    lm = R.bound(cfg.max_request_mb)
+    heads, d, n_test, b = cfg.n_max + 1, shape.d_model, len(run.test), cfg.eval_batch_size
+    rows = [min(b, n_test - a) for a in range(0, n_test, b)]
+    methods = set(cfg.methods)
+    decoded = len(methods & {"linear", "mlp"})
+    requests: R.Requests = []
+    try:
+        for j, layer in enumerate(layers):
+            learned = "learned" in methods and layer in prompt_layers
+            model_side = decoded + ("fixed" in methods) + learned
+            client = ("vocab" in methods) + ("ngram" in methods and j == 0)  # the bigram is scored at the first layer
+            sent = [scoring.batch_bytes(r, heads, d, itemsize) + scoring.client_bytes(r, heads, client)
+                    + decoded * scoring.hidden_bytes(r, heads, d) for r in rows]
+            back = [scoring.returned_bytes(r, heads, cfg.k, model_side, client) for r in rows]
+            fixed = 4 * cfg.prompt_len * shape.embed_dim if learned else 0  # the soft prompt, float32
+            for a, z in scoring.score_spans(lm, sent, back, fixed):
+                requests.append((fixed + sum(sent[a:z]), sum(back[a:z])))
+        req: dict[str, Any] = R.total(requests)
+    except FutureLensError as err:
+        req = {"error": str(err)}
+    target = next((s for s in out if s.name.split(": ")[1] in ("linear", "mlp", "fixed", "learned")), out[0] if out else None)
+    if target is not None:
+        target.requests, target.exact = req, bool(cfg.data)
+        target.note = (target.note + "; " if target.note else "") + f"requests: every method's scoring ({', '.join(cfg.methods)})"
+
+
+def _lens(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
     """The lens page of one text (`futurelens.lens.compute`): every layer x token cell decoded, then rolled out."""
-    T, r, P = cfg.lens_tokens, cfg.rollout, cfg.prompt_len
-    cells = (shape.n_layers + 1) * T
+    T, r, P = texts.columns, cfg.rollout, cfg.prompt_len
+    learned = cfg.lens_prompts == "learned"
+    prompt = P if learned else texts.prompt_ids
+    rows = shape.n_layers + 1
+    cells = rows * T
     # The row's states once; per cell the logit lens (the head) and r rollout tokens after the prompt, whose own
     # states are computed once and shared by every cell (the shared-prefix rollout).
-    s = Stage("lens", flops=F.row(shape, T) + F.row(shape, P) + cells * (2 * shape.d_model * shape.vocab
-                                                                         + F.decode(shape, P, r)),
+    s = Stage("lens", flops=F.row(shape, texts.text_ids) + F.row(shape, prompt)
+              + cells * (2 * shape.d_model * shape.vocab + F.decode(shape, prompt, r)),
               # Per chunk of up to 512 cells (LensConfig.chunk_size): the logit lens' and each rollout step's
               # vocabulary-sized logits, softmax and top-k temporaries, and the rollout's KV cache.
               calls=1 + math.ceil(cells / 512) * max(r, 1),
-              ram=8 * cells * (10 + r) * 3,
-              model_ram=_activations(shape, min(cells, 512), P + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), P + r),
-              gpu=_activations(shape, min(cells, 512), P + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), P + r, 2),
-              disk=cells * 2_000, note=f"{cells:,} cells, {r}-token rollouts")
+              ram=8 * cells * (cfg.lens_top_k + r) * 3,
+              model_ram=_activations(shape, min(cells, 512), prompt + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), prompt + r),
+              gpu=_activations(shape, min(cells, 512), prompt + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), prompt + r, 2),
+              disk=cells * 2_000, note=f"{cells:,} cells, {r}-token rollouts, "
+                                       + ("a learned prompt per row" if learned else "the fixed prompt"))
     if cfg.remote:
-        s.requests = _remote(lambda: R._split(lm, [4 * P * shape.embed_dim] * (shape.n_layers + 1),
-                                              [12 * T * (10 + r)] * (shape.n_layers + 1), 8 * T))
-        s.note += "; requests estimated"
+        from ..lens.compute import lens_request_sizes
+
+        # The stage's own sizes (lens_request_sizes) and split: a float32 soft prompt per grid row, or none.
+        sizes = lens_request_sizes(texts.text_ids, 0 if learned else texts.prompt_ids,
+                                   [4 * P * shape.embed_dim if learned else 0] * rows, T, cfg.lens_top_k, r)
+        s.requests = _remote(lambda: R._split(lm, sizes["payload"], [sizes["result"]] * rows, sizes["fixed"]))
+        s.exact = texts.exact
+        s.note += "" if texts.exact else "; requests estimated (no tokenizer here to count the text)"
     return s

@@ -3,8 +3,9 @@
 Each job is what `futurelens.dispatch.run_job` sends as one request: it loops over traces
 and reduces there, so only ids, per-row numbers or a trained tensor come back.
 Method descriptions are plain tuples (``("fixed", name, prompt_ids)``,
-``("learned", name, soft_prompt [P, d])``, ``("linear", name, maps [N+1, d+1, d])``) and
-batches plain dicts of CPU tensors (``states [b, d]``, ``target [b, N+1]``, ``final [b, N+1, d]``).
+``("learned", name, soft_prompt [P, d])``, ``("decode", name, key)`` for a probe the client applied) and
+batches plain dicts of CPU tensors (``states [b, d]``, ``target [b, N+1]``, ``final [b, N+1, d]``, and
+``hidden {key: [b, N+1, d]}``, the rows a client-side probe mapped).
 """
 
 from __future__ import annotations
@@ -138,15 +139,15 @@ def method_logits(model, spec, method, batch, layer):
     """``[b, N + 1, vocab]`` logits of a model-side method on one batch of states read at ``layer``.
 
     ``method`` is ``(kind, name, payload[, write layer])``: a prompt method patches the state at
-    its write layer (Patchscopes' target layer), ``layer`` itself when that is None or absent.
+    its write layer (Patchscopes' target layer), ``layer`` itself when that is None or absent; a
+    ``"decode"`` method decodes the rows the client mapped, ``batch["hidden"][payload]``.
     """
     kind, _, payload = method[:3]
     write = method[3] if len(method) > 3 and method[3] is not None else layer
-    if kind == "linear":
-        x = torch.cat([batch["states"].float(), torch.ones(batch["states"].shape[0], 1)], -1)
-        return decode(model, spec, torch.einsum("bd,nde->bne", x, payload))
-    if kind == "mlp":
-        return decode(model, spec, mlp_states(payload, batch["states"]))
+    if kind == "decode":
+        # A probe applied on the client (the linear map, the MLP probe: it holds them, and a map is far bigger than
+        # the rows it maps): only its rows ``batch["hidden"][payload] [b, N + 1, d]`` travel, to the model's head.
+        return decode(model, spec, batch["hidden"][payload])
     teacher = batch["target"][:, :-1]
     if kind == "fixed":
         return prompt_logits(model, spec, batch["states"], write, teacher, payload, None)
@@ -269,11 +270,12 @@ def train_steps(model, spec, prompt, optimizer_state, grad, pending, batches, se
 def lens_job(model, spec, ids, n_pre, rows, soft, target, top_k, n_rollout, chunk_size, progress, writes=None):
     """Logit lens and phrases for every (layer, token) cell: ``[L*T, top_k]`` and ``[L*T, n_rollout]`` ids/probs.
 
-    ``soft`` is ``{layer: [P, d]}`` or None (then ``target`` is the fixed prompt's ids). ``writes``
+    ``ids`` are the text's token ids (``[T']``, a tensor or a list); ``soft`` is ``{layer: [P, d]}`` or None
+    (then ``target`` is the fixed prompt's ids, ``[P]``). ``writes``
     (``{row layer: layer}``) patches each row's state at another layer than its own (Patchscopes' target layer).
     """
     with torch.no_grad():
-        states = row_states(model, spec, torch.tensor([ids], dtype=torch.long), rows)[:, n_pre:]  # [L, T, d]
+        states = row_states(model, spec, torch.as_tensor(ids, dtype=torch.long).view(1, -1), rows)[:, n_pre:]  # [L, T, d]
         L, T, d = states.shape
         flat = states.reshape(L * T, d)
         probs, tops = [], []
@@ -306,7 +308,7 @@ def lens_phrases(model, spec, flat, rows, T, soft, target, n_rollout, chunk_size
             layers = layers[0]
         state = flat[cells.to(flat.device)]
         if soft is None:
-            ids = torch.tensor([target], dtype=torch.long).expand(len(cells), -1)
+            ids = torch.as_tensor(target, dtype=torch.long).view(1, -1).expand(len(cells), -1)
             soft_prompt, position = None, ids.shape[1] - 1
         else:
             soft_prompt = torch.stack([soft[rows[i]] for i in grid_rows])  # [B, P, d]

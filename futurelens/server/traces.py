@@ -96,7 +96,9 @@ def read_states(model, spec, ids, lengths, ahead, wanted, with_final):
     n_layers = spec["n_layers"]
     read = sorted(set(wanted) | ({n_layers} if with_final else set()))
     final = None
-    with model.trace(input_ids=ids, attention_mask=mask, remote=spec["remote"]) as tracer:
+    # No key/value cache: nothing reads it, and it held every layer's keys and values for the whole batch
+    # (more than the forward's own working set on the embedded default).
+    with model.trace(input_ids=ids, attention_mask=mask, use_cache=False, remote=spec["remote"]) as tracer:
         states = []
         # nnsight serves module outputs in execution order, so read layers ascending, each once.
         for layer in read:

@@ -51,14 +51,15 @@ def test_logits_equal_the_block_and_the_models_own_head_in_plain_pytorch(tiny_ca
     with torch.no_grad():
         lens = plain_logits(model, kind, batch.states.float(), *(torch.zeros_like(t) for t in params)).log_softmax(-1)
     assert (lens - ref).abs().max() > 1e-2
-    kind_, name, payload, write = probe.describe(2)
-    assert (kind_, name, write) == ("mlp", "mlp probe", None) and all(a is b for a, b in zip(payload, params))
-    # what the server side computes from that description (evaluate's scoring job) is the same
+    # Scoring applies the block on the client and sends only its rows: the description carries no parameters
+    assert probe.describe(2) == ("decode", "mlp probe", None, None)
+    # what the server side computes from those rows (evaluate's scoring job) is the same
     from futurelens.methods.base import plain_batch
     from futurelens.server import jobs
 
+    sent = {**plain_batch(batch), "hidden": {0: probe.mapped(batch.states, 2)}}
     with torch.no_grad():
-        served = jobs.method_logits(lm.nn, lm.spec(), probe.describe(2), plain_batch(batch), 2).float().log_softmax(-1)
+        served = jobs.method_logits(lm.nn, lm.spec(), ("decode", "mlp probe", 0, None), sent, 2).float().log_softmax(-1)
     torch.testing.assert_close(served, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -113,6 +114,61 @@ def test_fitted_saves_and_reloads_it_and_refuses_other_settings(tiny_cache, tmp_
         fitted(MLPProbe(lm, epochs=1), cache, 2, model=lm.name, data=data, folder=folder)
 
 
+def test_the_fit_one_n_at_a_time_equals_the_joint_fit_in_plain_pytorch(tiny_cache):
+    """`MLPProbe.fit` fits each N's block in turn (its memory: one N's gradient and moments); the joint fit it
+    replaces (every N in one AdamW, the loss the mean over rows and N of KL to the model N ahead, on the same seeded
+    batches) is written here with the HF model's own norm and head and `torch.optim.AdamW`: the blocks agree to float
+    rounding. Seen failing with the loss divided by the batch alone (not by rows x N) in `MLPProbe.fit`."""
+    lm, model, cache = tiny_cache("llama", n=40)
+    with torch.no_grad():  # a sharper head, so the fit moves the blocks by more than rounding
+        model.lm_head.weight.mul_(20)
+    settings = {"epochs": 2, "lr": 1e-2, "batch_size": 8, "hidden": 16}
+    got = MLPProbe(lm, **settings).fit(cache, 2).params[2]
+    heads = cache.n_max + 1
+    params = [p.requires_grad_(True) for p in MLPProbe(lm, **settings).init(heads, lm.d_model)]
+    opt = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=0.0)
+    norm, head = model.model.norm, model.lm_head
+    for epoch in range(settings["epochs"]):
+        for batch in cache.batches(2, "train", batch_size=8, shuffle=True, seed=epoch, final=True):
+            with torch.no_grad():
+                target = head(norm(batch.final.float())).log_softmax(-1)  # [b, N+1, V]
+            guess = plain_logits(model, "llama", batch.states.float(), *params).log_softmax(-1)
+            loss = (target.exp() * (target - guess)).sum(-1).mean()  # mean over rows and N
+            grads = torch.autograd.grad(loss, params)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+    assert params[2].abs().max() > 1e-3  # W2 trained away from its zero start
+    for a, b in zip(got, params):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_fit_bytes_is_what_the_fit_allocates(tiny_cache):
+    """`fit_bytes` (what `futurelens plan` charges the MLP probe) against the fit's own allocations: the blocks,
+    one N's gradient and AdamW moments, measured by counting the tensors alive at each optimizer step."""
+    lm, _, cache = tiny_cache("llama", n=24)
+    probe = MLPProbe(lm, epochs=1, batch_size=8, hidden=48)
+    heads, d = cache.n_max + 1, lm.d_model
+    seen = []
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        out = real(self, *a, **k)
+        held = sum(t.numel() * 4 for g in self.param_groups for p in g["params"]
+                   for t in [p.grad, *self.state[p].values()] if isinstance(t, torch.Tensor) and t.dim())
+        seen.append(held)
+        return out
+
+    torch.optim.AdamW.step = step
+    try:
+        probe.fit(cache, 1)
+    finally:
+        torch.optim.AdamW.step = real
+    per_head = 2 * 48 * d + 48 + d
+    assert max(seen) == 3 * 4 * per_head  # one N's gradient and two moments, never every N's
+    assert mlp.fit_bytes(d, heads, 48) == 4 * (heads * per_head + 3 * per_head + 48 * d)
+
+
 def test_a_killed_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache, tmp_path, monkeypatch):
     lm, _, cache = tiny_cache("llama", n=24)
     settings = {"epochs": 3, "lr": 1e-2, "batch_size": 8, "hidden": 16}
@@ -120,21 +176,23 @@ def test_a_killed_fit_resumes_after_its_last_epoch_and_ends_identical(tiny_cache
     ckpt = tmp_path / "mlp-layer-2.ckpt.pt"
     real, saves = mlp.save_fit_checkpoint, []
 
-    def killed_after_one(path, blob):
+    def killed_mid_fit(path, blob):
         real(path, blob)
-        saves.append(blob["epoch"])
-        if blob["epoch"] == 1:
+        saves.append((blob["head"], blob["epoch"]))
+        if (blob["head"], blob["epoch"]) == (1, 2):  # N = 1's second epoch done: N = 0 finished, N = 1 half way
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(mlp, "save_fit_checkpoint", killed_after_one)
+    monkeypatch.setattr(mlp, "save_fit_checkpoint", killed_mid_fit)
     with pytest.raises(KeyboardInterrupt):
         MLPProbe(lm, **settings).fit(cache, 2, checkpoint=ckpt)
-    after_one = torch.load(ckpt, weights_only=False)
-    assert saves == [1] and after_one["epoch"] == 1
+    after = torch.load(ckpt, weights_only=False)
+    assert saves == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)] and (after["head"], after["epoch"]) == (1, 2)
+    after_w2 = after["params"][2].clone()
     resumed = MLPProbe(lm, **settings).fit(cache, 2, checkpoint=ckpt)
-    assert saves == [1, 2, 3]  # epoch 1 was not run again
+    heads = cache.n_max + 1
+    assert saves[5:] == [(1, 3)] + [(n, e) for n in range(2, heads) for e in (1, 2, 3)]  # nothing finished ran again
     for got, want in zip(resumed.params[2], whole.params[2]):
         assert torch.equal(got, want)
-    assert not torch.equal(resumed.params[2][2], after_one["params"][2])  # epochs 2-3 did train
+    assert not torch.equal(resumed.params[2][2], after_w2)  # what was left did train
     with pytest.raises(fl.FutureLensError, match=r"other settings"):
         MLPProbe(lm, **{**settings, "lr": 1e-3}).fit(cache, 2, checkpoint=ckpt)

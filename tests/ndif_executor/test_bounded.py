@@ -79,13 +79,18 @@ def test_cache_and_evaluation_requests_stay_bounded_and_match(setup, ndif_server
                                    rtol=1e-4, atol=1e-5)
 
     ndif_server.requests.clear()
-    # The linear map ([N + 1, d + 1, d], 12.7 KB here) travels with every scoring request, then ~1 KB per batch of 2.
-    remote.max_request_mb = 0.016
-    cfg = dict(cache=cache.path, layers=[2], methods=["linear", "fixed"], k=3, batch_size=2)
+    # The linear map ([N + 1, d + 1, d], 12.7 KB here) is applied on the client: only its mapped rows travel (~0.8 KB
+    # per batch of 2, beside the batch's own ~1.6 KB), so a bound below the map's size holds every scoring request
+    # (when the map travelled with each, this bound refused the first one).
+    remote.max_request_mb = 0.008
+    cfg = dict(cache=cache.path, layers=[2], methods=["ngram", "vocab", "linear", "fixed"], k=3, batch_size=2,
+               vocab_epochs=1)
     a = evaluate(EvalConfig(out=str(tmp_path / "eval-remote"), **cfg), lm=remote, progress=False)
     assert len(ndif_server.requests) > 1
-    assert max(r["bytes"] for r in ndif_server.requests) <= 0.016 * 2**20 + CODE_KB * 1024
+    assert max(r["bytes"] for r in ndif_server.requests) <= 0.008 * 2**20 + CODE_KB * 1024
+    assert max(r["result"] for r in ndif_server.requests) <= 0.008 * 2**20 + RESULT_KB * 1024
     b = evaluate(EvalConfig(out=str(tmp_path / "eval-local"), **cfg), lm=local, progress=False)
+    assert a[["method", "layer", "n", "metric", "k"]].equals(b[["method", "layer", "n", "metric", "k"]])
     assert a.value.tolist() == pytest.approx(b.value.tolist(), rel=1e-4, abs=1e-5, nan_ok=True)
 
 
