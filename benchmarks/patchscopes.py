@@ -80,7 +80,8 @@ def _md(df) -> str:
 
 def write(run_dir: Path, layers: list[int], log: list[str]) -> Path:
     """The report: the commands, the N = 1 target-layer grid and the methods under both scorings."""
-    from futurelens.figure import load_table, paper_rows, plot_precision, plot_target_layers
+    from futurelens.artifacts.results import load_table
+    from futurelens.figure import paper_rows, plot_precision, plot_target_layers
 
     df = load_table(run_dir / "eval" / "results.csv")
     meta = json.loads((SHIPPED / "data" / "futurelens.json").read_text())

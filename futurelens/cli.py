@@ -88,11 +88,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _kept(out: str | os.PathLike, pattern: str = "*") -> list[str]:
-    folder = Path(out)
-    return sorted(p.name for p in folder.glob(pattern)) if folder.is_dir() else []
-
-
 # --------------------------------------------------------------------------- loading the model
 
 
@@ -122,13 +117,11 @@ def _check_data(cfg: Any) -> None:
 
 
 def _check_cache(cfg: Any) -> dict:
-    import json
-
-    from .artifacts.dataset import META_FILE
+    from .artifacts.dataset import read_meta
     from .data.states import check_config
 
     check_config(cfg)
-    return json.loads((Path(cfg.data) / META_FILE).read_text())
+    return read_meta(cfg.data)
 
 
 def _open_cache(path: str) -> Any:
@@ -141,14 +134,12 @@ def _open_cache(path: str) -> Any:
 
 
 def _data(cfg: Any, **where: Any) -> None:
-    import json
-
-    from futurelens.artifacts.dataset import META_FILE
+    from futurelens.artifacts.dataset import read_meta
     from futurelens.data.prefixes import build_prefixes
 
     _check_data(cfg)
     out = build_prefixes(_load(cfg.model, **where), cfg)
-    meta = json.loads((out / META_FILE).read_text())
+    meta = read_meta(out)
     unused = meta.get("n_unused", 0)
     typer.echo(
         f"Wrote {meta['n_kept']} prefixes ({meta['n_train']} train / {meta['n_test']} test) to {out}; "
@@ -165,15 +156,13 @@ def _data_note(cfg: Any) -> str:
 
 
 def _cache(cfg: Any, **where: Any) -> None:
-    import json
-
-    from futurelens.artifacts.cache import INDEX
+    from futurelens.artifacts.cache import kept_shards, read_index
     from futurelens.data.states import StateCache, build_cache
 
     meta = _check_cache(cfg)
-    index = Path(cfg.out) / INDEX
-    if index.is_file() and not json.loads(index.read_text()).get("complete", True):
-        done = len(_kept(cfg.out, "*/shard-*.safetensors"))
+    index = read_index(cfg.out)
+    if index is not None and not index.get("complete", True):
+        done = len(kept_shards(cfg.out))
         typer.echo(f"Resuming the cache in {cfg.out}: {done} shard(s) already written are kept.", err=True)
     out = build_cache(_load(cfg.model or meta["model"], **where), cfg)
     cache = StateCache(out)
@@ -184,6 +173,7 @@ def _cache(cfg: Any, **where: Any) -> None:
 def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
     """What `train` will reuse in ``cfg.out``: finished prompts and checkpoints to resume from."""
     from futurelens.artifacts import prompt_checkpoint_path, prompt_path
+    from futurelens.artifacts.prompts import checkpoint_position
 
     notes = []
     for layer, target in [(layer, t) for layer in layers for t in (cfg.target_layers or [layer])]:
@@ -194,14 +184,8 @@ def _resume_notes(cfg: Any, layers: list[int]) -> list[str]:
         if final.exists():
             notes.append(f"layer {layer}: already trained ({final}), kept")
         elif ckpt.exists():
-            where = ""
-            try:
-                import torch
-
-                state = torch.load(ckpt, weights_only=False, map_location="cpu")["state"]
-                where = f" at epoch {state['epoch'] + 1}, batch {state['batch']}"
-            except Exception:  # noqa: BLE001 - a note only; train itself checks the checkpoint
-                pass
+            state = checkpoint_position(ckpt)
+            where = f" at epoch {state['epoch'] + 1}, batch {state['batch']}" if state else ""
             notes.append(f"layer {layer}: resuming from {ckpt}{where}")
     return notes
 
@@ -301,6 +285,18 @@ def _demo(cfg: Any, **where: Any) -> None:
     run(cfg, lm=_load(cfg.model, **where))
 
 
+def _kept_shards(out: str) -> list:
+    from .artifacts.cache import kept_shards
+
+    return kept_shards(out)
+
+
+def _kept_prompts(out: str) -> list[str]:
+    from .artifacts.prompts import kept_prompts
+
+    return kept_prompts(out)
+
+
 def _eval_note(cfg: Any) -> str:
     from .evaluate import interrupted_note
 
@@ -310,9 +306,9 @@ def _eval_note(cfg: Any) -> str:
 # What Ctrl-C leaves behind, per command, and how to go on.
 _INTERRUPTED: dict[str, Callable[[Any], str]] = {
     "data": lambda cfg: _data_note(cfg),
-    "cache": lambda cfg: f"Kept {len(_kept(cfg.out, '*/shard-*.safetensors'))} finished shard(s) in {cfg.out}; run the "
+    "cache": lambda cfg: f"Kept {len(_kept_shards(cfg.out))} finished shard(s) in {cfg.out}; run the "
     "same command again to continue at the first missing shard.",
-    "train": lambda cfg: f"Kept in {cfg.out}: {', '.join(_kept(cfg.out, 'layer-*')) or 'nothing yet'} (finished prompts "
+    "train": lambda cfg: f"Kept in {cfg.out}: {', '.join(_kept_prompts(cfg.out)) or 'nothing yet'} (finished prompts "
     "*.safetensors, checkpoints *.ckpt.pt); run the same command again to resume from them.",
     "eval": lambda cfg: _eval_note(cfg),
     "lens": lambda cfg: f"{cfg.out} was not written; run the same command again.",

@@ -11,7 +11,6 @@ mapped into this model (`futurelens.mapping.MappedCache`); then only the fixed a
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -85,10 +84,12 @@ class EvalConfig:
 def interrupted_note(cfg: EvalConfig) -> str:
     """What an interrupted `evaluate` kept (fitted probes and fit checkpoints, which a re-run reuses), for Ctrl-C."""
     # Fits are written to --probes when it is a folder, else to <out>/probes (as `evaluate` does).
-    folder = Path(cfg.probes) if cfg.probes and Path(cfg.probes).is_dir() else Path(cfg.out) / "probes"
-    done = sorted(folder.glob("*-layer-*.safetensors")) if folder.is_dir() else []
-    ckpts = sorted(folder.glob("*-layer-*.ckpt.pt")) if folder.is_dir() else []
-    results = "results.csv and the figures were not written (they are written when every layer is scored)"
+    from .artifacts.probes import PROBES_DIR, kept_fits
+    from .artifacts.results import RESULTS
+
+    folder = Path(cfg.probes) if cfg.probes and Path(cfg.probes).is_dir() else Path(cfg.out) / PROBES_DIR
+    done, ckpts = kept_fits(folder)
+    results = f"{RESULTS} and the figures were not written (they are written when every layer is scored)"
     if not done and not ckpts:
         return f"Nothing was kept: {results}, and no probe was fitted yet. Run the same command again."
     mb = sum(p.stat().st_size for p in done + ckpts) / 2**20
@@ -145,7 +146,7 @@ def _score(lm: LensModel, layer: int, batches: list, client: list, model_side: l
     is, in requests bounded by ``lm.max_request_mb``; ``ngram`` (layer-free) is scored once, at layer -1. Every
     prediction is tallied against the model's own continuation and against the text.
     """
-    from .figure import NO_LAYER
+    from .artifacts.results import NO_LAYER
     from .methods.base import Prediction, plain_batch
     from .metrics import Tally, target_nll
     from .dispatch import payload_bytes, run_job
@@ -224,16 +225,10 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     from tqdm.auto import tqdm
 
     from .artifacts import Source, data_fingerprint, probes_folder
+    from .artifacts.probes import PROBES_DIR
+    from .artifacts.results import FIGURES, NO_LAYER, RESULTS, rows_from_scores, save_sources, save_table, tidy
     from .data.states import StateCache
-    from .figure import (
-        NO_LAYER,
-        plot_precision,
-        plot_surprisal,
-        plot_target_layers,
-        rows_from_scores,
-        save_table,
-        tidy,
-    )
+    from .figure import plot_precision, plot_surprisal, plot_target_layers
     from .methods.linear import LinearApprox, VocabProbe, fitted
     from .methods.mlp import MLPProbe
     from .methods.prompts import FixedPrompt, LearnedPrompt
@@ -297,8 +292,8 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
     if {"vocab", "linear", "mlp"} & set(cfg.methods):
         # Fitted probes are artifacts: a finished layer's fit is loaded, never redone (futurelens.artifacts).
         # The default <out>/probes is a folder even before it exists (an out of one path part is no hub id).
-        read_dir, probe_source = probes_folder(cfg.probes) if cfg.probes else (out / "probes", Source("folder", str(out / "probes")))
-        write_dir = read_dir if probe_source.kind == "folder" else out / "probes"
+        read_dir, probe_source = probes_folder(cfg.probes) if cfg.probes else (out / PROBES_DIR, Source("folder", str(out / PROBES_DIR)))
+        write_dir = read_dir if probe_source.kind == "folder" else out / PROBES_DIR
         fits = {"model": lm.name, "data": data_fingerprint(cache), "folder": read_dir, "save_to": write_dir}
         sources["probes"] = {**probe_source.to_dict(), "data": fits["data"]}
 
@@ -331,24 +326,19 @@ def evaluate(cfg: EvalConfig, lm: LensModel | None = None, progress: bool = True
                for row in rows_from_scores(name, layer, n, t.result(), target_layer=write, against=against,
                                            intervals=t.intervals())])
     out.mkdir(parents=True, exist_ok=True)
-    save_table(df, out / "results.csv")
+    save_table(df, out / RESULTS)
     if sources:  # which prompts and probes (and hub revisions) these results came from
-        from .secrets import safe_config
-        from .atomic import atomic_path
-
-        with atomic_path(out / "sources.json") as tmp:
-            Path(tmp).write_text(json.dumps(safe_config(sources), indent=2, default=str))
+        save_sources(out, sources)
     title = f"{lm.name}: predicting the token N ahead from one hidden state"
     shown = df
     if source is not None:  # A's layer on the x axis, a line per method and write layer L' in this model
         title = f"{lm.name}: predicting the token N ahead from one hidden state of {source.settings['model']}"
         shown = df.assign(method=df["method"] + " at L'" + df["target_layer"].astype(int).astype(str),
                           target_layer=df["layer"])
-    plot_precision(shown, out / "precision.png", k=1, title=title, against=cfg.against)
-    plot_surprisal(shown, out / "surprisal.png", title=title, against=cfg.against)
-    figures = {"precision": out / "precision.png", "surprisal": out / "surprisal.png"}
+    figures = {"precision": plot_precision(shown, out / FIGURES["precision"], k=1, title=title, against=cfg.against),
+               "surprisal": plot_surprisal(shown, out / FIGURES["surprisal"], title=title, against=cfg.against)}
     if (df["target_layer"] != df["layer"]).any() and (df["layer"] != NO_LAYER).any():
-        figures["target_layers"] = plot_target_layers(df, out / "target_layers.png", against=cfg.against, title=title)
+        figures["target_layers"] = plot_target_layers(df, out / FIGURES["target_layers"], against=cfg.against, title=title)
     with Tracker(cfg.wandb, cfg.wandb_project, config=asdict(cfg), job="eval") as tracker:
         tracker.table("eval/results", df)
         for name, path in figures.items():

@@ -8,7 +8,6 @@ an interrupted run picks up where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,7 +73,9 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
     check_config(cfg)
     from rich.console import Console
 
-    from .artifacts.dataset import META_FILE
+    from .artifacts.dataset import META_FILE, read_meta
+    from .artifacts.results import FIGURES
+    from .artifacts.run import CACHE, DATA, EVAL, PROMPTS, save_times
     from .data.prefixes import DataConfig, build_prefixes
     from .data.states import CacheConfig, build_cache
     from .evaluate import EvalConfig, evaluate
@@ -95,27 +96,26 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
     times["load"] = time.perf_counter() - t
 
     t = stage("Dataset: prefixes and the model's continuations")
-    data_cfg = DataConfig(model=cfg.model, source=cfg.source, out=str(out / "data"), n_prefixes=cfg.n_prefixes,
+    data_cfg = DataConfig(model=cfg.model, source=cfg.source, out=str(out / DATA), n_prefixes=cfg.n_prefixes,
                           min_len=cfg.min_len, max_len=cfg.max_len, filter_correct=cfg.filter_correct)
-    meta_path = out / "data" / META_FILE
-    if not (meta_path.exists() and json.loads(meta_path.read_text())["config"] == asdict(data_cfg)):
+    if not ((out / DATA / META_FILE).exists() and read_meta(out / DATA)["config"] == asdict(data_cfg)):
         build_prefixes(lm, data_cfg, progress=progress)
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(out / DATA)
     console.print(f"{meta['n_train']} train / {meta['n_test']} test prefixes; the filter dropped "
                   f"{meta['n_dropped']} of {meta['n_kept'] + meta['n_dropped']} labelled candidates.")
     times["data"] = time.perf_counter() - t
 
     t = stage("State cache: every layer, one forward per batch")
-    build_cache(lm, CacheConfig(data=str(out / "data"), out=str(out / "cache")), progress=progress)
+    build_cache(lm, CacheConfig(data=str(out / DATA), out=str(out / CACHE)), progress=progress)
     times["cache"] = time.perf_counter() - t
 
     t = stage(f"Soft prompts for layers {cfg.layers}")
-    train(TrainConfig(cache=str(out / "cache"), out=str(out / "prompts"), layers=cfg.layers, epochs=cfg.epochs,
+    train(TrainConfig(cache=str(out / CACHE), out=str(out / PROMPTS), layers=cfg.layers, epochs=cfg.epochs,
                       lr=cfg.lr, batch_size=cfg.batch_size, wandb=cfg.wandb), lm=lm, progress=progress)
     times["train"] = time.perf_counter() - t
 
     t = stage("Evaluation: five methods × layers × N")
-    df = evaluate(EvalConfig(cache=str(out / "cache"), prompts=str(out / "prompts"), out=str(out / "eval"),
+    df = evaluate(EvalConfig(cache=str(out / CACHE), prompts=str(out / PROMPTS), out=str(out / EVAL),
                              layers=cfg.layers, vocab_epochs=cfg.vocab_epochs, wandb=cfg.wandb), lm=lm, progress=progress)
     times["eval"] = time.perf_counter() - t
 
@@ -126,18 +126,21 @@ def run(cfg: PipelineConfig, lm: Any = None, progress: bool = True) -> dict[str,
     from .figure import precision_table
 
     console.print(precision_table(df))
-    console.print(f"Figure: {out / 'eval' / 'precision.png'}   Lens: {lens_path}   "
+    figure = out / EVAL / FIGURES["precision"]
+    console.print(f"Figure: {figure}   Lens: {lens_path}   "
                   f"Times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     with Tracker(cfg.wandb, config=asdict(cfg), job="demo") as tracker:
         tracker.log({f"time/{k}": v for k, v in times.items()})
-    (out / "times.json").write_text(json.dumps(times, indent=2))
-    return {"results": df, "figure": out / "eval" / "precision.png", "lens": lens_path, "times": times}
+    save_times(out, times)
+    return {"results": df, "figure": figure, "lens": lens_path, "times": times}
 
 
 def _lens(lm: Any, cfg: PipelineConfig, out: Path) -> Path:
     """The lens page for ``cfg.lens_text`` with the layer-matched prompts just trained."""
+    from .artifacts.lens import PAGE
+    from .artifacts.run import PROMPTS
     from .lens.compute import lens_grid
     from .train import load_prompts
 
-    grid = lens_grid(lm, cfg.lens_text, load_prompts(out / "prompts", lm), layers=cfg.layers, rollout=cfg.rollout)
-    return grid.save_html(out / "lens.html")
+    grid = lens_grid(lm, cfg.lens_text, load_prompts(out / PROMPTS, lm), layers=cfg.layers, rollout=cfg.rollout)
+    return grid.save_html(out / PAGE)

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_path
 from .errors import FutureLensError
 
 if TYPE_CHECKING:
@@ -107,14 +106,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise FutureLensError(f"optimizer (--optimizer) must be 'adamw', 'adam' or 'sgd', not {cfg.optimizer!r}.")
 
 
-def _atomic(write, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 # The prompt file format lives in `futurelens.artifacts` (with every other on-disk and hub format); these
 # names stay importable from here.
 from .artifacts import load_prompt, load_prompts, prompt_checkpoint_path, prompt_key, prompt_path, save_prompt  # noqa: E402,F401
+from .artifacts.prompts import load_prompt_checkpoint, save_prompt_checkpoint  # noqa: E402
 
 
 _OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -203,15 +198,12 @@ def train_prompt(
     prompt = torch.randn(cfg.prompt_len, lm.embed_dim, generator=g) * cfg.init_std
     carried = {"optimizer": None, "grad": None, "pending": []}
     state = {"epoch": 0, "batch": 0, "losses": []}
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
-        if saved["settings"] != settings:
-            raise FutureLensError(f"{ckpt_path} is a checkpoint for other settings: use another --out, or delete it.")
+    saved = load_prompt_checkpoint(ckpt_path, settings)
+    if saved is not None:
         prompt, carried, state = saved["prompt"], saved["carried"], saved["state"]
 
     def checkpoint() -> None:
-        blob = {"settings": settings, "prompt": prompt, "carried": carried, "state": state}
-        _atomic(lambda tmp: torch.save(blob, tmp), ckpt_path)
+        save_prompt_checkpoint(ckpt_path, settings, prompt, carried, state)
 
     n_batches = -(-cache.size("train") // cfg.batch_size)
     step_settings = {k: settings[k] for k in ("optimizer", "lr", "weight_decay", "target_n", "loss", "grad_accum")}

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 
 from futurelens.errors import FutureLensError
-from futurelens.figure import (
-    load_table,
-    plot_precision,
-    plot_surprisal,
-    precision_figure,
-    rows_from_scores,
-    save_table,
-    tidy,
-)
+from futurelens.artifacts.results import load_table, rows_from_scores, save_table, tidy
+from futurelens.figure import plot_precision, plot_surprisal, precision_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

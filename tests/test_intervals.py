@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from futurelens.evaluate import EvalConfig, evaluate
-from futurelens.figure import precision_figure, precision_table, rows_from_scores, tidy
+from futurelens.artifacts.results import rows_from_scores, tidy
+from futurelens.figure import precision_figure, precision_table
 from futurelens.metrics import Tally
 
 

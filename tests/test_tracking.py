@@ -151,7 +151,7 @@ def test_disabled_tracker_does_nothing(tmp_path, monkeypatch):
 
 def test_tidy_table_with_missing_k_logs_offline(offline):
     """The tidy results table has k = <NA> on surprisal rows; wandb.Table refuses <NA>, so it goes in as null."""
-    from futurelens.figure import rows_from_scores, tidy
+    from futurelens.artifacts.results import rows_from_scores, tidy
 
     df = tidy(rows_from_scores("bigram", -1, 0, {"precision@1": 0.25, "surprisal": 3.5})
               + rows_from_scores("learned prompt", 14, 1, {"precision@1": 0.5, "precision@2": 0.75, "surprisal": 2.0}))

@@ -33,6 +33,56 @@ FORMAT = 2
 """Index format: 2 records each shard's ``bytes`` and ``sha256`` (format 1 caches are read and verified structurally)."""
 
 
+def layer_key(layer: int) -> str:
+    """The name of a shard's tensor of ``layer``'s states: ``layer.<L>``."""
+    return f"layer.{layer}"
+
+
+def shard_keys(layers: list[int]) -> set[str]:
+    """Every tensor a shard of a cache of ``layers`` holds (the layout above)."""
+    return {layer_key(layer) for layer in layers} | {"final", "target", "last_token", "row"}
+
+
+def shard_file(split: str, k: int) -> str:
+    """The ``k``-th shard of ``split``, relative to the cache folder: ``<split>/shard-<k:05d>.safetensors``."""
+    return f"{split}/shard-{k:05d}.safetensors"
+
+
+def kept_shards(folder: str | os.PathLike) -> list[Path]:
+    """The finished shard files in a cache folder (none when it is no folder): what a killed build kept."""
+    folder = Path(folder)
+    return sorted(folder.glob("*/shard-*.safetensors")) if folder.is_dir() else []
+
+
+def stale_temporaries(folder: Path, splits: list[str]) -> list[Path]:
+    """Half-written temporaries a killed build left (the index's or a shard's, `futurelens.atomic`)."""
+    return [*folder.glob(f".{INDEX}-*.tmp"), *(p for split in splits for p in (folder / split).glob(".shard-*.tmp"))]
+
+
+def read_index(folder: str | os.PathLike) -> dict | None:
+    """A cache folder's index (`INDEX`), or None when it has none."""
+    path = Path(folder) / INDEX
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_shard(path: Path, layer: int | None, final: bool, rows: int) -> dict[str, "torch.Tensor"]:
+    """One shard's ``states`` (``[rows, d]`` of ``layer``; ``[rows, 0]`` for None), ``target``, ``last_token``,
+    ``row`` and, with ``final``, ``final``. A damaged file raises whatever safetensors raises: the reader names it."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        part = {
+            "states": f.get_tensor(layer_key(layer)) if layer is not None else torch.empty(rows, 0),
+            "target": f.get_tensor("target"),
+            "last_token": f.get_tensor("last_token"),
+            "row": f.get_tensor("row"),
+        }
+        if final:
+            part["final"] = f.get_tensor("final")
+    return part
+
+
 def cache_disk_bytes(rows: int, layers: int, n_max: int, d: int, dtype_bytes: int, shards: int = 1) -> int:
     """Bytes a cache of ``rows`` prefixes takes on disk: per row ``layers`` states and ``n_max + 1`` final states of
     ``d`` values of ``dtype_bytes``, ``n_max + 3`` int64 ids (targets, last token, row); at most 4 KB of safetensors

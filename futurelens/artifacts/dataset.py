@@ -187,15 +187,22 @@ def save_prefixes(columns: "dict[str, list] | Path", meta: dict, out: str | os.P
     return out
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """A dataset folder's metadata (``futurelens.json``: model, tokenizer hash, build settings, counts), or a
+    `FutureLensError` saying how to build one when ``path`` holds no dataset."""
+    path = Path(path)
+    if not (path / META_FILE).is_file():
+        raise FutureLensError(f"{path} is not a futurelens dataset (no {META_FILE}); build one with "
+                              f"`futurelens data --out {path}`.")
+    return json.loads((path / META_FILE).read_text())
+
 
 def load_prefixes(path: str | os.PathLike, tokenizer: Any = None) -> tuple[Any, dict]:
     """``(datasets.Dataset, metadata)``; with ``tokenizer``, refuse a dataset built with another one."""
     from datasets import load_from_disk
 
     path = Path(path)
-    if not (path / META_FILE).exists():
-        raise FutureLensError(f"{path} is not a futurelens dataset (no {META_FILE}); build one with `futurelens data`.")
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_meta(path)
     if tokenizer is not None and tokenizer_hash(tokenizer) != meta["tokenizer_hash"]:
         raise FutureLensError(
             f"{path} was tokenized for {meta['model']!r} (tokenizer {meta['tokenizer_hash']}), not this tokenizer "

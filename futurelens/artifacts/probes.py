@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..atomic import atomic_path
 from ..errors import FutureLensError
 from ..secrets import safe_config
+from .checkpoint import load_checkpoint, save_checkpoint
 from .source import MANIFEST, Source, hub_id, pull
 
 if TYPE_CHECKING:
@@ -23,6 +24,10 @@ PROBE_FORMAT = "futurelens-probe/1"
 PROBE_KINDS = ("vocab", "linear", "mlp")
 """``vocab``: the direct vocabulary probe (`VocabProbe`); ``linear``: the linear model approximation (`LinearApprox`);
 ``mlp``: the residual-MLP probe read by the model's own head (`MLPProbe`)."""
+
+
+PROBES_DIR = "probes"
+"""The folder of fitted probes inside an eval folder (`futurelens eval --out`), unless --probes names another."""
 
 
 def data_fingerprint(cache: "StateCache") -> str:
@@ -55,6 +60,15 @@ def probe_path(folder: str | os.PathLike, kind: str, layer: int) -> Path:
 def probe_checkpoint_path(folder: str | os.PathLike, kind: str, layer: int) -> Path:
     """The resumable checkpoint of a fit in progress, beside where the finished probe goes."""
     return Path(folder) / f"{kind}-layer-{layer}.ckpt.pt"
+
+
+def kept_fits(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """``(finished probes, fit checkpoints)`` in ``folder`` (both empty when it is no folder): what a killed
+    evaluation kept, and a re-run reuses."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [], []
+    return sorted(folder.glob("*-layer-*.safetensors")), sorted(folder.glob("*-layer-*.ckpt.pt"))
 
 
 @dataclass
@@ -147,21 +161,12 @@ def probes_folder(location: str | os.PathLike, revision: str | None = None) -> t
 def load_fit_checkpoint(path: Path | None, settings: dict) -> dict | None:
     """An unfinished fit's checkpoint (``torch.save``d dict with its ``settings``) if there is one for these settings;
     one for other settings is refused, naming the file."""
-    if path is None or not path.exists():
+    if path is None:
         return None
-    import torch
-
-    saved = torch.load(path, weights_only=False, map_location="cpu")
-    if saved.get("settings") != settings:
-        raise FutureLensError(f"{path} is a checkpoint of a fit with other settings: use another --probes folder, or delete it.")
-    return saved
+    return load_checkpoint(path, settings, "of a fit", "use another --probes folder, or delete it", map_location="cpu")
 
 
 def save_fit_checkpoint(path: Path | None, blob: dict) -> None:
     """Write an unfinished fit's checkpoint atomically (nothing when ``path`` is None)."""
-    if path is None:
-        return
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    if path is not None:
+        save_checkpoint(path, blob)

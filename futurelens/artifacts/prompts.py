@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..atomic import atomic_path
 from ..errors import FutureLensError
 from ..secrets import safe_config
+from .checkpoint import checkpoint_field, load_checkpoint, save_checkpoint
 from .source import MANIFEST, PROMPT_SUFFIXES, PromptSet, Source, hub_id, pull, source_layers
 
 if TYPE_CHECKING:
@@ -60,6 +61,31 @@ def prompt_checkpoint_path(out: str | os.PathLike, layer: int, target_layer: int
     """Where training keeps the resumable checkpoint of that prompt (``layer-<L>.ckpt.pt`` beside `prompt_path`)."""
     final = prompt_path(out, layer, target_layer)
     return final.with_name(final.name.replace(".safetensors", ".ckpt.pt"))
+
+
+def kept_prompts(out: str | os.PathLike) -> list[str]:
+    """The names of the finished prompts (``layer-*.safetensors``) and checkpoints (``layer-*.ckpt.pt``) in a
+    training folder: what a killed `futurelens train` kept."""
+    out = Path(out)
+    return sorted(p.name for p in out.glob("layer-*")) if out.is_dir() else []
+
+
+def load_prompt_checkpoint(path: str | os.PathLike, settings: dict) -> dict | None:
+    """Training's checkpoint of a prompt (``prompt``, ``carried`` optimizer state, position ``state``) if there is
+    one for these settings; one for other settings is refused."""
+    return load_checkpoint(path, settings, "of a prompt", "use another --out, or delete it")
+
+
+def save_prompt_checkpoint(path: str | os.PathLike, settings: dict, prompt: "torch.Tensor", carried: dict,
+                           state: dict) -> None:
+    """Write training's checkpoint of a prompt atomically: its settings, the prompt ``[P, embed_dim]``, the
+    optimizer state carried between requests, and the position ``{"epoch", "batch", "losses"}``."""
+    save_checkpoint(path, {"settings": settings, "prompt": prompt, "carried": carried, "state": state})
+
+
+def checkpoint_position(path: str | os.PathLike) -> dict | None:
+    """Where a prompt checkpoint stopped, ``{"epoch", "batch", ...}``, or None if it cannot be read (for a note)."""
+    return checkpoint_field(path, "state")
 
 
 def save_prompt(

@@ -12,8 +12,13 @@ from typing import Any
 
 from ..errors import FutureLensError
 from ..secrets import redact, safe_config
-from .probes import data_fingerprint, read_probe
+from .cache import INDEX
+from .dataset import META_FILE, read_meta
+from .lens import PAGE
+from .probes import PROBES_DIR, data_fingerprint, kept_fits, read_probe
 from .prompts import prompt_key, read_prompt
+from .results import FIGURES, RESULTS
+from .run import CACHE, DATA, EVAL, PROMPTS
 from .source import MANIFEST, _layer_span, hub_id
 
 CARD = "README.md"
@@ -44,22 +49,21 @@ def collect_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     run = Path(run_dir)
     if not run.is_dir():
         raise FutureLensError(f"No run folder at {run}: pass the folder `futurelens demo --out` (or train/eval) wrote.")
-    prompts_dir = _first(run / "prompts", run)
+    prompts_dir = _first(run / PROMPTS, run)
     prompts = sorted(p for p in prompts_dir.glob("layer-*.safetensors")) if prompts_dir else []
-    probes_dir = _first(run / "eval" / "probes", run / "probes")
-    probes = sorted(probes_dir.glob("*-layer-*.safetensors")) if probes_dir else []
-    eval_dir = _first(run / "eval", run)
+    probes_dir = _first(run / EVAL / PROBES_DIR, run / PROBES_DIR)
+    probes = kept_fits(probes_dir)[0] if probes_dir else []
+    eval_dir = _first(run / EVAL, run)
     found = {
         "run": run,
         "prompts": prompts,
         "probes": probes,
-        "results": _first(eval_dir / "results.csv") if eval_dir else None,
+        "results": _first(eval_dir / RESULTS) if eval_dir else None,
         "maps": sorted((prompts_dir / "maps").glob("layer-*-to-*.safetensors")) if prompts_dir else [],
-        "figures": [f for f in (eval_dir / "precision.png", eval_dir / "surprisal.png", eval_dir / "target_layers.png")
-                    if eval_dir and f.exists()],
-        "data": _first(run / "data" / "futurelens.json"),
-        "cache": _first(run / "cache" / "cache.json"),
-        "lens": _first(run / "lens.html"),
+        "figures": [f for f in (eval_dir / name for name in FIGURES.values()) if eval_dir and f.exists()],
+        "data": _first(run / DATA / META_FILE),
+        "cache": _first(run / CACHE / INDEX),
+        "lens": _first(run / PAGE),
     }
     if not prompts and not probes and found["results"] is None:
         raise FutureLensError(
@@ -102,7 +106,7 @@ def manifest(found: dict, repo_id: str) -> dict[str, Any]:
         probes.append({"file": f"probes/{f.name}", "kind": meta["kind"], "layer": meta["layer"], "data": meta["data"],
                        "settings": meta["settings"]})
         model = model or meta["model"]
-    data = json.loads(found["data"].read_text()) if found["data"] else {}
+    data = read_meta(found["data"].parent) if found["data"] else {}
     if not model:
         model = data.get("model")
     fingerprint = _fingerprint(found) or prompt_data or next((p["data"] for p in probes), None)
@@ -209,7 +213,7 @@ def model_card(info: dict[str, Any], results: Any = None) -> str:
 
 def stage_run(found: dict, repo_id: str, into: Path) -> dict[str, Any]:
     """Lay a run out in ``into`` as it will be on the hub; returns the manifest."""
-    from ..figure import load_table
+    from .results import load_table
 
     info = manifest(found, repo_id)
     for f in found["prompts"]:
@@ -220,13 +224,13 @@ def stage_run(found: dict, repo_id: str, into: Path) -> dict[str, Any]:
         _copy(f, into / "probes" / f.name)
     results = None
     if found["results"] is not None:
-        _copy(found["results"], into / "results" / "results.csv")
+        _copy(found["results"], into / "results" / RESULTS)
         results = load_table(found["results"])
     for f in found["figures"]:
         _copy(f, into / "results" / f.name)
     if found["data"] is not None:
         (into / "data").mkdir(parents=True, exist_ok=True)
-        (into / "data" / "futurelens.json").write_text(redact(json.dumps(safe_config(json.loads(found["data"].read_text())), indent=2)))
+        (into / "data" / META_FILE).write_text(redact(json.dumps(safe_config(read_meta(found["data"].parent)), indent=2)))
     (into / MANIFEST).write_text(redact(json.dumps(info, indent=2)))
     (into / CARD).write_text(model_card(info, results))
     return info

@@ -17,7 +17,6 @@ shard and the `futurelens cache` command that repairs it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -25,7 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..artifacts.cache import FORMAT, INDEX, cache_disk_bytes, save_shard, verify_shard, write_index
+from ..artifacts.cache import (
+    FORMAT,
+    INDEX,
+    cache_disk_bytes,
+    layer_key,
+    read_index,
+    read_shard,
+    save_shard,
+    shard_file,
+    shard_keys,
+    stale_temporaries,
+    verify_shard,
+    write_index,
+)
 from ..errors import FutureLensError
 
 if TYPE_CHECKING:
@@ -144,8 +156,8 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
     settings = _settings(lm, cfg, meta, layers)
     index_path = out / INDEX
     records: dict[str, dict] = {}  # what the previous index recorded of each shard file
-    if index_path.exists():
-        previous = json.loads(index_path.read_text())
+    previous = read_index(out)
+    if previous is not None:
         records = {s["file"]: s for split in previous["splits"].values() for s in split}
         if previous["settings"] != settings:
             changed = sorted(k for k in settings if previous["settings"].get(k) != settings[k])
@@ -159,18 +171,18 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
     for split, rows in plan.items():
         shards[split] = []
         for k, a in enumerate(range(0, len(rows), cfg.shard_size)):
-            shard = {"file": f"{split}/shard-{k:05d}.safetensors", "rows": len(rows[a : a + cfg.shard_size])}
+            shard = {"file": shard_file(split, k), "rows": len(rows[a : a + cfg.shard_size])}
             old = records.get(shard["file"], {})
             if old.get("rows") == shard["rows"] and "sha256" in old:
                 shard.update(bytes=old["bytes"], sha256=old["sha256"])
             shards[split].append(shard)
         (out / split).mkdir(exist_ok=True)
     # Left by a killed build mid-write: a shard's or the index's half-written temporary file.
-    for stale in [*out.glob(f".{INDEX}-*.tmp"), *(p for split in shards for p in (out / split).glob(".shard-*.tmp"))]:
+    for stale in stale_temporaries(out, list(shards)):
         stale.unlink()
 
     # Verify what is there before trusting it: a damaged shard is rebuilt, alone.
-    keys = {f"layer.{layer}" for layer in layers} | {"final", "target", "last_token", "row"}
+    keys = shard_keys(layers)
     done = 0
     for split in shards:
         for k, shard in enumerate(shards[split]):
@@ -242,7 +254,7 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
             release_free_memory()  # the batch's freed activations, which glibc's heap would keep (see there)
 
         states, final = run_job(lm, jobs.cache_shard, prefixes, conts, layers, batch_size, dtype, done)
-    tensors = {f"layer.{layer}": states[i] for i, layer in enumerate(layers)}
+    tensors = {layer_key(layer): states[i] for i, layer in enumerate(layers)}
     tensors["final"] = final
     tensors["target"] = torch.tensor(targets, dtype=torch.long)
     tensors["last_token"] = torch.tensor([p[-1] for p in prefixes], dtype=torch.long)
@@ -274,10 +286,10 @@ class StateCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        index_path = self.path / INDEX
-        if not index_path.exists():
+        index = read_index(self.path)
+        if index is None:
             raise FutureLensError(f"No state cache at {self.path} (no {INDEX}): build one with `futurelens cache --out {self.path}`.")
-        self.index = json.loads(index_path.read_text())
+        self.index = index
         if not self.index["complete"]:
             raise FutureLensError(
                 f"The cache in {self.path} is incomplete (the build was interrupted): re-run `futurelens cache` "
@@ -307,24 +319,14 @@ class StateCache:
             f"shard and rebuilds only the damaged ones): {repair_command(self.path, self.index)}"
         )
 
-    def _read(self, shard: dict, key: str | None, final: bool) -> dict[str, "torch.Tensor"]:
-        """One shard's tensors, or a `FutureLensError` naming the shard and its repair."""
-        import torch
-        from safetensors import safe_open
-
+    def _read(self, shard: dict, layer: int | None, final: bool) -> dict[str, "torch.Tensor"]:
+        """One shard's tensors (`futurelens.artifacts.cache.read_shard`), or a `FutureLensError` naming the shard
+        and its repair."""
         problem = self._size_problem(shard)
         if problem is not None:
             raise self._damaged(shard, problem)
         try:
-            with safe_open(self.path / shard["file"], framework="pt") as f:
-                part = {
-                    "states": f.get_tensor(key) if key else torch.empty(shard["rows"], 0),
-                    "target": f.get_tensor("target"),
-                    "last_token": f.get_tensor("last_token"),
-                    "row": f.get_tensor("row"),
-                }
-                if final:
-                    part["final"] = f.get_tensor("final")
+            part = read_shard(self.path / shard["file"], layer, final, shard["rows"])
         except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, a missing tensor: all mean a bad shard
             raise self._damaged(shard, f"{type(err).__name__}: {err}") from err
         if len(part["row"]) != shard["rows"]:
@@ -369,10 +371,10 @@ class StateCache:
             raise FutureLensError(f"The cache has no {split!r} split; it has {sorted(self.index['splits'])}.")
         return self.index["splits"][split]
 
-    def _check_layer(self, layer: int) -> str:
+    def _check_layer(self, layer: int) -> int:
         if layer not in self.layers:
             raise FutureLensError(f"Layer {layer} is not cached; the cache holds layers {self.layers}.")
-        return f"layer.{layer}"
+        return layer
 
     def batches(
         self,
@@ -390,13 +392,14 @@ class StateCache:
         """
         import torch
 
-        key = self._check_layer(layer) if layer is not None else None
+        if layer is not None:
+            self._check_layer(layer)
         shards = self._shards(split)
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
         carry: list[dict] = []
         for k in order:
-            part = self._read(shards[k], key, final)
+            part = self._read(shards[k], layer, final)
             if shuffle:
                 perm = torch.randperm(len(part["row"]), generator=g)
                 part = {name: t[perm] for name, t in part.items()}

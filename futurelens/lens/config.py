@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..artifacts.lens import PAGE
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
 
@@ -55,7 +56,7 @@ class LensConfig:
     """Cells patched per batched forward (lower it if memory runs short)."""
     force: bool = False
     """Use learned prompts even if they were trained on another model."""
-    out: str = "lens.html"
+    out: str = PAGE
     """HTML file the grid is written to."""
     width: int = 12
     """Characters per cell in the printed text grid (the HTML shows every token)."""

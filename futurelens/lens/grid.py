@@ -94,13 +94,10 @@ class LensGrid:
         return _html.render_fragment(self)
 
     def save_html(self, path: str | os.PathLike) -> Path:
-        """Write `to_html` to ``path`` atomically (temp file in the same folder, then `os.replace`)."""
-        from ..atomic import atomic_path
+        """Write `to_html` to ``path`` atomically (`futurelens.artifacts.lens.save_page`)."""
+        from ..artifacts.lens import save_page
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(self.to_html(), encoding="utf-8")
-        return path
+        return save_page(self.to_html(), path)
 
     def to_wandb(self) -> Any:
         """A ``wandb.Html`` of the page, for ``run.log({"lens": grid.to_wandb()})``."""

@@ -36,9 +36,9 @@ class MemoryCache:
         fake.index = {"splits": {"train": [{"rows": min(self.shard, n - a), "a": a} for a in range(0, n, self.shard)]}}
         fake.settings = {"layers": [0]}
 
-        def read(shard, key, final):
+        def read(shard, layer, final):
             sl = slice(shard["a"], shard["a"] + shard["rows"])
-            return {"states": self.states[sl] if key else torch.empty(shard["rows"], 0), "target": self.target[sl],
+            return {"states": self.states[sl] if layer is not None else torch.empty(shard["rows"], 0), "target": self.target[sl],
                     "last_token": self.target[sl, 0], "row": torch.arange(n)[sl]}
 
         fake._read = read
