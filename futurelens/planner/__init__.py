@@ -41,7 +41,10 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
     stages = workload(cfg, shape, run, _BYTES[cfg.cache_dtype])
     cal = None
     if cfg.calibrate and not cfg.remote and shape.params < MAX_PARAMS and shape.source != "shipped":
-        cal = calibrate(cfg.model, shape, cfg.n_max, cfg.train_batch_size, cfg.prompt_len, cfg.cache_batch_size)
+        from .shape import layers as resolve_layers
+
+        cal = calibrate(cfg.model, shape, cfg.n_max, cfg.train_batch_size, cfg.prompt_len, cfg.cache_batch_size,
+                        len(cfg.methods), len(resolve_layers(shape, cfg.eval_layers or cfg.layers)), len(run.test))
     return price(cfg, shape, stages, cal)
 
 

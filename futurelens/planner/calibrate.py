@@ -36,10 +36,10 @@ def _best(fn: Callable[[], Any], repeats: int = 2) -> tuple[float, float]:
 
 
 def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len: int,
-              cache_batch: int) -> dict[str, Any]:
+              cache_batch: int, eval_methods: int = 5, eval_layers: int = 1, test_rows: int = 32) -> dict[str, Any]:
     """Measured costs of ``model`` here: ``startup_s``, ``fixed_rss``, ``load_peak_rss``, ``forward_call_s``,
     ``flop_rate``, ``greedy_call_s`` (per call, beyond its FLOPs at that rate), ``train_step_s`` (one step at
-    ``train_batch``) and ``first_call_s`` (the one-off extra of a process's first call of each kind)."""
+    ``train_batch``), ``eval_results_s`` (eval writing its table and figures, `results_cost`) and ``first_call_s`` (the one-off extra of a process's first call of each kind)."""
     import torch
 
     from ..data.states import StateBatch
@@ -82,10 +82,13 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
         prompt.grad = None
 
     st, first_t = _best(step)
+    from .results_cost import results_seconds
+
+    results = results_seconds(eval_methods, eval_layers, n_max + 1, test_rows)  # eval's table and figures
     took = time.perf_counter() - t0
     del lm
     gc.collect()
     return {"startup_s": startup, "fixed_rss": fixed, "load_peak_rss": load_peak, "forward_call_s": call, "flop_rate": rate,
             "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len,
-            "calibration_s": took, "first_call_s": {"forward": max(first1 - s1, 0.0), "greedy": max(first_g - sg, 0.0),
+            "calibration_s": took, "eval_results_s": results, "first_call_s": {"forward": max(first1 - s1, 0.0), "greedy": max(first_g - sg, 0.0),
                                                     "train": max(first_t - st, 0.0)}}
