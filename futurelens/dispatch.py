@@ -1,17 +1,48 @@
 """Sending work to the model: a server function as ONE job (`run_job`), and work split into requests by size (`spans`).
 
 THE RULE: every stage that runs on NDIF sends its work through `run_job`, and splits it with `spans` (or
-`request_spans`, its form for a list of tensors) so that no request sends or returns more than
-``lm.max_request_mb``. No other module does byte arithmetic for requests. Locally the same calls are plain
-function calls over one span, so local and remote runs take the same path.
+`request_spans`, its form for a list of tensors, or `stream_requests`, its form for a stream whose per-request
+state grows as it runs) so that no request sends or returns more than ``lm.max_request_mb``. No other module does
+byte arithmetic for requests: a stage says what an item carries, as tensors (`payload_bytes`), as the shape and
+dtype of a tensor not made yet (`tensor_bytes`), as token ids (`ids_bytes`) or as reduced top-k pairs
+(`top_bytes`). Locally the same calls are plain function calls over one span, so local and remote runs take the
+same path.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import FutureLensError
 from .ndif_errors import ndif_errors
+
+
+@lru_cache(maxsize=None)
+def _itemsize(dtype: Any) -> int:
+    import torch
+
+    return torch.empty(0, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size()
+
+
+def tensor_bytes(*shape: int, dtype: Any = "float32") -> int:
+    """Bytes of a ``shape`` tensor of ``dtype`` (a torch dtype or its name; ``tensor_bytes(dtype=...)`` is one value):
+    what an item will send or return, declared before the tensor exists."""
+    n = 1
+    for size in shape:
+        n *= int(size)
+    return n * _itemsize(dtype)
+
+
+def ids_bytes(n: int) -> int:
+    """Bytes of ``n`` token ids as a request carries them (int64 at most)."""
+    return tensor_bytes(n, dtype="int64")
+
+
+def top_bytes(n: int) -> int:
+    """Bytes of ``n`` (probability, token id) pairs, as a job reduced to top-k returns them (float32 and int64)."""
+    return tensor_bytes(n, dtype="float32") + ids_bytes(n)
+
 
 def payload_bytes(obj: Any) -> int:
     """Bytes of the tensors in ``obj`` (nested lists, tuples and dicts): what a request carries, to within its framing."""
@@ -63,10 +94,35 @@ def spans(
     return out
 
 
-def request_spans(lm: Any, items: list, fixed: Any = None) -> list[tuple[int, int]]:
-    """`spans` over ``items`` by the tensors each carries (plus ``fixed``, sent with each)."""
-    return spans(lm, len(items), payload=[payload_bytes(i) for i in items], fixed=payload_bytes(fixed),
-                 lower="use a smaller batch_size")
+def request_spans(lm: Any, items: list, fixed: Any = None, *, result: "int | Sequence[int]" = 0,
+                  lower: str = "use a smaller batch_size") -> list[tuple[int, int]]:
+    """`spans` over ``items`` by the tensors each carries (plus ``fixed``, sent with each); ``result`` as in `spans`."""
+    return spans(lm, len(items), payload=[payload_bytes(i) for i in items], result=result, fixed=payload_bytes(fixed),
+                 lower=lower)
+
+
+def stream_requests(lm: Any, items: Iterable, *, size: Callable[[Any], int] = payload_bytes,
+                    fixed: Callable[[], int] = lambda: 0, most: int | None = None) -> Iterator[list]:
+    """Group a stream of ``items`` into requests as they come: each list sends at most ``lm.max_request_mb``
+    (remotely; locally only ``most`` bounds it) and holds at most ``most`` items.
+
+    ``size(item)`` is what an item sends; ``fixed()`` what travels with every request besides its items, read
+    again as each new request starts: a request's results may change it before the next one is grouped (training's
+    prompt and optimizer state, carried from request to request). The caller runs each list before asking for the
+    next. Unlike `spans`, an item over the bound alone still forms a request (`run_job` then refuses it).
+    """
+    limit = lm.max_request_mb * 2**20 if lm.remote else float("inf")
+    chunk: list = []
+    total = fixed()
+    for item in items:
+        nbytes = size(item)
+        if chunk and ((most is not None and len(chunk) >= most) or total + nbytes > limit):
+            yield chunk
+            chunk, total = [], fixed()
+        chunk.append(item)
+        total += nbytes
+    if chunk:
+        yield chunk
 
 
 def run_job(lm: Any, fn: Any, *args: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 import torch
 
 from .errors import FutureLensError
-from .dispatch import run_job, spans
+from .dispatch import ids_bytes, run_job, spans, tensor_bytes
 from .server import jobs
 from .server.access import top_of
 
@@ -58,18 +58,15 @@ def _as_rows(lm: "LensModel", prefixes: TokenIds) -> list[list[int]]:
     return rows
 
 
-def _itemsize(dtype: Any) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
-
-
 def _states_dtype(lm: "LensModel") -> Any:
     """The dtype of the model's hidden states (a float32 residual in a bfloat16 Mamba), as the server returns them."""
     return getattr(torch, lm._hidden_dtype) if lm._hidden_dtype else lm.dtype
 
 
-def _state_bytes(lm: "LensModel") -> int:
-    """Bytes of one hidden-state element as a result carries it."""
-    return max(_itemsize(_states_dtype(lm)), _itemsize(lm.dtype))
+def _result_dtype(lm: "LensModel") -> Any:
+    """The dtype a result's hidden states are counted in for the request bound: the wider of the states' and the
+    model's."""
+    return max((_states_dtype(lm), lm.dtype), key=lambda dtype: tensor_bytes(dtype=dtype))
 
 
 def _layers(lm: "LensModel", layers: int | Sequence[int] | None) -> list[int]:
@@ -134,8 +131,8 @@ def cache_ahead(
                 f"(an [B, n] array), got {len(cont)} rows of lengths {sorted({len(c) for c in cont})}."
             )
     ahead = 0 if cont is None else len(cont[0]) + 1
-    per_row = (len(wanted) + ahead) * lm.d_model * _state_bytes(lm)
-    sent = [8 * (len(r) + (0 if cont is None else len(cont[0]))) for r in rows]  # ids travel as int64s at most
+    per_row = tensor_bytes(len(wanted) + ahead, lm.d_model, dtype=_result_dtype(lm))
+    sent = [ids_bytes(len(r) + (0 if cont is None else len(cont[0]))) for r in rows]
     parts = [
         run_job(lm, jobs.cache_job, rows[a:b], None if cont is None else cont[a:b], wanted)
         for a, b in spans(lm, len(rows), payload=sent, result=per_row, lower="cache fewer layers per call")
@@ -163,12 +160,12 @@ def token_states(
     if len(rows) != 1:
         raise FutureLensError(f"token_states reads one row of tokens, got {len(rows)}: call it once per row, or use cache().")
     wanted, ids = _layers(lm, layers), torch.tensor(rows, dtype=torch.long)
-    length, per_position = ids.shape[1], lm.d_model * _state_bytes(lm)
+    length, per_position = ids.shape[1], tensor_bytes(lm.d_model, dtype=_result_dtype(lm))
     # Remotely, a result over the bound is split by positions (each request's forward reads a window of them),
     # then by layers: every request runs the whole row.
-    windows = spans(lm, length, payload=0, result=per_position, fixed=8 * length)
+    windows = spans(lm, length, payload=0, result=per_position, fixed=ids_bytes(length))
     width = max(b - a for a, b in windows)
-    groups = spans(lm, len(wanted), result=width * per_position, fixed=8 * length)
+    groups = spans(lm, len(wanted), result=width * per_position, fixed=ids_bytes(length))
     if len(windows) == 1 and len(groups) == 1:
         return run_job(lm, jobs.row_states_job, ids, wanted, 0, length)
     out = torch.empty(len(wanted), length, lm.d_model, dtype=_states_dtype(lm))
@@ -388,7 +385,8 @@ def decode(lm: "LensModel", hidden: "torch.Tensor") -> "torch.Tensor":
     flat = hidden.reshape(-1, d)
     parts = [
         run_job(lm, jobs.decode_job, flat[a:b])
-        for a, b in spans(lm, flat.shape[0], payload=d * hidden.element_size(), result=lm.vocab_size * _itemsize(lm.dtype))
+        for a, b in spans(lm, flat.shape[0], payload=tensor_bytes(d, dtype=hidden.dtype),
+                          result=tensor_bytes(lm.vocab_size, dtype=lm.dtype))
     ]
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(*lead, -1)
 
@@ -421,7 +419,7 @@ def greedy(
     for length, members in groups.items():
         for start in range(0, len(members), batch_size):
             batch = members[start : start + batch_size]
-            for a, b in spans(lm, len(batch), payload=8 * length, result=8 * n):
+            for a, b in spans(lm, len(batch), payload=ids_bytes(length), result=ids_bytes(n)):
                 chunk = batch[a:b]
                 (got,) = run_job(lm, jobs.greedy_job, [[rows[i] for i in chunk]], n)
                 out[chunk] = got

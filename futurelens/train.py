@@ -129,10 +129,6 @@ def prompt_loss(lm: LensModel, prompt: torch.Tensor, batch: Any, layer: int, n: 
     return run_job(lm, jobs.prompt_loss, prompt, plain_batch(batch), layer, n, loss)
 
 
-def _batch_bytes(batch: dict) -> int:
-    return sum(t.numel() * t.element_size() for t in batch.values() if t is not None)
-
-
 def train_prompt(
     lm: LensModel,
     cache: StateCache,
@@ -158,7 +154,7 @@ def train_prompt(
     from tqdm.auto import tqdm
 
     from .methods.base import plain_batch
-    from .dispatch import payload_bytes, run_job
+    from .dispatch import payload_bytes, run_job, stream_requests
     from .server import jobs, traces
     from .tokens import recorded
 
@@ -208,7 +204,6 @@ def train_prompt(
     n_batches = -(-cache.size("train") // cfg.batch_size)
     step_settings = {k: settings[k] for k in ("optimizer", "lr", "weight_decay", "target_n", "loss", "grad_accum")}
     step_settings["lead"] = lead
-    limit = (lm.max_request_mb * 2**20) if lm.remote else float("inf")
     from .train_states import id_batch, prefix_ids, resolve_states
 
     recompute = resolve_states(cfg.states, lm, cache, cfg.loss) == "recompute"
@@ -226,17 +221,10 @@ def train_prompt(
                 yield epoch, i, i == n_batches - 1, id_batch(batch, prefixes) if recompute else plain_batch(batch)
 
     def chunks():
-        # What travels with every request besides its batches: the prompt and the optimizer's carried state.
-        chunk, size = [], payload_bytes((prompt, carried))
-        for item in remaining():
-            nbytes = _batch_bytes(item[3])
-            if chunk and (len(chunk) >= cfg.checkpoint_every or size + nbytes > limit):
-                yield chunk  # the caller runs it and updates prompt and carried before the next one starts
-                chunk, size = [], payload_bytes((prompt, carried))
-            chunk.append(item)
-            size += nbytes
-        if chunk:
-            yield chunk
+        # What travels with every request besides its batches: the prompt and the optimizer's carried state, read
+        # again for each request (the caller runs a chunk and updates both before the next one is grouped).
+        return stream_requests(lm, remaining(), size=lambda item: payload_bytes(item[3]),
+                               fixed=lambda: payload_bytes((prompt, carried)), most=cfg.checkpoint_every)
 
     name = f"L{layer}" if write == layer else f"L{layer}->L{write}"
     bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],

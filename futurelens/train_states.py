@@ -75,9 +75,9 @@ def resolve_states(mode: str, lm: LensModel, cache: Any, loss: str) -> str:
         return mode
     if not lm.remote or mapped:
         return "ship"
-    import torch
+    from .dispatch import tensor_bytes
 
-    dtype_bytes = torch.empty(0, dtype=getattr(torch, cache.settings["dtype"])).element_size()
+    dtype_bytes = tensor_bytes(dtype=cache.settings["dtype"])
     mean_len = _mean_prefix_len(cache)
     n_params = sum(p.numel() for p in lm.nn._module.parameters())
     return choose_states(ship_bytes_per_row(lm.d_model, cache.n_max, loss, dtype_bytes),

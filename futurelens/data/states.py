@@ -38,6 +38,7 @@ from ..artifacts.cache import (
     verify_shard,
     write_index,
 )
+from ..dispatch import tensor_bytes
 from ..errors import FutureLensError
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ def build_cache(lm: "LensModel", cfg: CacheConfig, progress: bool = True) -> Pat
     total = sum(len(r) for r in plan.values())
     todo = [s for split in shards for s in shards[split] if "sha256" not in s]
     check_disk(out, cache_disk_bytes(sum(s["rows"] for s in todo), len(layers), settings["n_max"], lm.d_model,
-                                     torch.empty(0, dtype=dtype).element_size(), len(todo)),
+                                     tensor_bytes(dtype=dtype), len(todo)),
                f"Caching {sum(s['rows'] for s in todo)} prefixes x {len(layers)} layer(s) {layers} x d {lm.d_model} "
                f"in {cfg.dtype}")
     bar = tqdm(total=total, initial=done, desc="Caching states", unit="prefix", disable=not progress, smoothing=0.1)
@@ -230,7 +231,7 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
     shard is as many requests as keep each result under ``lm.max_request_mb``."""
     import torch
 
-    from ..dispatch import run_job, spans
+    from ..dispatch import ids_bytes, run_job, spans
     from ..server import jobs
 
     columns = rows.to_dict()  # plain lists: they travel with a remote request, datasets' lazy columns would not
@@ -239,8 +240,8 @@ def _shard(lm: "LensModel", rows: Any, ids: list[int], layers: list[int], batch_
     conts = [t[:n_max] for t in targets]
     if lm.remote:
         # Results are the big part of a cache request: rows per request so each stays under lm.max_request_mb.
-        row_bytes = (len(layers) + n_max + 1) * lm.d_model * torch.empty(0, dtype=dtype).element_size()
-        sent = [8 * (len(p) + n_max) for p in prefixes]
+        row_bytes = tensor_bytes(len(layers) + n_max + 1, lm.d_model, dtype=dtype)
+        sent = [ids_bytes(len(p) + n_max) for p in prefixes]
         parts = []
         for a, b in spans(lm, len(prefixes), payload=sent, result=row_bytes, lower="cache fewer layers"):
             parts.append(run_job(lm, jobs.cache_shard, prefixes[a:b], conts[a:b], layers, batch_size, dtype, None))

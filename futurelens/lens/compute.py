@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
-from ..dispatch import run_job, spans
+from ..dispatch import ids_bytes, payload_bytes, run_job, spans, tensor_bytes, top_bytes
 from ..tokens import encode, prepended
 from ..server import jobs
 from .grid import LensGrid
@@ -142,7 +142,7 @@ def lens_grid(
             run_job(lm, jobs.lens_job, text_ids, n_pre, rows[a:b], None if soft is None else {r: soft[r] for r in rows[a:b]},
                     prompt_ids, top_k, rollout, chunk_size, step, writes)
             for a, b in spans(lm, L, **lens_request_sizes(len(ids), len(target or []), [
-                0 if soft is None else soft[r].element_size() * soft[r].numel() for r in rows], T, top_k, rollout),
+                0 if soft is None else payload_bytes(soft[r]) for r in rows], T, top_k, rollout),
                               lower="lens a shorter text")
         ]
         top_probs, top_ids, phrase_ids, phrase_probs = (torch.cat([part[i] for part in parts]) for i in range(4))
@@ -158,7 +158,7 @@ def lens_request_sizes(n_ids: int, n_prompt_ids: int, row_bytes: Sequence[int], 
     (``row_bytes``; 0 with the fixed prompt) and ``result`` ``T x (top_k + rollout)`` float32 probabilities and int64
     ids; ``fixed`` the text's ``n_ids`` and the fixed prompt's ``n_prompt_ids`` int64 ids. `futurelens plan` calls it
     with the sizes it expects."""
-    return {"payload": list(row_bytes), "result": 12 * T * (top_k + rollout), "fixed": 8 * (n_ids + n_prompt_ids)}
+    return {"payload": list(row_bytes), "result": top_bytes(T * (top_k + rollout)), "fixed": ids_bytes(n_ids + n_prompt_ids)}
 
 
 def _grid(lm, ids, n_pre, rows, top_k, rollout, top_probs, top_ids, phrase_ids, phrase_probs, method, source) -> LensGrid:
@@ -214,7 +214,7 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
     for start in range(0, flat.shape[0], chunk_size):
         chunk = flat[start : start + chunk_size]
         # Reduced to top-k where the model is: a row's logits are vocabulary-sized.
-        for a, b in spans(lm, len(chunk), payload=d * chunk.element_size(), result=12 * top_k):
+        for a, b in spans(lm, len(chunk), payload=tensor_bytes(d, dtype=chunk.dtype), result=top_bytes(top_k)):
             top_p, top_i = run_job(lm, jobs.decode_top_job, chunk[a:b], top_k)
             probs.append(top_p)
             tops.append(top_i)
@@ -230,11 +230,11 @@ def _one_layer_grid(lm, ids, n_pre, prompts, layers, at, rollout, top_k, fixed_p
         try:
             kwargs = {"soft_prompt": soft} if soft is not None else {"target": [target]}
             # Remotely each row carries its state and (expanded) prompt, and brings back n ids and probabilities.
-            sent = flat.element_size() * d + 8 * len(target or [])
+            sent = tensor_bytes(d, dtype=flat.dtype) + ids_bytes(len(target or []))
             if soft is not None:
-                sent += soft.element_size() * soft.numel() + 8 * soft.shape[0]
+                sent += payload_bytes(soft) + ids_bytes(soft.shape[0])
             got = [roll(lm, flat[a:b], at, n=rollout, chunk_size=chunk_size, progress=step, **kwargs)
-                   for a, b in spans(lm, len(flat), payload=sent, result=12 * rollout)]
+                   for a, b in spans(lm, len(flat), payload=sent, result=top_bytes(rollout))]
             phrase_ids, phrase_probs = torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got])
         finally:
             if bar is not None:
