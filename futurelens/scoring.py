@@ -16,29 +16,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dispatch import spans
+from .dispatch import ids_bytes, spans, tensor_bytes
 
 
 def hidden_bytes(rows: int, heads: int, d: int) -> int:
     """One client-side probe's mapped rows for a batch: ``[rows, heads, d]`` float32."""
-    return 4 * rows * heads * d
+    return tensor_bytes(rows, heads, d, dtype="float32")
 
 
 def client_bytes(rows: int, heads: int, client: int) -> int:
     """The top-1 ids of ``client`` client-side methods (the vocabulary probe, the bigram), ``[rows]`` int64 per N."""
-    return 8 * rows * heads * client
+    return ids_bytes(rows * heads * client)
 
 
 def batch_bytes(rows: int, heads: int, d: int, itemsize: int) -> int:
     """A plain test batch with its text targets (`futurelens.methods.base.plain_batch` + ``text``), as
     `futurelens.dispatch.payload_bytes` counts it: states and final states at ``itemsize``, two id tables."""
-    return rows * (d * itemsize + heads * d * itemsize + 2 * heads * 8)
+    return rows * ((1 + heads) * d * itemsize + ids_bytes(2 * heads))
 
 
 def returned_bytes(rows: int, heads: int, k: int, model_side: int, client: int) -> int:
     """What `score_job` returns for one batch: per model-side method and N ``[rows, k]`` int64 ids and three
     ``[rows]`` float32 (surprisal, target nll, text nll); per client method and N one ``[rows]`` float32."""
-    return rows * heads * (model_side * (8 * k + 12) + client * 4)
+    return rows * heads * (model_side * (ids_bytes(k) + tensor_bytes(3)) + client * tensor_bytes(1))
 
 
 def score_spans(lm: Any, sent: list[int], returned: list[int], fixed: int) -> list[tuple[int, int]]:

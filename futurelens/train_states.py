@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .dispatch import ids_bytes, tensor_bytes
 from .errors import FutureLensError
 
 if TYPE_CHECKING:
@@ -35,13 +36,13 @@ SERVER_FLOP_S = 1e14
 def ship_bytes_per_row(d: int, n_max: int, loss: str, dtype_bytes: int) -> int:
     """Bytes one row sends when its states are shipped: the state ``[d]``, the final states ``[N + 1, d]`` for
     ``loss='kl'``, in the cache's dtype, and its targets ``[N + 1]`` int64."""
-    return d * dtype_bytes * (1 + (n_max + 1 if loss == "kl" else 0)) + 8 * (n_max + 1)
+    return d * dtype_bytes * (1 + (n_max + 1 if loss == "kl" else 0)) + ids_bytes(n_max + 1)
 
 
 def recompute_bytes_per_row(prefix_len: float, n_max: int) -> float:
     """Bytes one row sends when the server recomputes its states: ``prefix_len`` int32 ids (a batch is padded to
     its longest prefix: pass the mean of the per-batch maxima for an exact figure), its length and targets int64."""
-    return 4 * prefix_len + 8 + 8 * (n_max + 1)
+    return tensor_bytes(dtype="int32") * prefix_len + ids_bytes(1 + n_max + 1)
 
 
 def recompute_flops_per_row(n_params: float, prefix_len: float, n_max: int) -> float:
