@@ -224,49 +224,13 @@ def _eval(cfg: Any, **where: Any) -> None:
 
 def _lens(cfg: Any, **where: Any) -> None:
     from futurelens.allocator import map_large_blocks
-    from futurelens.artifacts import load_prompts
-    from futurelens.lens.compute import lens
-    from futurelens.lens.prompts import FIXED
-    from futurelens.lens.config import check_config
-    from futurelens.methods import PAPER_PROMPT
+    from futurelens.lens.config import check_config, run
 
     check_config(cfg)
-    given = cfg.prompt or cfg.prompts
     map_large_blocks()
-    lm = _load(cfg.model, **where)
-    if given:
-        prompts = given
-    else:
-        prompts = FIXED if cfg.fixed or cfg.fixed_prompt != PAPER_PROMPT else None  # None: the shipped ones, if any
-    layer = cfg.layer
-    if cfg.prompt and layer is None:  # one prompt: every row goes to the layer it records
-        from futurelens.artifacts import PromptSet
-
-        loaded = load_prompts(given, lm, force=cfg.force, revision=cfg.revision or None)
-        if len(loaded) != 1:
-            raise FutureLensError(f"--prompt {given} holds prompts for layers {sorted(loaded)}: say which with --layer.")
-        layer = next(iter(loaded))
-        prompts = PromptSet(loaded, loaded.source, loaded.meta)
-    grid = lens(
-        lm,
-        cfg.text,
-        prompts,
-        layer=layer,
-        layers=cfg.layers or None,
-        shared=cfg.shared,
-        rollout=cfg.rollout,
-        top_k=cfg.top_k,
-        fixed_prompt=cfg.fixed_prompt,
-        chunk_size=cfg.chunk_size,
-        progress=True,
-        force=cfg.force,
-        revision=cfg.revision or None,
-        probes=cfg.probes or None,
-        target_layer=cfg.target_layer,
-    )
-    path = grid.save_html(cfg.out)
+    grid = run(cfg, lm=_load(cfg.model, **where))
     typer.echo(grid.to_text(width=cfg.width))
-    typer.echo(f"{grid.method}; prompts: {grid.source}; wrote {path}")
+    typer.echo(f"{grid.method}; prompts: {grid.source}; wrote {Path(cfg.out)}")
 
 
 def _push(cfg: Any) -> None:
@@ -325,11 +289,7 @@ def _doctor(cfg: Any, remote: bool = False, max_request_mb: float = MAX_REQUEST_
 
     from . import doctor
 
-    if not remote:
-        raise FutureLensError(
-            "futurelens doctor checks the remote operations on NDIF: run it as `futurelens doctor MODEL --remote` "
-            "(with an NDIF API key set)."
-        )
+    doctor.check_config(cfg, remote=remote)
     console = Console()
     lm = _load(cfg.model, remote=True, max_request_mb=max_request_mb)
     results = doctor.run(lm, cfg.only, progress=lambda r: console.print(f"{'pass' if r.ok else 'FAIL'}  {r.name}"))

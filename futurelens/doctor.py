@@ -28,6 +28,16 @@ class DoctorConfig:
     """Run only these checks (names as in the table); empty = all."""
 
 
+NOT_REMOTE = ("futurelens doctor checks the remote operations on NDIF: run it as `futurelens doctor MODEL --remote` "
+              "(with an NDIF API key set), or pass a model loaded with remote=True.")
+
+
+def check_config(cfg: DoctorConfig, remote: bool) -> None:
+    """Refuse settings the checks cannot run with, before a model loads: they need ``remote`` (``--remote``)."""
+    if not remote:
+        raise FutureLensError(NOT_REMOTE)
+
+
 @dataclass
 class Check:
     name: str
@@ -114,6 +124,8 @@ def run(lm: Any, only: list[str] | None = None, progress: Callable[[Check], None
     """Run the checks on ``lm`` (remote) in order; each one's result, whether it passed or not."""
     from .secrets import redact
 
+    if not lm.remote:
+        raise FutureLensError(NOT_REMOTE)
     checks = _checks(lm)
     unknown = set(only or []) - set(checks)
     if unknown:

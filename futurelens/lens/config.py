@@ -1,14 +1,19 @@
-"""Settings of `futurelens lens` (`LensConfig`, whose field docs are the CLI's help) and their check."""
+"""Settings of `futurelens lens` (`LensConfig`, whose field docs are the CLI's help), their check, and `run`: the
+lens as those settings say, for the CLI and a notebook alike (the same checks, the same `FutureLensError`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..artifacts.lens import PAGE
 from ..errors import FutureLensError
 from ..methods import PAPER_PROMPT
+
+if TYPE_CHECKING:
+    from ..models import LensModel
+    from .grid import LensGrid
 
 
 @dataclass
@@ -76,4 +81,47 @@ def check_config(cfg: LensConfig) -> None:
     given = cfg.prompt or cfg.prompts
     if given and hub_id(given) is None:
         # the files exist and are soft prompts (a bare tensor has its --layer), before the model loads
-        load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
+        loaded = load_prompts(given, layer=cfg.layer if Path(given).is_file() else None, force=cfg.force)
+        if cfg.prompt and cfg.layer is None:
+            one_prompt(loaded, cfg.prompt)
+
+
+def one_prompt(loaded: Any, given: str) -> int:
+    """The layer of the one prompt ``--prompt`` holds (every row's state goes there), or a `FutureLensError` when it
+    holds several and ``--layer`` does not say which."""
+    if len(loaded) != 1:
+        raise FutureLensError(f"--prompt {given} holds prompts for layers {sorted(loaded)}: say which with --layer.")
+    return next(iter(loaded))
+
+
+def run(cfg: LensConfig, lm: "LensModel | None" = None, progress: bool = True) -> "LensGrid":
+    """The lens of ``cfg.text`` as ``cfg`` says, written to ``cfg.out``; returns the `LensGrid`.
+
+    ``--prompt`` (one prompt: every row's state patched at the layer it records, or at ``--layer``),
+    ``--prompts`` (one per layer), ``--fixed`` or another ``--fixed-prompt`` (the fixed prompt), else the prompts
+    shipped for the model, if any. Loads ``cfg.model`` unless ``lm`` is given.
+    """
+    from ..artifacts import PromptSet, load_prompts
+    from .compute import lens
+    from .prompts import FIXED
+
+    check_config(cfg)
+    if lm is None:
+        from ..models import load_model
+
+        lm = load_model(cfg.model)
+    given = cfg.prompt or cfg.prompts
+    if given:
+        prompts: Any = given
+    else:
+        prompts = FIXED if cfg.fixed or cfg.fixed_prompt != PAPER_PROMPT else None  # None: the shipped ones, if any
+    layer = cfg.layer
+    if cfg.prompt and layer is None:  # one prompt: every row goes to the layer it records
+        loaded = load_prompts(given, lm, force=cfg.force, revision=cfg.revision or None)
+        layer = one_prompt(loaded, cfg.prompt)
+        prompts = PromptSet(loaded, loaded.source, loaded.meta)
+    grid = lens(lm, cfg.text, prompts, layer=layer, layers=cfg.layers or None, shared=cfg.shared, rollout=cfg.rollout,
+                top_k=cfg.top_k, fixed_prompt=cfg.fixed_prompt, chunk_size=cfg.chunk_size, progress=progress,
+                force=cfg.force, revision=cfg.revision or None, probes=cfg.probes or None, target_layer=cfg.target_layer)
+    grid.save_html(cfg.out)
+    return grid
