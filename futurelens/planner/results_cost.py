@@ -19,7 +19,8 @@ def results_seconds(methods: int, layers: int, heads: int, rows: int = 32) -> fl
     start = time.perf_counter()
     import torch
 
-    from ..figure import plot_precision, plot_surprisal, rows_from_scores, save_table, tidy
+    from ..artifacts.results import rows_from_scores, save_table, tidy
+    from ..figure import plot_precision, plot_surprisal
     from ..metrics import Tally
 
     g = torch.Generator().manual_seed(0)
