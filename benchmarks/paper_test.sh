@@ -7,7 +7,7 @@
 # STAGES="data cache train eval" (default all) runs some of them. MAX_PREFIX_LEN=N keeps only the authors' rows whose
 # prefix is at most N GPT-J tokens (their file, those rows, unchanged: the authors' CSV format), for a run that fits
 # a 2-core CPU (the whole set is 535k tokens; N=384 keeps 340 rows of 319 documents, 67k tokens). Writes runs/paper_test/<model>/ and copies the
-# table, figures, dataset record, training losses and timings to benchmarks/results/paper_test/<model>/.
+# table, figures, dataset record, training losses and timings to benchmarks/results/paper_test/full/<model>/ (a subset: .../<model>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: benchmarks/paper_test.sh MODEL}
@@ -20,7 +20,9 @@ esac
 train_layers=${TRAIN_LAYERS:-$train_layers}
 stages=${STAGES:-data cache train eval}
 run=runs/paper_test/$model
+# The whole set's results go to full/<model>/; a MAX_PREFIX_LEN subset's to <model>/ (the committed 340-prefix run).
 dest=benchmarks/results/paper_test/$model
+[ -n "${MAX_PREFIX_LEN:-}" ] || dest=benchmarks/results/paper_test/full/$model
 fl=${FL:-.venv/bin/futurelens}  # FL: another way to call the CLI (e.g. a frozen snapshot of the code)
 mkdir -p "$run" "$dest"
 layer_args=(); for l in $layers; do layer_args+=(--layers "$l"); done
