@@ -221,10 +221,11 @@ def train_prompt(
                 yield epoch, i, i == n_batches - 1, id_batch(batch, prefixes) if recompute else plain_batch(batch)
 
     def chunks():
-        # What travels with every request besides its batches: the prompt and the optimizer's carried state, read
-        # again for each request (the caller runs a chunk and updates both before the next one is grouped).
+        # What travels with every request besides its batches: the prompt, the optimizer's carried state and the step
+        # settings (the lead rows), read again for each request (the caller runs a chunk and updates the prompt and
+        # carried state before the next one is grouped).
         return stream_requests(lm, remaining(), size=lambda item: payload_bytes(item[3]),
-                               fixed=lambda: payload_bytes((prompt, carried)), most=cfg.checkpoint_every)
+                               fixed=lambda: payload_bytes((prompt, carried, step_settings)), most=cfg.checkpoint_every)
 
     name = f"L{layer}" if write == layer else f"L{layer}->L{write}"
     bar = tqdm(total=cfg.epochs * n_batches, initial=state["epoch"] * n_batches + state["batch"],
