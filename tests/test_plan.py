@@ -107,6 +107,10 @@ def test_training_requests_carry_the_optimizer_state():
     assert [r for _, r in got] == [prompt + state] * 3
     assert [s for s, _ in got] == [prompt + 2 * batch(4), prompt + state + batch(2) + batch(4),
                                    prompt + state + batch(4) + batch(2)]
+    # A BOS model's prompt is read after its lead rows, which travel in the step settings of every request.
+    with_lead = R.train(lm, 10, 4, 2, prompt_len=3, embed_dim=8, d_model=8, n_max=1, itemsize=4, kl=False,
+                        checkpoint_every=2, lead=2)
+    assert [s for s, _ in with_lead] == [s + 2 * 8 * 4 for s, _ in got] and [r for _, r in with_lead] == [r for _, r in got]
     with pytest.raises(FutureLensError, match="smaller train batch"):
         R.train(R.bound(0.0001), 10, 4, 1, 3, 8, 8, 1, 4, kl=False)
 

@@ -47,7 +47,9 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     from ..tracing import cache_ahead, greedy
     from ..train import prompt_loss
 
-    from .. import cli  # noqa: F401 - each stage runs as a `futurelens` process: its start-up imports the CLI too
+    # Each stage runs as a `futurelens` process: its start-up imports the CLI's typer (and rich) too. Importing
+    # futurelens.cli itself would close an import loop (cli -> planner -> calibrate -> cli).
+    import typer  # noqa: F401
 
     lm = load_model(model)
     startup = process_age()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.states import cache_disk_bytes
+from ..dispatch import tensor_bytes
 from ..errors import FutureLensError
 from . import flops as F
 from . import requests as R
@@ -174,12 +175,13 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
                   disk=cache_disk_bytes(n_all, len(cached), cfg.n_max, d, itemsize, len(shards)),
                   note=f"{len(cached)} layers x {n_all:,} rows, {cfg.cache_dtype}")
     if cfg.remote:
-        cache.requests = _remote(R.cache, lm, shards, len(cached), cfg.n_max, d, itemsize)
+        cache.requests = _remote(R.cache, lm, shards, len(cached), cfg.n_max, d, cfg.cache_dtype)
         cache.exact = bool(cfg.data)
     out.append(cache)
 
     # train: per prompt layer, ceil(n_train / batch) steps an epoch of P + target_n tokens, forward and backward.
-    target_n, P, b = 1, cfg.prompt_len, cfg.train_batch_size
+    texts = counts(cfg.model, shape.source, cfg.lens_text, cfg.fixed_prompt, cfg.lens_tokens)
+    target_n, P, b = 1, texts.lead + cfg.prompt_len, cfg.train_batch_size  # the model reads the lead rows too
     steps = math.ceil(n_train / b) * cfg.epochs
     kl = cfg.loss == "kl"
     step_flops = F.BACKWARD * b * F.row(shape, P + target_n) + (2 * b * d * V if kl else 0)
@@ -192,17 +194,16 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
                   note=f"{len(prompt_layers)} prompts x {steps:,} steps of {b} x {P + target_n} tokens")
     train.step_flops = step_flops  # type: ignore[attr-defined]
     if cfg.remote:
-        _train_remote(cfg, shape, train, lm, run, itemsize, kl, len(prompt_layers))
+        _train_remote(cfg, shape, train, lm, run, itemsize, kl, len(prompt_layers), texts.lead)
     out.append(train)
 
-    texts = counts(cfg.model, shape.source, cfg.lens_text, cfg.fixed_prompt, cfg.lens_tokens)
     out += _eval(cfg, shape, run, itemsize, eval_layers, prompt_layers, texts)
     out.append(_lens(cfg, shape, lm, texts))
     return out
 
 
 def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Rows, itemsize: int, kl: bool,
-                  prompts: int) -> None:
+                  prompts: int, lead: int = 0) -> None:
     """Remote training both ways (`futurelens.train_states`): shipping each batch's cached states, or sending its
     prefix ids for the server to recompute them; ``--states auto`` picks by `choose_states`, as the stage does."""
     from ..train_states import choose_states, recompute_bytes_per_row, recompute_flops_per_row, ship_bytes_per_row
@@ -214,8 +215,8 @@ def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Row
     id_flops = recompute_flops_per_row(shape.params, mean_len, cfg.n_max)
     mode = cfg.states if cfg.states != "auto" else choose_states(ship_row, id_row, id_flops)
     args = (lm, n_train, b, cfg.epochs, cfg.prompt_len, shape.embed_dim, d, cfg.n_max, itemsize, kl)
-    ways = {"ship": _remote(R.train, *args),
-            "recompute": _remote(R.train, *args, batch_bytes=lambda rows: math.ceil(rows * id_row))}
+    ways = {"ship": _remote(R.train, *args, lead=lead),
+            "recompute": _remote(R.train, *args, lead=lead, batch_bytes=lambda rows: math.ceil(rows * id_row))}
     ways = {k: (v if "error" in v else {x: (y if x == "largest" else y * prompts) for x, y in v.items()})
             for k, v in ways.items()}
     train.requests, train.exact = ways[mode], bool(cfg.data) and mode == "ship"
@@ -282,7 +283,7 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.note = (f"MLP probe {heads} x (2 x {d} x {d}) fitted on the client one N at a time (KL through the "
                       "model's head" + ("; remotely one request per batch, not counted" if cfg.remote else "") + ")")
         elif method in ("fixed", "learned"):
-            tokens = texts.prompt_ids if method == "fixed" else cfg.prompt_len
+            tokens = texts.prompt_ids if method == "fixed" else texts.lead + cfg.prompt_len
             # One patched forward of the prompt and the n_max teacher tokens gives every N (jobs.prompt_logits);
             # scoring decodes the model's own final states beside it (jobs.score_job).
             s.flops = L * n_test * (F.row(shape, tokens + cfg.n_max) + heads * 2 * d * V)
@@ -291,12 +292,12 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             s.calls, s.ram, s.model_ram, s.gpu = batches, 8 * b * heads * 10 * 3, scoring + patched, patched
         out.append(s)
     if cfg.remote:
-        _eval_remote(cfg, shape, run, itemsize, layers, prompt_layers, out)
+        _eval_remote(cfg, shape, run, itemsize, layers, prompt_layers, out, texts.lead)
     return out
 
 
 def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int], prompt_layers: list[int],
-                 out: list[Stage]) -> None:
+                 out: list[Stage], lead: int = 0) -> None:
     """Scoring's requests (`futurelens.evaluate._score`), layer by layer as the stage makes them: its test batches
     sized by `futurelens.scoring` and split by its `score_spans`, with every model-side method's tensors (a soft
     prompt) sent with each request. All methods share those requests: they go on the first row that calls the model."""
@@ -316,7 +317,8 @@ def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers
             sent = [scoring.batch_bytes(r, heads, d, itemsize) + scoring.client_bytes(r, heads, client)
                     + decoded * scoring.hidden_bytes(r, heads, d) for r in rows]
             back = [scoring.returned_bytes(r, heads, cfg.k, model_side, client) for r in rows]
-            fixed = 4 * cfg.prompt_len * shape.embed_dim if learned else 0  # the soft prompt, float32
+            # the soft prompt as saved (its lead rows first), float32
+            fixed = tensor_bytes(lead + cfg.prompt_len, shape.embed_dim) if learned else 0
             for a, z in scoring.score_spans(lm, sent, back, fixed):
                 requests.append((fixed + sum(sent[a:z]), sum(back[a:z])))
         req: dict[str, Any] = R.total(requests)
@@ -330,7 +332,7 @@ def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers
 
 def _lens(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
     """The lens page of one text (`futurelens.lens.compute`): every layer x token cell decoded, then rolled out."""
-    T, r, P = texts.columns, cfg.rollout, cfg.prompt_len
+    T, r, P = texts.columns, cfg.rollout, texts.lead + cfg.prompt_len  # a learned prompt as saved: lead rows first
     learned = cfg.lens_prompts == "learned"
     prompt = P if learned else texts.prompt_ids
     rows = shape.n_layers + 1
@@ -352,8 +354,9 @@ def _lens(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
 
         # The stage's own sizes (lens_request_sizes) and split: a float32 soft prompt per grid row, or none.
         sizes = lens_request_sizes(texts.text_ids, 0 if learned else texts.prompt_ids,
-                                   [4 * P * shape.embed_dim if learned else 0] * rows, T, cfg.lens_top_k, r)
-        s.requests = _remote(lambda: R._split(lm, sizes["payload"], [sizes["result"]] * rows, sizes["fixed"]))
+                                   [tensor_bytes(P, shape.embed_dim) if learned else 0] * rows, T,
+                                   cfg.lens_top_k, r)
+        s.requests = _remote(lambda: R.split(lm, sizes["payload"], [sizes["result"]] * rows, sizes["fixed"]))
         s.exact = texts.exact
         s.note += "" if texts.exact else "; requests estimated (no tokenizer here to count the text)"
     return s

@@ -23,6 +23,9 @@ class Counts:
     """The fixed prompt's ids."""
     exact: bool
     """Counted by the model's tokenizer (else estimated)."""
+    lead: int = 0
+    """The tokenizer's leading special tokens (a BOS): the rows a soft prompt is read after (`futurelens.train`'s
+    ``lead``), which travel with its training requests and with the prompt wherever it is sent."""
 
 
 def _tokenizer(model: str, source: str) -> Any | None:
@@ -48,7 +51,7 @@ def _tokenizer(model: str, source: str) -> Any | None:
 def counts(model: str, source: str, text: str, prompt: str, tokens: int = 0, prompt_tokens: int = 10) -> Counts:
     """`Counts` of ``text`` (or ``tokens`` columns when given) and ``prompt`` for ``model`` (its `Shape`'s ``source``:
     a shipped config is never looked up); without its tokenizer, ``tokens`` (8 when 0) columns and ``prompt_tokens``
-    for the prompt (GPT-J's count of the paper's), no BOS."""
+    for the prompt (GPT-J's count of the paper's), no BOS (``lead`` 0)."""
     tok = _tokenizer(model, source)
     if tok is None:
         columns = tokens or 8
@@ -58,4 +61,5 @@ def counts(model: str, source: str, text: str, prompt: str, tokens: int = 0, pro
     pre = len(prepended(tok))
     ids = encode(tok, text)
     columns = tokens or len(ids) - pre
-    return Counts(columns + pre, columns, len(encode(tok, prompt)), exact=not tokens or tokens == len(ids) - pre)
+    return Counts(columns + pre, columns, len(encode(tok, prompt)), exact=not tokens or tokens == len(ids) - pre,
+                  lead=pre)
