@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import FutureLensError
+from .ndif_config import api_key, host
 from .secrets import redact
 
 KEY_URL = "https://login.ndif.us"
@@ -181,8 +182,6 @@ def _detail(exc: BaseException, limit: int = 1500) -> str:
 
 
 def network_message(model_id: str, exc: BaseException) -> str:
-    from .remote import host  # remote imports this module: read the setting when a message is made
-
     chain = _chain(exc)
     where = next((u for u in map(_url_host, chain) if u), None) or host()
     what = f" for {model_id!r}" if model_id else ""
@@ -203,8 +202,6 @@ def translate(exc: BaseException, model_id: str) -> FutureLensError | None:
     denied = any(_status(e) in (401, 403) and not _presigned(e) for e in chain)
     text = " | ".join(str(e) for e in chain)
     detail = _detail(exc)
-    from .remote import api_key
-
     key = api_key()
 
     own = _OWN_TEXT.search(text)

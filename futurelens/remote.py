@@ -16,40 +16,14 @@ nnsight at import time.
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any
 
 from .errors import FutureLensError
+from .ndif_config import _config, api_key, host  # noqa: F401 - part of this module's API
 from .ndif_errors import KEY_HELP, SERVED_HELP, network_message
 from .secrets import redact
 
 # --------------------------------------------------------------------------- configuration
-
-
-def _config() -> Any:
-    # Imported here: nnsight pulls in torch, and `import futurelens` must stay light.
-    from nnsight import CONFIG
-
-    return CONFIG
-
-
-def api_key() -> str | None:
-    """The NDIF API key nnsight will send, or ``None`` when none is set.
-
-    This is ``nnsight.CONFIG.API.APIKEY``. nnsight reads ``$NDIF_API_KEY`` only
-    when it is imported, so a key exported afterwards (common in notebooks) is
-    not in its config; it is returned here and `check_remote_ready` hands it to
-    nnsight.
-    """
-    key = _config().API.APIKEY or os.environ.get("NDIF_API_KEY")
-    key = (key or "").strip()
-    return key or None
-
-
-def host() -> str:
-    """The NDIF base URL nnsight sends requests to (``nnsight.CONFIG.API.HOST``)."""
-    return _config().API.HOST
 
 
 def check_remote_ready(model_id: str, *, check_served: bool = False) -> None:

@@ -33,13 +33,11 @@ How `build_prefixes` gets there, at any corpus size:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..artifacts.dataset import (
     COLUMNS,
@@ -53,22 +51,18 @@ from ..artifacts.dataset import (
     write_shard,
 )
 from ..errors import FutureLensError
-from ..tokens import prepended, special_tokens, tokenizer_hash
+from ..tokens import prepended
+from . import labels as L
 from .corpus import EMBEDDED, documents
+from .labels import Interrupted, is_test  # noqa: F401 - part of this module's API
 
 if TYPE_CHECKING:
     import numpy as np
-    import pyarrow as pa
 
     from ..models import LensModel
 
 
-
 log = logging.getLogger(__name__)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during `build_prefixes`: the labelled shards are kept; the message says where and how to resume."""
 
 
 @dataclass
@@ -117,12 +111,6 @@ class DataConfig:
     shard_size: int = 4096
     """Most candidates labelled per shard: the unit of resumption (a killed build resumes after its last finished
     shard). Larger shards fill the equal-length decoding batches better."""
-
-
-def is_test(doc_id: str, seed: int, fraction: float) -> bool:
-    """Document-level split by a seeded hash: stable across runs and streaming-friendly."""
-    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -252,13 +240,6 @@ def _candidates(cfg: DataConfig, tokenizer: Any) -> Iterator[tuple[str, int, lis
                 yield candidate
 
 
-def _settings(lm: "LensModel", cfg: DataConfig) -> dict:
-    """What the labelled shards depend on: a resume under other settings would mix two builds."""
-    config = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    return json.loads(json.dumps({"model": lm.name, "tokenizer_hash": tokenizer_hash(lm.tokenizer),
-                                  "special_tokens": special_tokens(lm.tokenizer), "config": config}))
-
-
 def _advance(bar: Any, n: int) -> None:
     if n > bar.n:
         bar.update(n - bar.n)
@@ -282,7 +263,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
     if table is not None:  # prefixes given as text: used as given (futurelens.data.table)
         return build_table(lm, cfg, table, progress)
     work = partial_dir(cfg.out)
-    open_partial(work, _settings(lm, cfg))
+    open_partial(work, L.settings(lm, cfg))
     stream = _candidates(cfg, lm.tokenizer)
     # Only counts are kept here: the rows are on disk in the labelled shards, and the final table is assembled
     # from them one shard at a time (`_assemble`), so memory does not grow with the number of prefixes.
@@ -326,7 +307,7 @@ def build_prefixes(lm: "LensModel", cfg: DataConfig, progress: bool = True) -> P
                     passed[0] += sum(not cfg.filter_correct or t[0] == c[3][0] for c, t in zip(candidates, group))
                     _advance(bar, min(kept + passed[0], cfg.n_prefixes))
 
-                targets = _label(lm, pool, cfg, chunk_done, group_done)
+                targets = L.label(lm, pool, cfg, chunk_done, group_done)
                 write_shard(path, pool, targets)
             k += 1
             n_candidates += len(pool)
@@ -388,42 +369,3 @@ def _assemble(work: Path, taken: list[int], cfg: DataConfig, path: Path) -> int:
             writer.write_table(shard.append_column("split", pa.array(split, pa.string())).cast(schema))
             del shard
     return n_test
-
-
-def _label(
-    lm: "LensModel",
-    pool: list,
-    cfg: DataConfig,
-    progress: Callable[[int], Any] | None = None,
-    finished: Callable[[list, list], Any] | None = None,
-) -> list[list[int]]:
-    """The greedy continuation (``n_max + 1`` tokens) of every candidate of a pool, in pool order.
-
-    The whole continuation is decoded for every candidate, kept or not: with the KV cache the
-    extra ``n_max`` tokens cost far less than the prefix itself, and one call per length group
-    beats a second pass over the kept ones. Locally, `greedy` is called once per group of equal
-    length — exactly the batches it would form over the whole pool, so the same results — and
-    ``finished(candidates, targets)`` hears of each group as it is done (the progress bar's kept
-    count); remotely the pool is one request.
-    """
-    from ..tracing import greedy
-
-    prefixes = [c[2] for c in pool]
-    n = cfg.n_max + 1
-    if lm.remote:
-        targets = greedy(lm, prefixes, n, batch_size=cfg.batch_size, progress=progress).tolist()
-        if finished is not None:
-            finished(pool, targets)
-        return targets
-    groups: dict[int, list[int]] = {}
-    for i, prefix in enumerate(prefixes):
-        groups.setdefault(len(prefix), []).append(i)
-    out: list[list[int]] = [[] for _ in pool]
-    for length, members in groups.items():
-        rows = max(1, min(cfg.batch_size, cfg.batch_tokens // max(length, 1)))  # long prefixes: fewer per pass
-        part = greedy(lm, [prefixes[i] for i in members], n, batch_size=rows, progress=progress).tolist()
-        for i, target in zip(members, part):
-            out[i] = target
-        if finished is not None:
-            finished([pool[i] for i in members], part)
-    return out

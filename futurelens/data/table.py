@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ..artifacts import dataset as D
 from ..errors import FutureLensError
 from ..tokens import encode, special_tokens
+from . import labels as L
 
 if TYPE_CHECKING:
     from ..models import LensModel
@@ -188,8 +189,6 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
     """The dataset of a prefix table at ``cfg.out`` (atomic; resumable shard by shard). Returns the folder."""
     from tqdm.auto import tqdm
 
-    from . import prefixes as P
-
     check_table(cfg, path)
     need = cfg.n_max + 1
     first = next(rows(path), None)
@@ -200,7 +199,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
     filtering = cfg.filter_correct and has_next
     if cfg.filter_correct and not has_next:
         log.warning("%s gives no following text, so no real next tokens: the correctness filter is not applied.", path)
-    settings = P._settings(lm, cfg)
+    settings = L.settings(lm, cfg)
     settings["table"] = {"path": str(path.resolve()), "labels": "table" if from_table else "model"}
     work = D.partial_dir(cfg.out)
     D.open_partial(work, settings)
@@ -246,7 +245,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
                 if from_table:
                     targets = [c[4][:need] for c in pool]
                 else:
-                    targets = P._label(lm, plain, cfg)
+                    targets = L.label(lm, plain, cfg)
                 D.write_shard(shard, plain, targets, extra={"table_ids": [c[4] for c in pool]})
             k += 1
             n_candidates += len(pool)
@@ -257,7 +256,7 @@ def build_table(lm: "LensModel", cfg: "DataConfig", path: Path, progress: bool =
             bar.update(taken[-1])
     except KeyboardInterrupt as err:
         bar.close()
-        raise P.Interrupted(f"Interrupted. {D.resume_note(cfg.out)}") from err
+        raise L.Interrupted(f"Interrupted. {D.resume_note(cfg.out)}") from err
     bar.close()
     if not kept:
         shutil.rmtree(work, ignore_errors=True)
@@ -286,8 +285,6 @@ def _assemble(work: Path, taken: list[int], cfg: "DataConfig", filtering: bool, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from . import prefixes as P
-
     ids = pa.list_(pa.int64())
     schema = pa.schema([("doc_id", pa.string()), ("offset", pa.int64()), ("prefix_ids", ids), ("next_ids", ids),
                         ("target_ids", ids), ("table_ids", ids), ("split", pa.string())])
@@ -302,7 +299,7 @@ def _assemble(work: Path, taken: list[int], cfg: "DataConfig", filtering: bool, 
                     break
                 if filtering and t[0] != x[0]:
                     continue
-                split = "test" if P.is_test(d, cfg.seed, cfg.test_fraction) else "train"
+                split = "test" if L.is_test(d, cfg.seed, cfg.test_fraction) else "train"
                 n_test += split == "test"
                 # Without following text, the "real" next tokens are the labels (against=text = against=model).
                 for name, v in zip(schema.names, (d, o, p, x if has_next else t, t, c, split)):

@@ -36,7 +36,7 @@ def split(lm: SimpleNamespace, sent: Sequence[int], back: Sequence[int], fixed: 
 
 
 def greedy(lm: SimpleNamespace, pools: Iterable[Sequence[int]], n: int, batch_size: int) -> Requests:
-    """Labelling (`futurelens.data.prefixes._label` remotely -> `futurelens.tracing.greedy`): per pool of candidate
+    """Labelling (`futurelens.data.labels.label` remotely -> `futurelens.tracing.greedy`): per pool of candidate
     prefix lengths, rows grouped by exact length (first-seen order), ``batch_size`` at a time, each chunk split by
     ``payload=ids_bytes(length), result=ids_bytes(n)`` per row."""
     out: Requests = []

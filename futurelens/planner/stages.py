@@ -141,7 +141,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     heads, d, V = cfg.n_max + 1, shape.d_model, shape.vocab
     out: list[Stage] = []
 
-    # data: per shard, per group of equal length, greedy calls of n_max + 1 tokens (prefixes._label).
+    # data: per shard, per group of equal length, greedy calls of n_max + 1 tokens (data.labels.label).
     per_call = {L: max(1, min(cfg.data_batch_size, BATCH_TOKENS // max(L, 1))) for L in set(run.candidates)}
     pools = _pools(run.candidates, cfg.data_shard_size)
     calls = sum(math.ceil(pool.count(L) / per_call[L]) for pool in pools for L in set(pool))

@@ -22,6 +22,7 @@ import torch
 
 import futurelens as fl
 import futurelens.tracing
+from futurelens.data import labels
 from futurelens.data import prefixes as P
 from futurelens.data.corpus import Document, documents
 from futurelens.artifacts.dataset import BUILD_FILE, META_FILE, load_prefixes, partial_dir
@@ -290,12 +291,12 @@ def test_corrupt_or_foreign_shards_are_not_trusted(tiny, tmp_path, corpus, monke
     # A damaged shard is labelled again; one with other candidates (another corpus) is refused.
     shards = sorted(partial_dir(tmp_path / "x2").glob("shard-*.parquet"))
     work.mkdir()
-    (work / BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
+    (work / BUILD_FILE).write_text(json.dumps(labels.settings(lm, cfg)))
     (work / shards[0].name).write_bytes(shards[0].read_bytes()[:100])
     monkeypatch.setattr(futurelens.tracing, "greedy", real)
     assert _files(build_prefixes(lm, cfg, progress=False)) == whole
     work.mkdir()
-    (work / BUILD_FILE).write_text(json.dumps(P._settings(lm, cfg)))
+    (work / BUILD_FILE).write_text(json.dumps(labels.settings(lm, cfg)))
     (work / shards[0].name).write_bytes(shards[1].read_bytes())
     with pytest.raises(fl.FutureLensError, match="other candidates than this build draws: the corpus has changed"):
         build_prefixes(lm, cfg, progress=False)

@@ -14,6 +14,7 @@ from conftest import build_tiny
 import futurelens as fl
 import futurelens.tracing
 from futurelens import tokens
+from futurelens.data import labels
 from futurelens.data import prefixes as P
 from futurelens.data import table as T
 from futurelens.artifacts.dataset import load_prefixes
@@ -140,7 +141,7 @@ def test_an_interrupted_table_build_resumes_to_the_same_dataset(tiny, tmp_path, 
     lm, _ = tiny("llama")
     whole, _ = load_prefixes(build_prefixes(lm, _cfg(tmp_path / "w", "paper-test", n_prefixes=14), progress=False))
     calls = []
-    real = P._label
+    real = labels.label
 
     def dies_on_the_second(*a, **k):
         calls.append(1)
@@ -148,7 +149,7 @@ def test_an_interrupted_table_build_resumes_to_the_same_dataset(tiny, tmp_path, 
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "_label", dies_on_the_second)
+    monkeypatch.setattr(labels, "label", dies_on_the_second)
     with pytest.raises(P.Interrupted, match=r"Kept 1 labelled shard\(s\) \(6 candidates\)"):
         build_prefixes(lm, _cfg(tmp_path / "r", "paper-test", n_prefixes=14), progress=False)
     resumed, _ = load_prefixes(build_prefixes(lm, _cfg(tmp_path / "r", "paper-test", n_prefixes=14), progress=False))
