@@ -218,11 +218,18 @@ def test_calibration_times_the_model_itself(tmp_path, tokenizer):
 
     build_tiny("llama", tokenizer).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    p = fl.plan(model=str(tmp_path), n_prefixes=50, methods=["fixed"], layers=[1])
+    p = fl.plan(model=str(tmp_path), n_prefixes=50, methods=["fixed"], layers=[1], eval_batch_size=4)
     m = p.machine
     assert p.how["here"].startswith("measured")
     assert m["flop_rate"] > 0 and m["train_step_s"] > 0 and m["startup_s"] > 0 and m["fixed_rss"] > 100 * 2**20
-    assert set(m["first_call_s"]) == {"forward", "greedy", "train"}
+    assert set(m["first_call_s"]) == {"forward", "greedy", "train", "eval"}
     # The data stage's time is its greedy calls at the measured cost per call plus its FLOPs at the measured rate.
     data = p.stage("data")
     assert data["here_s"] >= m["greedy_call_s"] * 1  # at least one call
+    # Scoring is timed per batch at the run's batch size: the model's own distribution every batch decodes, and the
+    # fixed prompt's share, per batch of the run's test rows at 4 a batch (one layer).
+    assert set(m["score_call_s"]) == {"base", "decode", "fixed", "learned"} and m["eval_batch"] == 4
+    assert m["score_call_s"]["base"] > 0 and m["score_call_s"]["fixed"] > 0
+    fixed = p.stage("eval: fixed")
+    batches = -(-len(fl.planner.stages.rows(p.cfg).test) // 4)
+    assert fixed["here_s"] == pytest.approx(batches * (m["score_call_s"]["fixed"] + m["score_call_s"]["base"]))

@@ -23,7 +23,7 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
     from .calibrate import MAX_PARAMS, calibrate
     from .estimate import _BYTES, price
     from .shape import resolve
-    from .stages import rows, workload
+    from .stages import prompt_ids as stages_prompt_ids, rows, workload
 
     cfg = replace(cfg or PlanConfig(), **settings)
     if cfg.n_prefixes < 1 or cfg.min_len < 1 or cfg.max_len < cfg.min_len or cfg.n_max < 0:
@@ -44,7 +44,8 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
         from .shape import layers as resolve_layers
 
         cal = calibrate(cfg.model, shape, cfg.n_max, cfg.train_batch_size, cfg.prompt_len, cfg.cache_batch_size,
-                        len(cfg.methods), len(resolve_layers(shape, cfg.eval_layers or cfg.layers)), len(run.test))
+                        len(cfg.methods), len(resolve_layers(shape, cfg.eval_layers or cfg.layers)), len(run.test),
+                        cfg.eval_batch_size, stages_prompt_ids(stages))
     return price(cfg, shape, stages, cal)
 
 

@@ -3,7 +3,9 @@
 `calibrate` loads the model (its weights must be here) and times, best of two each, what the stages
 call: `futurelens.cache_ahead` at two sizes (the forward's per-call cost and FLOP rate, by a line
 through the two), `futurelens.greedy` (a labelling call: prefill plus ``n_max`` decode steps), and one
-soft-prompt training step (`futurelens.train.prompt_loss` and its backward). The process's age and
+soft-prompt training step (`futurelens.train.prompt_loss` and its backward), and evaluation's scoring call
+(`futurelens.server.jobs.score_job` on one batch: the model's own distribution alone, then with each kind of
+model-side method, the difference being that method's share). The process's age and
 resident memory after loading are the fixed part of a stage's process (interpreter, imports, weights).
 """
 
@@ -36,10 +38,15 @@ def _best(fn: Callable[[], Any], repeats: int = 2) -> tuple[float, float]:
 
 
 def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len: int,
-              cache_batch: int, eval_methods: int = 5, eval_layers: int = 1, test_rows: int = 32) -> dict[str, Any]:
+              cache_batch: int, eval_methods: int = 5, eval_layers: int = 1, test_rows: int = 32,
+              eval_batch: int = 32, prompt_ids: int = 10) -> dict[str, Any]:
     """Measured costs of ``model`` here: ``startup_s``, ``fixed_rss``, ``load_peak_rss``, ``forward_call_s``,
     ``flop_rate``, ``greedy_call_s`` (per call, beyond its FLOPs at that rate), ``train_step_s`` (one step at
-    ``train_batch``), ``eval_results_s`` (eval writing its table and figures, `results_cost`) and ``first_call_s`` (the one-off extra of a process's first call of each kind)."""
+    ``train_batch``), ``score_call_s`` (per scoring batch of ``eval_batch`` rows: ``base``, the model's own
+    distribution N ahead that every batch decodes, and the extra of each model-side kind, ``decode`` (a probe's
+    mapped rows), ``fixed`` (a ``prompt_ids``-token prompt) and ``learned`` (``prompt_len`` vectors)),
+    ``eval_results_s`` (eval writing its table and figures, `results_cost`) and ``first_call_s`` (the one-off
+    extra of a process's first call of each kind)."""
     import torch
 
     from ..data.states import StateBatch
@@ -84,6 +91,7 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
         prompt.grad = None
 
     st, first_t = _best(step)
+    scores, first_s = _score_calls(lm, shape, n_max, eval_batch, prompt_len, prompt_ids, layer, g)
     from .results_cost import results_seconds
 
     results = results_seconds(eval_methods, eval_layers, n_max + 1, test_rows)  # eval's table and figures
@@ -93,4 +101,35 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     return {"startup_s": startup, "fixed_rss": fixed, "load_peak_rss": load_peak, "forward_call_s": call, "flop_rate": rate,
             "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len,
             "calibration_s": took, "eval_results_s": results, "first_call_s": {"forward": max(first1 - s1, 0.0), "greedy": max(first_g - sg, 0.0),
-                                                    "train": max(first_t - st, 0.0)}}
+                                                    "train": max(first_t - st, 0.0), "eval": first_s},
+            "score_call_s": scores, "eval_batch": eval_batch}
+
+
+def _score_calls(lm: Any, shape: Shape, n_max: int, rows: int, prompt_len: int, prompt_ids: int, layer: int,
+                 g: Any) -> tuple[dict[str, float], float]:
+    """``({"base", "decode", "fixed", "learned"}: seconds a scoring batch of ``rows``, first-call extra)``: one
+    `futurelens.server.jobs.score_job` call, as `futurelens.evaluate` makes it, with no model-side method (the
+    model's own distribution and a client method's top-1 scored under it) and with each kind alone."""
+    import torch
+
+    from ..dispatch import run_job
+    from ..server import jobs
+
+    heads, d = n_max + 1, shape.d_model
+    vocab = lambda *size: torch.randint(5, shape.vocab - 1, size, generator=g)  # noqa: E731
+    batch = {"states": torch.randn(rows, d, generator=g), "final": torch.randn(rows, heads, d, generator=g),
+             "target": vocab(rows, heads), "text": vocab(rows, heads), "hidden": {0: torch.randn(rows, heads, d, generator=g)}}
+    client = [{"bigram": [vocab(rows) for _ in range(heads)]}]
+    kinds = {"decode": ("decode", 0, 0, None), "fixed": ("fixed", 0, vocab(prompt_ids).tolist(), None),
+             "learned": ("learned", 0, torch.randn(prompt_len, shape.embed_dim, generator=g) * 0.02, None)}
+
+    def score(methods: list) -> Callable[[], Any]:
+        return lambda: run_job(lm, jobs.score_job, methods, [batch], layer, 10, client)
+
+    base, first = _best(score([]))
+    out, extra = {"base": base}, max(first - base, 0.0)
+    for kind, method in kinds.items():
+        took, first = _best(score([method]))
+        out[kind] = max(took - base, 0.0)
+        extra += max(first - took, 0.0)
+    return out, extra

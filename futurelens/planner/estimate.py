@@ -41,7 +41,7 @@ class Plan:
         start-up, its first model call's one-off cost and its fixed memory included (eval: its methods' times
         summed, their peaks' largest)."""
         mine = [r for r in self.rows if r["name"] == name or r["name"].startswith(name + ":")]
-        first = self.machine.get("first_call_s", {}).get({"data": "greedy", "train": "train"}.get(name, "forward"), 0.0)
+        first = self.machine.get("first_call_s", {}).get({"data": "greedy", "train": "train", "eval": "eval"}.get(name, "forward"), 0.0)
         results = self.machine.get("eval_results_s", 0.0) if name == "eval" else 0.0  # its table and figures, timed
         return {"s": self.machine["startup_s"] + (0.0 if self.cfg.remote else first) + results
                 + sum(r["here_s"] for r in mine),
@@ -102,6 +102,12 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
             # Measured per step at the calibrated batch and prompt; other sizes scale by FLOPs.
             per_step = cal["train_step_s"] * (s.step_flops / _cal_step_flops(shape, cal)) if hasattr(s, "step_flops") else 0
             here = s.calls * per_step + client_s
+        elif cal is not None and "score_call_s" in cal and (hasattr(s, "score") or hasattr(s, "base_calls")):
+            # Evaluation's scoring, measured per batch (`calibrate._score_calls`): each method its share, and the
+            # model's own distribution that every batch decodes on the first row that calls the model.
+            scored = cal["score_call_s"]
+            here = (s.calls * scored[s.score] if hasattr(s, "score") else 0.0) \
+                + getattr(s, "base_calls", 0) * scored["base"] + client_s
         else:
             calls = getattr(s, "calls_model", s.calls)
             per_call = machine["greedy_call_s"] if s.kind == "greedy" else machine["forward_call_s"]

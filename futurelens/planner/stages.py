@@ -230,6 +230,11 @@ def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Row
                    + (f" and +{extra:.3g} FLOPs on the server" if other == "recompute" else ""))
 
 
+def prompt_ids(stages: list[Stage]) -> int:
+    """The fixed prompt's token count as the eval stage sends it (10 when the run has no fixed prompt)."""
+    return next((getattr(s, "tokens") for s in stages if s.name == "eval: fixed"), 10)
+
+
 def _distinct(run: Rows, heads: int, vocab: int) -> list[int]:
     """Distinct train targets per N: counted from the table, else Heaps' law (7 x draws^0.6, capped at the vocabulary)."""
     if run.distinct_targets:
@@ -290,7 +295,17 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             # The patched forward's logits over every position of the prompt and the teacher tokens, log-softmaxed.
             patched = _activations(shape, b, tokens + cfg.n_max, 2 * b * (tokens + cfg.n_max))
             s.calls, s.ram, s.model_ram, s.gpu = batches, 8 * b * heads * 10 * 3, scoring + patched, patched
+            s.tokens = tokens  # type: ignore[attr-defined]
+        if method in ("linear", "mlp", "fixed", "learned"):
+            s.score = "decode" if method in ("linear", "mlp") else method  # type: ignore[attr-defined]
         out.append(s)
+    # Every scoring batch also decodes the model's own final states N ahead (jobs.score_job), whatever the methods:
+    # on the first row that calls the model, as its requests are.
+    first = next((s for s in out if s.calls), out[0] if out else None)
+    if first is not None:
+        first.base_calls = batches  # type: ignore[attr-defined]
+        first.flops += batches * b * heads * 2 * d * V
+        first.calls = first.calls or batches
     if cfg.remote:
         _eval_remote(cfg, shape, run, itemsize, layers, prompt_layers, out, texts.lead)
     return out
