@@ -233,3 +233,13 @@ def test_calibration_times_the_model_itself(tmp_path, tokenizer):
     fixed = p.stage("eval: fixed")
     batches = -(-len(fl.planner.stages.rows(p.cfg).test) // 4)
     assert fixed["here_s"] == pytest.approx(batches * (m["score_call_s"]["fixed"] + m["score_call_s"]["base"]))
+    # The lens: a small grid timed on the model; what it took beyond plan's own figure for that grid is charged per
+    # cell of the page planned.
+    from futurelens.planner.calibrate import LENS_TEXT
+    from futurelens.planner.stages import lens_stage
+    from futurelens.planner.text import counts
+
+    assert m["lens_s"] > 0 and m["lens_cell_s"] >= 0
+    grid = lens_stage(p.cfg, p.shape, None, counts(p.cfg.model, p.shape.source, LENS_TEXT, p.cfg.fixed_prompt))
+    assert m["lens_cell_s"] == pytest.approx(
+        max(m["lens_s"] - grid.calls * m["forward_call_s"] - grid.flops / m["flop_rate"], 0) / grid.cells)

@@ -11,6 +11,8 @@ footprint per stage), `calibrate` (this machine, measured on the model), `hardwa
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import PlanConfig
 from .estimate import Plan
 
@@ -45,8 +47,23 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
 
         cal = calibrate(cfg.model, shape, cfg.n_max, cfg.train_batch_size, cfg.prompt_len, cfg.cache_batch_size,
                         len(cfg.methods), len(resolve_layers(shape, cfg.eval_layers or cfg.layers)), len(run.test),
-                        cfg.eval_batch_size, stages_prompt_ids(stages))
+                        cfg.eval_batch_size, stages_prompt_ids(stages),
+                        lens=dict(rollout=cfg.rollout, top_k=cfg.lens_top_k, fixed_prompt=cfg.fixed_prompt,
+                                  learned=cfg.lens_prompts == "learned"))
+        cal["lens_cell_s"] = lens_cell_seconds(cfg, shape, cal)
     return price(cfg, shape, stages, cal)
+
+
+def lens_cell_seconds(cfg: PlanConfig, shape: Any, cal: dict) -> float:
+    """What a lens cell costs beyond its model calls and FLOPs at the measured rates: the calibration grid's measured
+    time less what plan's own lens row says of that grid, per cell."""
+    from .calibrate import LENS_TEXT
+    from .stages import lens_stage
+    from .text import counts
+
+    grid = lens_stage(cfg, shape, None, counts(cfg.model, shape.source, LENS_TEXT, cfg.fixed_prompt))
+    model_s = grid.calls * cal["forward_call_s"] + grid.flops / cal["flop_rate"]
+    return max(cal["lens_s"] - model_s, 0.0) / grid.cells
 
 
 def run(cfg: PlanConfig) -> Plan:

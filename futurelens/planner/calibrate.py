@@ -39,14 +39,16 @@ def _best(fn: Callable[[], Any], repeats: int = 2) -> tuple[float, float]:
 
 def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len: int,
               cache_batch: int, eval_methods: int = 5, eval_layers: int = 1, test_rows: int = 32,
-              eval_batch: int = 32, prompt_ids: int = 10) -> dict[str, Any]:
+              eval_batch: int = 32, prompt_ids: int = 10, lens: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measured costs of ``model`` here: ``startup_s``, ``fixed_rss``, ``load_peak_rss``, ``forward_call_s``,
     ``flop_rate``, ``greedy_call_s`` (per call, beyond its FLOPs at that rate), ``train_step_s`` (one step at
     ``train_batch``), ``score_call_s`` (per scoring batch of ``eval_batch`` rows: ``base``, the model's own
     distribution N ahead that every batch decodes, and the extra of each model-side kind, ``decode`` (a probe's
     mapped rows), ``fixed`` (a ``prompt_ids``-token prompt) and ``learned`` (``prompt_len`` vectors)),
-    ``eval_results_s`` (eval writing its table and figures, `results_cost`) and ``first_call_s`` (the one-off
-    extra of a process's first call of each kind)."""
+    ``eval_results_s`` (eval writing its table and figures, `results_cost`), ``lens_s`` (a lens grid of
+    `LENS_TEXT` with ``lens``'s settings (the second of two): ``rollout``, ``top_k``, ``fixed_prompt``, ``learned`` prompts of
+    ``prompt_len`` or the fixed prompt) and ``first_call_s`` (the one-off extra of a process's first call of each
+    kind)."""
     import torch
 
     from ..data.states import StateBatch
@@ -92,6 +94,7 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
 
     st, first_t = _best(step)
     scores, first_s = _score_calls(lm, shape, n_max, eval_batch, prompt_len, prompt_ids, layer, g)
+    lens_s = _lens_call(lm, shape, prompt_len, g, **lens) if lens is not None else None
     from .results_cost import results_seconds
 
     results = results_seconds(eval_methods, eval_layers, n_max + 1, test_rows)  # eval's table and figures
@@ -102,7 +105,26 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
             "greedy_call_s": greedy_call, "train_step_s": st, "train_batch": train_batch, "prompt_len": prompt_len,
             "calibration_s": took, "eval_results_s": results, "first_call_s": {"forward": max(first1 - s1, 0.0), "greedy": max(first_g - sg, 0.0),
                                                     "train": max(first_t - st, 0.0), "eval": first_s},
-            "score_call_s": scores, "eval_batch": eval_batch}
+            "score_call_s": scores, "eval_batch": eval_batch, **({} if lens_s is None else {"lens_s": lens_s})}
+
+
+LENS_TEXT = "The Python interpreter"
+"""The lens grid calibration times: a few columns, so that it costs a fraction of a real page."""
+
+
+def _lens_call(lm: Any, shape: Shape, prompt_len: int, g: Any, rollout: int, top_k: int, fixed_prompt: str,
+               learned: bool) -> float:
+    """Seconds of one `futurelens.lens.lens_grid` of `LENS_TEXT` (its second call): its model calls and everything
+    around them (the logit lens' and each rollout step's top-k over the vocabulary, the rows' key/value cache)."""
+    import torch
+
+    from ..lens.compute import lens_grid
+
+    prompts = ({layer: torch.randn(prompt_len, shape.embed_dim, generator=g) * 0.02 for layer in range(shape.n_layers + 1)}
+               if learned else None)
+    took, _ = _best(lambda: lens_grid(lm, LENS_TEXT, prompts, rollout=rollout, top_k=top_k, fixed_prompt=fixed_prompt),
+                    repeats=1)
+    return took
 
 
 def _score_calls(lm: Any, shape: Shape, n_max: int, rows: int, prompt_len: int, prompt_ids: int, layer: int,
@@ -126,10 +148,10 @@ def _score_calls(lm: Any, shape: Shape, n_max: int, rows: int, prompt_len: int, 
     def score(methods: list) -> Callable[[], Any]:
         return lambda: run_job(lm, jobs.score_job, methods, [batch], layer, 10, client)
 
-    base, first = _best(score([]))
+    base, first = _best(score([]), repeats=1)  # a scoring batch is seconds at 135M: once after the first
     out, extra = {"base": base}, max(first - base, 0.0)
     for kind, method in kinds.items():
-        took, first = _best(score([method]))
+        took, first = _best(score([method]), repeats=1)
         out[kind] = max(took - base, 0.0)
         extra += max(first - took, 0.0)
     return out, extra

@@ -112,6 +112,8 @@ def price(cfg: PlanConfig, shape: Shape, stages: list[Stage], cal: dict[str, Any
             calls = getattr(s, "calls_model", s.calls)
             per_call = machine["greedy_call_s"] if s.kind == "greedy" else machine["forward_call_s"]
             here = calls * per_call + s.flops / rate + client_s
+            if cal is not None and hasattr(s, "cells"):  # a lens cell's cost beyond its model calls, measured
+                here += s.cells * cal.get("lens_cell_s", 0.0)
         gpu_s = {}
         for name, gpu in GPUS.items():
             model_side = roofline(s.calls, s.flops, s.weight_reads, gpu_weights, gpu["bf16" if gpu_dtype != "float32"

@@ -198,7 +198,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     out.append(train)
 
     out += _eval(cfg, shape, run, itemsize, eval_layers, prompt_layers, texts)
-    out.append(_lens(cfg, shape, lm, texts))
+    out.append(lens_stage(cfg, shape, lm, texts))
     return out
 
 
@@ -345,7 +345,7 @@ def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers
         target.note = (target.note + "; " if target.note else "") + f"requests: every method's scoring ({', '.join(cfg.methods)})"
 
 
-def _lens(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
+def lens_stage(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
     """The lens page of one text (`futurelens.lens.compute`): every layer x token cell decoded, then rolled out."""
     T, r, P = texts.columns, cfg.rollout, texts.lead + cfg.prompt_len  # a learned prompt as saved: lead rows first
     learned = cfg.lens_prompts == "learned"
@@ -364,6 +364,7 @@ def _lens(cfg: PlanConfig, shape: Shape, lm: Any, texts: Counts) -> Stage:
               gpu=_activations(shape, min(cells, 512), prompt + r, 4 * min(cells, 512)) + _kv(shape, min(cells, 512), prompt + r, 2),
               disk=cells * 2_000, note=f"{cells:,} cells, {r}-token rollouts, "
                                        + ("a learned prompt per row" if learned else "the fixed prompt"))
+    s.cells = cells  # type: ignore[attr-defined]
     if cfg.remote:
         from ..lens.compute import lens_request_sizes
 
