@@ -2,6 +2,9 @@
 whether the soft prompts' training had converged.
 
     .venv/bin/python benchmarks/paper_test_summary.py smollm2-135m gemma3-270m > benchmarks/results/paper_test/summary.md
+    .venv/bin/python benchmarks/paper_test_summary.py full/smollm2-135m > benchmarks/results/paper_test/full/summary.md
+
+A model's folder is ``<model>`` (the 340-prefix subset) or ``full/<model>`` (all 1,000 prefixes).
 
 Convergence is judged on each prompt's recorded training loss (KL, one value per optimizer step): the mean of its
 last epoch against the mean of the epoch before; "converged" when the last epoch improved by less than 5% of it.
@@ -30,7 +33,8 @@ def summary(model: str) -> str:
     p1 = df[(df.metric == "precision") & (df.k == 1) & (df.against == "model") & (df.target_layer == df.layer)
             | ((df.metric == "precision") & (df.k == 1) & (df.against == "model") & (df.layer == -1))]
     n_test = int(p1.n_prefixes.max())
-    lines = [f"### {model}", "",
+    title = model.replace("full/", "") + (" (all 1,000 prefixes)" if model.startswith("full/") else "")
+    lines = [f"### {title}", "",
              f"{meta['n_kept']} prefixes ({meta['n_train']} train / {meta['n_test']} test, split by document); "
              f"scores over {n_test} test prefixes, bootstrap 95% intervals in brackets.", ""]
     learned_layers = sorted(p1[p1.method == "learned prompt"].layer.unique())
