@@ -29,10 +29,11 @@ def client_bytes(rows: int, heads: int, client: int) -> int:
     return ids_bytes(rows * heads * client)
 
 
-def batch_bytes(rows: int, heads: int, d: int, itemsize: int) -> int:
-    """A plain test batch with its text targets (`futurelens.methods.base.plain_batch` + ``text``), as
-    `futurelens.dispatch.payload_bytes` counts it: states and final states at ``itemsize``, two id tables."""
-    return rows * ((1 + heads) * d * itemsize + ids_bytes(2 * heads))
+def batch_bytes(rows: int, heads: int, d: int, dtype: str) -> int:
+    """What one plain scoring batch of ``rows`` sends (`futurelens.methods.base.plain_batch` and its text), as
+    `futurelens.dispatch.payload_bytes` counts it: states ``[rows, d]`` and final states ``[rows, heads, d]`` of the
+    cache's ``dtype``, two id tables ``[rows, heads]``."""
+    return tensor_bytes(rows, 1 + heads, d, dtype=dtype) + ids_bytes(rows * 2 * heads)
 
 
 def returned_bytes(rows: int, heads: int, k: int, model_side: int, client: int) -> int:

@@ -33,10 +33,10 @@ SERVER_FLOP_S = 1e14
 """Assumed useful FLOP/s of the server's forward (an A100/H100 at modest efficiency), for `choose_states`."""
 
 
-def ship_bytes_per_row(d: int, n_max: int, loss: str, dtype_bytes: int) -> int:
+def ship_bytes_per_row(d: int, n_max: int, loss: str, dtype: str) -> int:
     """Bytes one row sends when its states are shipped: the state ``[d]``, the final states ``[N + 1, d]`` for
-    ``loss='kl'``, in the cache's dtype, and its targets ``[N + 1]`` int64."""
-    return d * dtype_bytes * (1 + (n_max + 1 if loss == "kl" else 0)) + ids_bytes(n_max + 1)
+    ``loss='kl'``, in the cache's ``dtype`` (its name), and its targets ``[N + 1]`` int64."""
+    return tensor_bytes(1 + (n_max + 1 if loss == "kl" else 0), d, dtype=dtype) + ids_bytes(n_max + 1)
 
 
 def recompute_bytes_per_row(prefix_len: float, n_max: int) -> float:
@@ -76,12 +76,9 @@ def resolve_states(mode: str, lm: LensModel, cache: Any, loss: str) -> str:
         return mode
     if not lm.remote or mapped:
         return "ship"
-    from .dispatch import tensor_bytes
-
-    dtype_bytes = tensor_bytes(dtype=cache.settings["dtype"])
     mean_len = _mean_prefix_len(cache)
     n_params = sum(p.numel() for p in lm.nn._module.parameters())
-    return choose_states(ship_bytes_per_row(lm.d_model, cache.n_max, loss, dtype_bytes),
+    return choose_states(ship_bytes_per_row(lm.d_model, cache.n_max, loss, cache.settings["dtype"]),
                          recompute_bytes_per_row(mean_len, cache.n_max),
                          recompute_flops_per_row(n_params, mean_len, cache.n_max))
 

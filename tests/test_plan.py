@@ -101,18 +101,18 @@ def test_training_requests_carry_the_optimizer_state():
     lm = R.bound(1.0)
     # 10 rows, batch 4: batches of 4, 4, 2 an epoch; checkpoint_every 2 -> requests of 2 batches, running on
     # across the epoch boundary as train_prompt's chunks do.
-    got = R.train(lm, 10, 4, 2, prompt_len=3, embed_dim=8, d_model=8, n_max=1, itemsize=4, kl=False, checkpoint_every=2)
+    got = R.train(lm, 10, 4, 2, prompt_len=3, embed_dim=8, d_model=8, n_max=1, dtype="float32", kl=False, checkpoint_every=2)
     prompt, state = 3 * 8 * 4, 2 * 3 * 8 * 4 + 4
     batch = lambda b: b * 8 * 4 + b * 2 * 8  # noqa: E731
     assert [r for _, r in got] == [prompt + state] * 3
     assert [s for s, _ in got] == [prompt + 2 * batch(4), prompt + state + batch(2) + batch(4),
                                    prompt + state + batch(4) + batch(2)]
     # A BOS model's prompt is read after its lead rows, which travel in the step settings of every request.
-    with_lead = R.train(lm, 10, 4, 2, prompt_len=3, embed_dim=8, d_model=8, n_max=1, itemsize=4, kl=False,
+    with_lead = R.train(lm, 10, 4, 2, prompt_len=3, embed_dim=8, d_model=8, n_max=1, dtype="float32", kl=False,
                         checkpoint_every=2, lead=2)
     assert [s for s, _ in with_lead] == [s + 2 * 8 * 4 for s, _ in got] and [r for _, r in with_lead] == [r for _, r in got]
     with pytest.raises(FutureLensError, match="smaller train batch"):
-        R.train(R.bound(0.0001), 10, 4, 1, 3, 8, 8, 1, 4, kl=False)
+        R.train(R.bound(0.0001), 10, 4, 1, 3, 8, 8, 1, "float32", kl=False)
 
 
 def test_remote_70b_plan_shows_what_does_not_fit():
@@ -202,7 +202,7 @@ def test_remote_training_shows_both_ways_and_picks_as_the_stage_does():
     kw = dict(model="meta-llama/Llama-3.1-70B", remote=True, n_prefixes=10_000, layers=[40], methods=[], calibrate=False)
     auto, ship, again = (fl.plan(**kw, states=s).stage("train") for s in ("auto", "ship", "recompute"))
     mean = (8 + 96) / 2
-    picked = choose_states(ship_bytes_per_row(8192, 3, "kl", 4), recompute_bytes_per_row(mean, 3),
+    picked = choose_states(ship_bytes_per_row(8192, 3, "kl", "float32"), recompute_bytes_per_row(mean, 3),
                            recompute_flops_per_row(resolve("meta-llama/Llama-3.1-70B").params, mean, 3))
     assert f"states {picked} (auto)" in auto["note"]
     assert auto["requests"] == (ship if picked == "ship" else again)["requests"]

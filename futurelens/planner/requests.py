@@ -62,14 +62,14 @@ def cache(lm: SimpleNamespace, shards: Iterable[Sequence[int]], n_layers: int, n
     return out
 
 
-def train_batch_bytes(rows: int, d_model: int, n_max: int, itemsize: int, kl: bool) -> int:
+def train_batch_bytes(rows: int, d_model: int, n_max: int, dtype: str, kl: bool) -> int:
     """Bytes of one plain training batch (`futurelens.methods.base.plain_batch`: ``states [b, d]``, ``target
     [b, n_max + 1]`` int64 and, for the KL loss, ``final [b, n_max + 1, d]``): `train_states.ship_bytes_per_row`."""
-    return rows * ship_bytes_per_row(d_model, n_max, "kl" if kl else "ce", itemsize)
+    return rows * ship_bytes_per_row(d_model, n_max, "kl" if kl else "ce", dtype)
 
 
 def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, prompt_len: int, embed_dim: int,
-          d_model: int, n_max: int, itemsize: int, kl: bool, grad_accum: int = 1, checkpoint_every: int = 50,
+          d_model: int, n_max: int, dtype: str, kl: bool, grad_accum: int = 1, checkpoint_every: int = 50,
           optimizer: str = "adamw", batch_bytes: "Callable[[int], int] | None" = None, lead: int = 0) -> Requests:
     """One soft prompt's training (`futurelens.train.train_prompt`'s ``chunks``, the same `stream_requests` call):
     batches join a request while its bytes (the prompt, the carried optimizer state and gradient, the step settings'
@@ -83,7 +83,7 @@ def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, promp
     state = {"adamw": 2 * prompt + tensor_bytes(dtype="float32"), "adam": 2 * prompt + tensor_bytes(dtype="float32"),
              "sgd": 0}[optimizer]
     per_epoch = math.ceil(n_train / batch_size)
-    size_of = batch_bytes or (lambda rows: train_batch_bytes(rows, d_model, n_max, itemsize, kl))
+    size_of = batch_bytes or (lambda rows: train_batch_bytes(rows, d_model, n_max, dtype, kl))
     sizes = [size_of(min(batch_size, n_train - i * batch_size)) for i in range(per_epoch)]
     batches = ((nbytes, i == per_epoch - 1) for _ in range(epochs) for i, nbytes in enumerate(sizes))
     out: Requests = []

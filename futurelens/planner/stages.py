@@ -210,11 +210,11 @@ def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Row
 
     d, n_train, b = shape.d_model, len(run.train), cfg.train_batch_size
     mean_len = sum(run.train) / max(n_train, 1)
-    ship_row = ship_bytes_per_row(d, cfg.n_max, cfg.loss, itemsize)
+    ship_row = ship_bytes_per_row(d, cfg.n_max, cfg.loss, cfg.cache_dtype)
     id_row = recompute_bytes_per_row(mean_len, cfg.n_max)
     id_flops = recompute_flops_per_row(shape.params, mean_len, cfg.n_max)
     mode = cfg.states if cfg.states != "auto" else choose_states(ship_row, id_row, id_flops)
-    args = (lm, n_train, b, cfg.epochs, cfg.prompt_len, shape.embed_dim, d, cfg.n_max, itemsize, kl)
+    args = (lm, n_train, b, cfg.epochs, cfg.prompt_len, shape.embed_dim, d, cfg.n_max, cfg.cache_dtype, kl)
     ways = {"ship": _remote(R.train, *args, lead=lead),
             "recompute": _remote(R.train, *args, lead=lead, batch_bytes=lambda rows: math.ceil(rows * id_row))}
     ways = {k: (v if "error" in v else {x: (y if x == "largest" else y * prompts) for x, y in v.items()})
@@ -329,7 +329,7 @@ def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers
             learned = "learned" in methods and layer in prompt_layers
             model_side = decoded + ("fixed" in methods) + learned
             client = ("vocab" in methods) + ("ngram" in methods and j == 0)  # the bigram is scored at the first layer
-            sent = [scoring.batch_bytes(r, heads, d, itemsize) + scoring.client_bytes(r, heads, client)
+            sent = [scoring.batch_bytes(r, heads, d, cfg.cache_dtype) + scoring.client_bytes(r, heads, client)
                     + decoded * scoring.hidden_bytes(r, heads, d) for r in rows]
             back = [scoring.returned_bytes(r, heads, cfg.k, model_side, client) for r in rows]
             # the soft prompt as saved (its lead rows first), float32

@@ -50,13 +50,13 @@ def test_recomputed_states_train_the_shipped_states_prompt(ndif_pair, ndif_serve
 
 def test_the_choice_is_a_pure_function_of_bytes_and_compute():
     # 70B, KL, float16, 52-token prefixes: 82 KB a row against a quarter KB and 7.8 TFLOP: shipping is faster at 10 MB/s
-    ship, ids = ship_bytes_per_row(8192, 3, "kl", 2), recompute_bytes_per_row(52, 3)
+    ship, ids = ship_bytes_per_row(8192, 3, "kl", "float16"), recompute_bytes_per_row(52, 3)
     assert ship == 8192 * 2 * 5 + 32 and ids == 4 * 52 + 8 + 32
     flops = recompute_flops_per_row(70.6e9, 52, 3)
     assert flops == 2 * 70.6e9 * 55
     assert choose_states(ship, ids, flops) == "ship"
     assert choose_states(ship, ids, flops, upload_mb_s=0.5) == "recompute"  # a slow uplink
-    gptj = ship_bytes_per_row(4096, 3, "kl", 2), recompute_bytes_per_row(52, 3), recompute_flops_per_row(6.05e9, 52, 3)
+    gptj = ship_bytes_per_row(4096, 3, "kl", "float16"), recompute_bytes_per_row(52, 3), recompute_flops_per_row(6.05e9, 52, 3)
     assert choose_states(*gptj, upload_mb_s=1.0) == "recompute" and choose_states(*gptj, upload_mb_s=100) == "ship"
 
 
