@@ -126,6 +126,14 @@ def _activations(shape: Shape, rows: int, tokens: float, logits: float = 0) -> f
     return 4 * rows * tokens * (3 * shape.d_model + mlp + scores) + 4 * logits * shape.vocab
 
 
+def _padded_flops(shape: Shape, lengths: list[int], batch_size: int, n_max: int) -> float:
+    """A shard's forward FLOPs as `futurelens.server.jobs.cache_shard` runs it: rows sorted by length, ``batch_size``
+    at a time, each batch padded to its longest prefix (plus the ``n_max`` continuation tokens)."""
+    ordered = sorted(lengths)
+    return sum(len(ordered[a : a + batch_size]) * F.row(shape, max(ordered[a : a + batch_size]) + n_max)
+               for a in range(0, len(ordered), batch_size))
+
+
 def _kv(shape: Shape, rows: int, tokens: float, itemsize: int = 4) -> float:
     """Bytes of a key/value cache (or nothing for a recurrent model's small state)."""
     return 2 * shape.n_layers * rows * tokens * (shape.attn_width or shape.d_model) * itemsize if shape.attention else 0
@@ -167,7 +175,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     # cache: per split, shards of cache_shard_size rows, forward passes of cache_batch_size (states._shard).
     shards = [s for split in (run.train, run.test) for s in _pools(split, cfg.cache_shard_size) if s]
     row_bytes = (len(cached) + heads) * d * itemsize
-    cache = Stage("cache", flops=sum(F.row(shape, L + cfg.n_max) for L in run.train + run.test),
+    cache = Stage("cache", flops=sum(_padded_flops(shape, shard, cfg.cache_batch_size, cfg.n_max) for shard in shards),
                   calls=sum(math.ceil(len(s) / cfg.cache_batch_size) for s in shards),
                   ram=2 * cfg.cache_shard_size * row_bytes,
                   model_ram=_activations(shape, cfg.cache_batch_size, cfg.max_len + cfg.n_max),
