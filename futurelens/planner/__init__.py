@@ -25,7 +25,8 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
     from .calibrate import MAX_PARAMS, calibrate
     from .estimate import _BYTES, price
     from .shape import resolve
-    from .stages import prompt_ids as stages_prompt_ids, rows, workload
+    from .stages import rows, workload
+    from .text import counts
 
     cfg = replace(cfg or PlanConfig(), **settings)
     if cfg.n_prefixes < 1 or cfg.min_len < 1 or cfg.max_len < cfg.min_len or cfg.n_max < 0:
@@ -47,7 +48,7 @@ def plan(cfg: PlanConfig | None = None, **settings) -> Plan:
 
         cal = calibrate(cfg.model, shape, cfg.n_max, cfg.train_batch_size, cfg.prompt_len, cfg.cache_batch_size,
                         len(cfg.methods), len(resolve_layers(shape, cfg.eval_layers or cfg.layers)), len(run.test),
-                        cfg.eval_batch_size, stages_prompt_ids(stages),
+                        cfg.eval_batch_size, counts(cfg.model, shape.source, cfg.lens_text, cfg.fixed_prompt).prompt_ids,
                         lens=dict(rollout=cfg.rollout, top_k=cfg.lens_top_k, fixed_prompt=cfg.fixed_prompt,
                                   learned=cfg.lens_prompts == "learned"))
         cal["lens_cell_s"] = lens_cell_seconds(cfg, shape, cal)

@@ -45,8 +45,8 @@ def calibrate(model: str, shape: Shape, n_max: int, train_batch: int, prompt_len
     ``train_batch``), ``score_call_s`` (per scoring batch of ``eval_batch`` rows: ``base``, the model's own
     distribution N ahead that every batch decodes, and the extra of each model-side kind, ``decode`` (a probe's
     mapped rows), ``fixed`` (a ``prompt_ids``-token prompt) and ``learned`` (``prompt_len`` vectors)),
-    ``eval_results_s`` (eval writing its table and figures, `results_cost`), ``lens_s`` (a lens grid of
-    `LENS_TEXT` with ``lens``'s settings (the second of two): ``rollout``, ``top_k``, ``fixed_prompt``, ``learned`` prompts of
+    ``eval_results_s`` (eval writing its table and figures, `results_cost`), ``lens_s`` (the second of two lens
+    grids of `LENS_TEXT` with ``lens``'s settings: ``rollout``, ``top_k``, ``fixed_prompt``, ``learned`` prompts of
     ``prompt_len`` or the fixed prompt) and ``first_call_s`` (the one-off extra of a process's first call of each
     kind)."""
     import torch

@@ -80,8 +80,8 @@ def train(lm: SimpleNamespace, n_train: int, batch_size: int, epochs: int, promp
     prompt = tensor_bytes(prompt_len, embed_dim)  # float32
     lead_bytes = tensor_bytes(lead, embed_dim)
     # torch's Adam(W) state: exp_avg and exp_avg_sq like the prompt, and `step` as a float32 scalar tensor.
-    state = {"adamw": 2 * prompt + tensor_bytes(dtype="float32"), "adam": 2 * prompt + tensor_bytes(dtype="float32"),
-             "sgd": 0}[optimizer]
+    adam = 2 * prompt + tensor_bytes(dtype="float32")
+    state = {"adamw": adam, "adam": adam, "sgd": 0}[optimizer]
     per_epoch = math.ceil(n_train / batch_size)
     size_of = batch_bytes or (lambda rows: train_batch_bytes(rows, d_model, n_max, dtype, kl))
     sizes = [size_of(min(batch_size, n_train - i * batch_size)) for i in range(per_epoch)]

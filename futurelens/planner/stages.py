@@ -202,7 +202,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
                   note=f"{len(prompt_layers)} prompts x {steps:,} steps of {b} x {P + target_n} tokens")
     train.step_flops = step_flops  # type: ignore[attr-defined]
     if cfg.remote:
-        _train_remote(cfg, shape, train, lm, run, itemsize, kl, len(prompt_layers), texts.lead)
+        _train_remote(cfg, shape, train, lm, run, kl, len(prompt_layers), texts.lead)
     out.append(train)
 
     out += _eval(cfg, shape, run, itemsize, eval_layers, prompt_layers, texts)
@@ -210,7 +210,7 @@ def workload(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int) -> list[St
     return out
 
 
-def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Rows, itemsize: int, kl: bool,
+def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Rows, kl: bool,
                   prompts: int, lead: int = 0) -> None:
     """Remote training both ways (`futurelens.train_states`): shipping each batch's cached states, or sending its
     prefix ids for the server to recompute them; ``--states auto`` picks by `choose_states`, as the stage does."""
@@ -236,11 +236,6 @@ def _train_remote(cfg: PlanConfig, shape: Shape, train: Stage, lm: Any, run: Row
     alt_text = "over the bound" if "error" in alt else f"{alt['requests']:,} requests, {alt['sent'] / 2**30:.3g} GiB sent"
     train.note += (f"; states {mode}" + (" (auto)" if cfg.states == "auto" else "") + f"; {other} would be {alt_text}"
                    + (f" and +{extra:.3g} FLOPs on the server" if other == "recompute" else ""))
-
-
-def prompt_ids(stages: list[Stage]) -> int:
-    """The fixed prompt's token count as the eval stage sends it (10 when the run has no fixed prompt)."""
-    return next((getattr(s, "tokens") for s in stages if s.name == "eval: fixed"), 10)
 
 
 def _distinct(run: Rows, heads: int, vocab: int) -> list[int]:
@@ -303,7 +298,6 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
             # The patched forward's logits over every position of the prompt and the teacher tokens, log-softmaxed.
             patched = _activations(shape, b, tokens + cfg.n_max, 2 * b * (tokens + cfg.n_max))
             s.calls, s.ram, s.model_ram, s.gpu = batches, 8 * b * heads * 10 * 3, scoring + patched, patched
-            s.tokens = tokens  # type: ignore[attr-defined]
         if method in ("linear", "mlp", "fixed", "learned"):
             s.score = "decode" if method in ("linear", "mlp") else method  # type: ignore[attr-defined]
         out.append(s)
@@ -315,11 +309,11 @@ def _eval(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[
         first.flops += batches * b * heads * 2 * d * V
         first.calls = first.calls or batches
     if cfg.remote:
-        _eval_remote(cfg, shape, run, itemsize, layers, prompt_layers, out, texts.lead)
+        _eval_remote(cfg, shape, run, layers, prompt_layers, out, texts.lead)
     return out
 
 
-def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, itemsize: int, layers: list[int], prompt_layers: list[int],
+def _eval_remote(cfg: PlanConfig, shape: Shape, run: Rows, layers: list[int], prompt_layers: list[int],
                  out: list[Stage], lead: int = 0) -> None:
     """Scoring's requests (`futurelens.evaluate._score`), layer by layer as the stage makes them: its test batches
     sized by `futurelens.scoring` and split by its `score_spans`, with every model-side method's tensors (a soft

@@ -8,6 +8,7 @@ in the local cache (never downloaded). For the shipped configs the plan estimate
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 
@@ -28,7 +29,9 @@ class Counts:
     ``lead``), which travel with its training requests and with the prompt wherever it is sent."""
 
 
+@lru_cache(maxsize=8)
 def _tokenizer(model: str, source: str) -> Any | None:
+    """The model's tokenizer when it is here, else None; read once per process (plan counts several texts)."""
     if source == "shipped":  # the same figures on every machine, downloaded or not
         return None
     import logging
